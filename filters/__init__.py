@@ -1,0 +1,1 @@
+"""Quality filters: one module per filter, each a :class:`curation.stage.Filter`."""

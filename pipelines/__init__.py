@@ -1,0 +1,1 @@
+"""Jobs: one module per ``curate`` subcommand, each defining ``register(app)``."""
