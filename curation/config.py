@@ -53,18 +53,39 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(f"override {item!r} has an empty key")
-        node = out
+        node: Any = out
         for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-            node = nxt
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+            node = _child(node, p, item)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(node, list):
+            node[_index(node, parts[-1], item)] = value
+        else:
+            node[parts[-1]] = value
     return out
 
 
-def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+def _index(node: list[Any], part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {item!r}: {part!r} is not an index of a {len(node)}-item list")
+    return int(part)
+
+
+def _child(node: Any, part: str, item: str) -> Any:
+    """Step into a mapping key (created if missing) or a list index."""
+    if isinstance(node, list):
+        return node[_index(node, part, item)]
+    nxt = node.setdefault(part, {})
+    if not isinstance(nxt, dict | list):
+        raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    return nxt
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -85,9 +106,7 @@ def build(model: type[M], data: dict[str, Any], source: str = "config") -> M:
         raise ConfigError(format_validation_error(exc, source)) from exc
 
 
-def load_config(
-    model: type[M], path: str | Path | None = None, overrides: Sequence[str] = ()
-) -> M:
+def load_config(model: type[M], path: str | Path | None = None, overrides: Sequence[str] = ()) -> M:
     """Load ``path`` (if given) into ``model``, apply dotted overrides, validate."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides)

@@ -39,7 +39,9 @@ class Counts:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Counts:
-        return cls(int(d["seen"]), int(d["kept"]), Counter({k: int(v) for k, v in d.get("dropped", {}).items()}))
+        return cls(
+            int(d["seen"]), int(d["kept"]), Counter({k: int(v) for k, v in d.get("dropped", {}).items()})
+        )
 
 
 @dataclass
@@ -117,7 +119,7 @@ class StageStats:
 
 def _counts(keep: np.ndarray, reasons: np.ndarray) -> Counts:
     dropped = Counter(str(r) for r in reasons[~keep])
-    return Counts(seen=int(len(keep)), kept=int(keep.sum()), dropped=dropped)
+    return Counts(seen=len(keep), kept=int(keep.sum()), dropped=dropped)
 
 
 def merge(stats: Iterable[StageStats]) -> list[StageStats]:

@@ -150,4 +150,6 @@ def repeat(a: Subset, times: int) -> Subset:
     """Every uid ``times`` times (an integer-weight upsample)."""
     if times < 0:
         raise ValueError("times must be >= 0")
-    return Subset(np.repeat(a.uids, times), {"operation": f"repeat x{times}", "inputs": [a.manifest.get("name")]})
+    return Subset(
+        np.repeat(a.uids, times), {"operation": f"repeat x{times}", "inputs": [a.manifest.get("name")]}
+    )

@@ -1,0 +1,111 @@
+"""Engines schedule shards; they never change what a shard's processing does.
+
+Every engine calls :func:`curation.runner.process_shard` for each shard, so outputs, stats and
+markers are identical whichever engine ran them. ``local`` is a process pool; ``spark`` and
+``ray`` register themselves here when their modules are imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from curation.progress import shard_progress
+from curation.runner import ShardJob, ShardOutcome, load_shard_stats
+from curation.stats import Funnel, StageStats, merge
+
+log = logging.getLogger(__name__)
+
+
+class Engine(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def map_shards(self, job: ShardJob, shards: Sequence[str], retries: int) -> Iterator[ShardOutcome]:
+        """Run ``process_shard`` for every shard, yielding outcomes as they finish."""
+
+    def close(self) -> None:
+        """Release cluster resources the engine started."""
+
+
+ENGINES: dict[str, str] = {
+    "local": "curation.engines.local:LocalEngine",
+    "spark": "curation.engines.spark:SparkEngine",
+    "ray": "curation.engines.ray:RayEngine",
+}
+
+
+def get_engine(name: str, **options: Any) -> Engine:
+    """Build an engine by name; its module is imported only when asked for."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    module_name, cls_name = ENGINES[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"engine {name!r} is not available: {exc}") from exc
+    cls: Callable[..., Engine] = getattr(module, cls_name)
+    return cls(**options)
+
+
+@dataclass
+class JobReport:
+    """What a job did: per-shard outcomes and the stage stats merged over every finished shard."""
+
+    job: str
+    outcomes: list[ShardOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ShardOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def stats(self) -> list[StageStats]:
+        return merge(s for o in self.outcomes for s in o.stats)
+
+    def funnel(self) -> Funnel:
+        return Funnel(self.stats)
+
+    def summary(self) -> str:
+        counts = {k: sum(o.status == k for o in self.outcomes) for k in ("done", "skipped", "failed")}
+        return (
+            f"{self.job}: {counts['done']} shards done, {counts['skipped']} skipped (already done), "
+            f"{counts['failed']} failed"
+        )
+
+
+def run_job(
+    job: ShardJob, engine: Engine | str = "local", retries: int = 1, **engine_options: Any
+) -> JobReport:
+    """Run every shard of ``job`` with a progress bar; failed shards are reported, not raised."""
+    eng = get_engine(engine, **engine_options) if isinstance(engine, str) else engine
+    shards = job.shards()
+    report = JobReport(job.name)
+    try:
+        with shard_progress(job.name, len(shards)) as advance:
+            for outcome in eng.map_shards(job, shards, retries):
+                report.outcomes.append(outcome)
+                advance(outcome)
+    finally:
+        if isinstance(engine, str):
+            eng.close()
+    report.outcomes.sort(key=lambda o: o.shard)
+    for o in report.failed:
+        log.error("shard %s failed after %d attempts: %s", o.shard, o.attempts, o.error)
+    log.info(report.summary())
+    return report
+
+
+def merged_stats(job: ShardJob) -> list[StageStats]:
+    """Stats merged over the shards of ``job`` that have finished, read from disk."""
+    out = job.output_dir()
+    return merge(
+        s
+        for shard in job.shards()
+        if (out / "_stats" / f"{shard}.json").exists()
+        for s in load_shard_stats(out, shard)
+    )

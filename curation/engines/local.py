@@ -1,0 +1,50 @@
+"""The default engine: shards in this process (1 worker) or in a pool of spawned processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+from curation.engines import Engine
+from curation.runner import ShardJob, ShardOutcome, process_shard
+
+_worker_job: ShardJob | None = None
+
+
+def _init_worker(job: ShardJob) -> None:
+    global _worker_job
+    _worker_job = job
+    job.setup()
+
+
+def _run_in_worker(shard: str, retries: int) -> ShardOutcome:
+    assert _worker_job is not None
+    return process_shard(_worker_job, shard, retries)
+
+
+class LocalEngine(Engine):
+    name = "local"
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.workers = workers
+
+    def map_shards(self, job: ShardJob, shards: Sequence[str], retries: int) -> Iterator[ShardOutcome]:
+        if self.workers == 1 or len(shards) <= 1:
+            job.setup()
+            for shard in shards:
+                yield process_shard(job, shard, retries)
+            return
+        # spawn, not fork: workers may hold torch threads or CUDA contexts that fork would corrupt
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=min(self.workers, len(shards)),
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(job,),
+        ) as pool:
+            futures = [pool.submit(_run_in_worker, s, retries) for s in shards]
+            for fut in as_completed(futures):
+                yield fut.result()

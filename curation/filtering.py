@@ -1,0 +1,77 @@
+"""The filter job: run configured filters over every shard of a pool and store their verdicts.
+
+Each shard's samples (pool parquet rows that downloaded, with uid and caption) go through every
+filter; all verdicts are written to ``POOL/attributes/<name>/NNNNN.parquet`` keyed by uid, and the
+shard's funnel stats (each filter seeing only what earlier ones kept) to the runner's stats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+import filters as filters_pkg
+from curation.config import ConfigError, build
+from curation.io import atomic_write_parquet
+from curation.pool import Pool
+from curation.runner import ShardJob
+from curation.stage import FILTERS, Filter, funnel_stats
+from curation.stats import StageStats
+
+KEY_COLUMNS = ("uid", "source")
+
+
+def load_filter_modules() -> None:
+    """Import every module of ``filters/`` so each registers its kind."""
+    for info in pkgutil.iter_modules(filters_pkg.__path__):
+        importlib.import_module(f"filters.{info.name}")
+
+
+def build_filter(spec: dict[str, Any]) -> Filter:
+    """A filter from its config block ``{kind: ..., name: ..., <settings>}``."""
+    load_filter_modules()
+    kind = spec.get("kind")
+    if kind not in FILTERS:
+        raise ConfigError(f"filters: unknown kind {kind!r}; known: {', '.join(sorted(FILTERS))}")
+    cls, config_cls = FILTERS[kind]
+    return cls(build(config_cls, spec, source=f"filter {spec.get('name') or kind}"))
+
+
+class FilterJob(ShardJob):
+    """Verdicts of ``filter_specs`` for every sample of ``pool``."""
+
+    def __init__(self, pool: str | Path, filter_specs: list[dict[str, Any]], name: str = "filters") -> None:
+        self.pool = Pool(Path(pool))
+        self.name = name
+        self.filter_specs = filter_specs
+        self.filters = [build_filter(s) for s in filter_specs]
+        names = [f.name for f in self.filters]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"filters: names must be unique, got {names}")
+
+    def shards(self) -> list[str]:
+        return self.pool.shard_ids()
+
+    def output_dir(self) -> Path:
+        return self.pool.attributes_dir(self.name)
+
+    def setup(self) -> None:
+        for f in self.filters:
+            f.setup()
+
+    def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
+        table = self.pool.read_samples(shard)
+        batches = []
+        for batch in table.to_batches(max_chunksize=8192) or [pa.RecordBatch.from_pylist([], table.schema)]:
+            for f in self.filters:
+                batch = f.apply(batch)
+            batches.append(batch)
+        result = pa.Table.from_batches(batches)
+        added = [c for c in result.column_names if c not in table.column_names]
+        keys = [c for c in KEY_COLUMNS if c in result.column_names]
+        atomic_write_parquet(staging / f"{shard}.parquet", result.select(keys + added))
+        return funnel_stats(result, self.filters)

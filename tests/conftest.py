@@ -1,0 +1,43 @@
+"""Shared fixtures: small pools written in img2dataset's parquet layout."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+WORDS = "red blue small large circle square star photo of a the with on near bright".split()
+
+
+def write_metadata_pool(root: Path, n_shards: int = 3, per_shard: int = 40, seed: int = 0) -> Path:
+    """A pool of parquet shards (no tars): captions of varied length, some failures, two sources."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(n_shards):
+        rows = []
+        for i in range(per_shard):
+            n_words = rng.choice([0, 1, 2, 3, 5, 8])
+            caption = " ".join(rng.choice(WORDS) for _ in range(n_words))
+            status = "success" if rng.random() > 0.1 else "failed_to_download"
+            rows.append(
+                {
+                    "key": f"{s:05d}{i:04d}",
+                    "url": f"http://127.0.0.1/img/{s}/{i}.jpg",
+                    "caption": caption,
+                    "status": status,
+                    "error_message": None if status == "success" else "HTTP Error 404: Not Found",
+                    "original_width": rng.randint(10, 400),
+                    "original_height": rng.randint(10, 400),
+                    "source": rng.choice(["photo", "forum"]),
+                }
+            )
+        pq.write_table(pa.Table.from_pylist(rows), root / f"{s:05d}.parquet")
+    return root
+
+
+@pytest.fixture
+def metadata_pool(tmp_path: Path) -> Path:
+    return write_metadata_pool(tmp_path / "pool")

@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from curation.cli import app
+
+
+def test_help_lists_every_registered_subcommand():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    names = [c.name for c in app.registered_commands]
+    assert "filter" in names
+    for name in names:
+        assert name in result.output
+
+
+def test_python_dash_m_curation_works():
+    out = subprocess.run(
+        [sys.executable, "-m", "curation", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip()
+
+
+def test_filter_command_runs_and_prints_the_funnel(metadata_pool):
+    result = CliRunner().invoke(app, ["filter", str(metadata_pool), "--set", "filters.0.min_words=2"])
+    assert result.exit_code == 0, result.output
+    assert (metadata_pool / "attributes" / "basic" / "00000.parquet").exists()  # name from conf/filters/basic.yaml
+    assert "funnel" in result.output
+
+
+def test_bad_override_is_a_clear_config_error(metadata_pool):
+    result = subprocess.run(
+        [sys.executable, "-m", "curation", "filter", str(metadata_pool), "--set", "nmae=x"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "nmae: unknown key" in result.stderr
