@@ -265,7 +265,8 @@ def evaluate(
     """Label precision and recall against a ground-truth table keyed by uid.
 
     Precision: of the captions given a label, the share whose label is the sample's true class.
-    Recall: of the captions that name their own class (``names_column``), the share labelled with it.
+    Recall: of the captions that name their own class (``names_column``), the share labelled with it;
+    also over those that name no other class (the ones a drop policy can recall at all).
     """
     gt = pq.read_table(ground_truth, columns=["uid", class_column, names_column])
     gt = gt.rename_columns(["uid", "gt_class", "names_class"])
@@ -281,6 +282,9 @@ def evaluate(
     tp = int(pc.sum(pc.and_(labelled, correct)).as_py() or 0)
     recalled = int(pc.sum(pc.and_(names, correct)).as_py() or 0)
     amb = pc.greater(joined["n_classes"], 1)
+    single = pc.and_(names, pc.invert(amb))
+    n_single = int(pc.sum(single).as_py() or 0)
+    recalled_single = int(pc.sum(pc.and_(single, correct)).as_py() or 0)
     return {
         "ground_truth": str(ground_truth),
         "evaluated_captions": joined.num_rows,
@@ -291,6 +295,7 @@ def evaluate(
         "recall_denominator": n_names,
         "recalled": recalled,
         "recall": round(recalled / n_names, 6) if n_names else 0.0,
+        "recall_single_class_captions": round(recalled_single / n_single, 6) if n_single else 0.0,
         "naming_own_class_but_ambiguous": int(pc.sum(pc.and_(names, amb)).as_py() or 0),
         "naming_own_class_but_unmatched": int(
             pc.sum(pc.and_(names, pc.equal(joined["n_classes"], 0))).as_py() or 0

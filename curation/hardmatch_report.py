@@ -151,7 +151,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         gt = report["ground_truth"]
         lines += [
             f"- against ground truth: precision {gt['precision']:.4f}, recall {gt['recall']:.4f} "
-            f"({gt['recall_denominator']} captions that name their class)"
+            f"({gt['recall_denominator']} captions that name their class; "
+            f"{gt['naming_own_class_but_ambiguous']} of them also name another class), "
+            f"recall over captions naming only their class {gt['recall_single_class_captions']:.4f}"
         ]
     lines += ["", "## Most labelled classes", ""]
     lines += _table(
