@@ -58,9 +58,7 @@ def clean_text(arr: pa.Array, remove_urls: bool = False) -> pa.Array:
     return pc.utf8_trim_whitespace(arr)
 
 
-def clean_tags(
-    arr: pa.Array, decode: bool, separator: str = ", ", max_tags: int | None = None
-) -> pa.Array:
+def clean_tags(arr: pa.Array, decode: bool, separator: str = ", ", max_tags: int | None = None) -> pa.Array:
     """Comma-separated tags -> cleaned tags joined by ``separator`` (empty tags dropped)."""
     lists = pc.split_pattern(arr, ",")
     flat = pc.list_flatten(lists)
