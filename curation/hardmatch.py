@@ -32,6 +32,7 @@ from curation.captiontext import TextBlock, normalized_blocks
 from curation.classvocab import Vocabulary, load_class_names, load_synonyms
 from curation.config import ConfigModel
 from curation.engines import JobReport, run_job
+from curation.hardmatch_eval import evaluate
 from curation.hardmatch_report import build_report, report_markdown
 from curation.io import atomic_write_json, atomic_write_parquet, atomic_write_text, read_json
 from curation.rowsource import RowSource
@@ -254,53 +255,6 @@ def labels_table(matches: pa.Table) -> tuple[pa.Table, int]:
     table = table.set_column(2, "class_name", table["class_name"].cast(pa.string()))
     table = table.set_column(4, "form", table["form"].cast(pa.string()))
     return table, int((~first).sum())
-
-
-def evaluate(
-    matches: pa.Table,
-    ground_truth: str | Path,
-    class_column: str = "class_name",
-    names_column: str = "caption_names_class",
-) -> dict[str, object]:
-    """Label precision and recall against a ground-truth table keyed by uid.
-
-    Precision: of the captions given a label, the share whose label is the sample's true class.
-    Recall: of the captions that name their own class (``names_column``), the share labelled with it;
-    also over those that name no other class (the ones a drop policy can recall at all).
-    """
-    gt = pq.read_table(ground_truth, columns=["uid", class_column, names_column])
-    gt = gt.rename_columns(["uid", "gt_class", "names_class"])
-    pred = matches.select(["uid", "class_name", "n_classes"])
-    pred = pred.set_column(1, "class_name", pred["class_name"].cast(pa.string()))
-    joined = pred.join(gt, "uid", join_type="inner")
-    pred_cls = joined["class_name"]
-    correct = pc.fill_null(pc.equal(pred_cls, joined["gt_class"].cast(pa.string())), False)
-    labelled = pc.is_valid(pred_cls)
-    names = pc.fill_null(joined["names_class"], False)
-    n_lab = int(pc.sum(labelled).as_py() or 0)
-    n_names = int(pc.sum(names).as_py() or 0)
-    tp = int(pc.sum(pc.and_(labelled, correct)).as_py() or 0)
-    recalled = int(pc.sum(pc.and_(names, correct)).as_py() or 0)
-    amb = pc.greater(joined["n_classes"], 1)
-    single = pc.and_(names, pc.invert(amb))
-    n_single = int(pc.sum(single).as_py() or 0)
-    recalled_single = int(pc.sum(pc.and_(single, correct)).as_py() or 0)
-    return {
-        "ground_truth": str(ground_truth),
-        "evaluated_captions": joined.num_rows,
-        "not_in_ground_truth": matches.num_rows - joined.num_rows,
-        "labelled": n_lab,
-        "correct": tp,
-        "precision": round(tp / n_lab, 6) if n_lab else 0.0,
-        "recall_denominator": n_names,
-        "recalled": recalled,
-        "recall": round(recalled / n_names, 6) if n_names else 0.0,
-        "recall_single_class_captions": round(recalled_single / n_single, 6) if n_single else 0.0,
-        "naming_own_class_but_ambiguous": int(pc.sum(pc.and_(names, amb)).as_py() or 0),
-        "naming_own_class_but_unmatched": int(
-            pc.sum(pc.and_(names, pc.equal(joined["n_classes"], 0))).as_py() or 0
-        ),
-    }
 
 
 def finalize(

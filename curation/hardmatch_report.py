@@ -150,10 +150,12 @@ def report_markdown(report: dict[str, Any]) -> str:
     if "ground_truth" in report:
         gt = report["ground_truth"]
         lines += [
-            f"- against ground truth: precision {gt['precision']:.4f}, recall {gt['recall']:.4f} "
-            f"({gt['recall_denominator']} captions that name their class; "
-            f"{gt['naming_own_class_but_ambiguous']} of them also name another class), "
-            f"recall over captions naming only their class {gt['recall_single_class_captions']:.4f}"
+            f"- against ground truth: precision {gt['precision']:.4f} ({gt['precision_definition']}); "
+            f"precision against the pictured class {gt['precision_vs_image_class']:.4f}",
+            f"- recall {gt['recall']:.4f} over {gt['recall_denominator']} captions that name their class "
+            f"({gt['naming_own_class_but_ambiguous']} of them also name another class, "
+            f"{gt['naming_own_class_but_unmatched']} name it in a way no form matches); "
+            f"recall over those naming only their class {gt['recall_single_class_captions']:.4f}",
         ]
     lines += ["", "## Most labelled classes", ""]
     lines += _table(

@@ -58,7 +58,10 @@ def write_crawl(root: Path, n: int = 3000, seed: int = 0) -> dict[str, Path]:
         cls = int(rng.integers(len(CLASSES)))
         name = CLASSES[cls]
         word = rng.choice(SYNONYMS[name]) if name in SYNONYMS and rng.random() < 0.2 else name
-        kind = rng.choice(["name", "multi", "junk", "foreign"], p=[0.78, 0.05, 0.12, 0.05])
+        kind = rng.choice(
+            ["name", "multi", "mismatched", "junk", "foreign"], p=[0.74, 0.05, 0.04, 0.12, 0.05]
+        )
+        caption_class = name if kind in ("name", "multi") else None
         if kind == "name":
             t = str(rng.choice(NAMING))
             text = t.format(x=word, X=word.upper() if rng.random() < 0.3 else word.title(), xs=_plural(word))
@@ -67,13 +70,22 @@ def write_crawl(root: Path, n: int = 3000, seed: int = 0) -> dict[str, Path]:
             if {name, other} == {"snow leopard", "leopard"}:
                 other = "cup"
             text = str(rng.choice(MULTI)).format(x=word, X=word.title(), y=other)
+        elif kind == "mismatched":  # the caption of another picture: names a class the image does not show
+            caption_class = "cup" if name != "cup" else "house"
+            text = f"a photo of a {caption_class}"
         else:
             text = str(rng.choice(JUNK if kind == "junk" else FOREIGN))
         url = f"http://127.0.0.1/img/{i}.jpg"
         uid = compute_uid(url, text)
         rows.append({"url": url, "text": text, "uid": uid, "source": ["photo", "forum"][i % 2]})
         truth.append(
-            {"uid": uid, "class_name": name, "label": cls, "caption_names_class": kind in ("name", "multi")}
+            {
+                "uid": uid,
+                "class_name": name,
+                "label": cls,
+                "caption_class": caption_class,
+                "caption_names_class": kind in ("name", "multi"),
+            }
         )
     pq.write_table(pa.Table.from_pylist(rows), root / "crawl.parquet", row_group_size=700)
     pq.write_table(pa.Table.from_pylist(truth), root / "ground_truth.parquet")
@@ -211,6 +223,12 @@ def test_run_writes_subset_labels_and_a_balanced_report(crawl, tmp_path):
 
     gt = report["ground_truth"]
     assert gt["precision"] >= 0.95 and gt["recall"] >= 0.9, gt
+    assert gt["precision_vs_caption_class"] == 1.0  # the matcher is right about what captions say
+    truth = pq.read_table(crawl["gt"]).to_pandas().set_index("uid")
+    lab = labels.to_pandas().set_index("uid")
+    expected_image_precision = (lab["class_name"] == truth.loc[lab.index, "class_name"]).mean()
+    assert gt["precision_vs_image_class"] == pytest.approx(expected_image_precision, abs=1e-6)
+    assert gt["precision_vs_image_class"] < 1.0  # mismatched captions: labelled as what they say
     assert gt["naming_own_class_but_ambiguous"] > 0  # the multi-class captions
     assert gt["recall_single_class_captions"] == 1.0  # every caption naming only its class is found
     saved = json.loads((out / "report.json").read_text())
@@ -244,7 +262,7 @@ def test_labels_agree_with_ground_truth_caption_by_caption(crawl, tmp_path):
     for row in gt:
         text = crawl_rows[row["uid"]]
         if row["uid"] in labels:
-            assert labels[row["uid"]] == row["class_name"], text
+            assert labels[row["uid"]] == row["caption_class"], text
         elif row["caption_names_class"]:
             assert " and " in text or "next to" in text, text  # only multi-class captions are dropped
 
