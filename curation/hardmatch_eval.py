@@ -50,6 +50,9 @@ def evaluate(
         "not_in_ground_truth": matches.num_rows - joined.num_rows,
         "labelled": int(labelled.sum()),
         "precision_vs_image_class": _rate(int(image_ok.sum()), int(labelled.sum())),
+        "precision_on_pairs_naming_their_class": _rate(
+            int((names & image_ok).sum()), int((names & labelled).sum())
+        ),
         "recall_denominator": int(names.sum()),
         "recalled": int((names & image_ok).sum()),
         "recall": _rate(int((names & image_ok).sum()), int(names.sum())),

@@ -216,10 +216,20 @@ def cleaned_fields(joined: pa.Table, cfg: ImagenetCaptionsConfig) -> dict[str, p
 
 
 def _join_nonempty(parts: list[pa.Array], separator: str) -> pa.Array:
-    """Row-wise join of the non-empty strings of ``parts`` (no nulls in, none out)."""
+    """Row-wise join of the non-empty strings of ``parts`` (no nulls in, none out).
+
+    A separator that starts with a full stop loses it after text that already ends a sentence, so
+    "...in 2008." and "Tags: x" join as "...in 2008. Tags: x", not "2008.. Tags".
+    """
+    short = separator.lstrip(".") if separator.startswith(".") else separator
     acc = parts[0]
     for part in parts[1:]:
-        both = pc.binary_join_element_wise(acc, part, separator)
+        ends_sentence = pc.match_substring_regex(acc, r"[.!?…]$")
+        both = pc.if_else(
+            ends_sentence,
+            pc.binary_join_element_wise(acc, part, short),
+            pc.binary_join_element_wise(acc, part, separator),
+        )
         acc_empty = pc.equal(pc.utf8_length(acc), 0)
         part_empty = pc.equal(pc.utf8_length(part), 0)
         acc = pc.if_else(acc_empty, part, pc.if_else(part_empty, acc, both))
