@@ -179,7 +179,7 @@ class HardmatchJob(ShardJob):
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
         self.setup()
         assert self.matcher is not None
-        table = self.source.read(shard)
+        table = self.source.read(shard, ["uid", "caption", "source"])
         source = table["source"] if "source" in table.column_names else None
         parts, seconds = [], 0.0
         for start in range(0, max(table.num_rows, 1), self.cfg.batch_size):

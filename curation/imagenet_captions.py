@@ -32,7 +32,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import webdataset as wds
 from PIL import Image
 from pydantic import Field, model_validator
 
@@ -331,6 +330,8 @@ class ImagenetCaptionsJob(ShardJob):
         keys = [f"{shard}{i:0{self.digits}d}" for i in range(plan.num_rows)]
         urls = [f"imagenet:{x}" for x in plan["image_id"].to_pylist()]
         uids = compute_uids(urls, plan["caption"].to_pylist())
+        import webdataset as wds  # imports torch: only where tars are written, not on every CLI start
+
         with atomic_path(staging / f"{shard}.tar") as tmp, open(tmp, "wb") as f:
             written = self._write_samples(wds.TarWriter(f), plan, keys, uids)
         table = self._shard_table(plan, {"key": keys, "uid": uids, "url": urls, **written})
@@ -344,7 +345,7 @@ class ImagenetCaptionsJob(ShardJob):
         return shard_stats(table)
 
     def _write_samples(
-        self, sink: wds.TarWriter, plan: pa.Table, keys: list[str], uids: list[str]
+        self, sink: Any, plan: pa.Table, keys: list[str], uids: list[str]
     ) -> dict[str, list[Any]]:
         """Read, check and write every pending sample; returns final status, size and sha256 per row."""
         n = plan.num_rows

@@ -319,3 +319,42 @@ def test_cli_with_a_class_file_and_ground_truth(crawl, tmp_path):
     assert report["ground_truth"]["precision"] >= 0.95
     bad = CliRunner().invoke(app, [*args, "--ambiguous", "maybe", "--overwrite"])
     assert bad.exit_code != 0
+
+
+def test_row_sources_read_pools_files_and_folders(tmp_path):
+    rows = pa.table(
+        {
+            "url": [f"http://127.0.0.1/{i}" for i in range(6)],
+            "caption": ["a dog", "two cats", None, "x", "y", "z"],
+            "status": ["success", "success", "success", "failed_to_download", "success", "success"],
+            "extra": list(range(6)),
+        }
+    )
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pq.write_table(rows, pool / "00000.parquet")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    pq.write_table(rows.slice(0, 3), folder / "part-a.parquet")
+    pq.write_table(rows.slice(3), folder / "part-b.parquet")
+    pq.write_table(
+        rows.rename_columns(["url", "text", "status", "extra"]), tmp_path / "t.parquet", row_group_size=2
+    )
+    expected_uids = [
+        compute_uid(u, c)
+        for u, c, s in zip(*[rows[k].to_pylist() for k in ("url", "caption", "status")], strict=True)
+        if s == "success"
+    ]
+    for path, kind, n_shards in (
+        (pool, "pool", 1),
+        (folder, "folder", 2),
+        (tmp_path / "t.parquet", "file", 3),
+    ):
+        src = RowSource.open(path)
+        assert (src.kind, len(src.shards())) == (kind, n_shards)
+        got = [u for s in src.shards() for u in src.read(s, ["uid", "caption"])["uid"].to_pylist()]
+        assert got == expected_uids  # derived from url + caption, failures left out
+        only_uid = src.read(src.shards()[0], ["uid"])
+        assert only_uid.column_names[-1] == "uid" and "extra" not in only_uid.column_names
+    with pytest.raises(ValueError, match="no parquet"):
+        RowSource.open(tmp_path / "empty_dir" if (tmp_path / "empty_dir").mkdir() is None else tmp_path)
