@@ -105,38 +105,39 @@ class ClassMatcher:
         return block.row_of(starts[outer]), starts[outer], forms[outer]
 
     def match(self, captions: pa.Array | pa.ChunkedArray) -> BatchMatches:
+        """Which classes each caption names (vectorised over the batch)."""
         n = len(captions)
         blocks = normalized_blocks(captions)
-        parts = [self._block_hits(b) for b in blocks]
-        hit_rows = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
-        hit_pos = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
-        forms = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int64)
-        order = np.lexsort((hit_pos, hit_rows))  # by row, then by position in the caption
-        hit_rows, forms = hit_rows[order], forms[order]
         empty = np.zeros(n, dtype=bool)
         for b in blocks:
             empty[b.empty_rows()] = True
-        # expand each hit to the classes its form names (a homonym names several)
-        per_form = np.diff(self.vocab.form_ptr)[forms]
-        rows = np.repeat(hit_rows, per_form)
-        first_of_hit = np.cumsum(per_form) - per_form
-        within = np.arange(len(rows)) - np.repeat(first_of_hit, per_form)
-        classes = self.vocab.form_classes[np.repeat(self.vocab.form_ptr[forms], per_form) + within].astype(
-            np.int64
-        )
+        parts = [self._block_hits(b) for b in blocks] or [(np.empty(0, np.int64),) * 3]
+        hit_rows, hit_pos, forms = (np.concatenate([p[k] for p in parts]) for k in range(3))
+        order = np.lexsort((hit_pos, hit_rows))  # by row, then by position in the caption
+        rows, classes, class_forms = self._expand(hit_rows[order], forms[order])
         n_cls = np.int64(max(len(self.vocab.class_names), 1))
-        pairs = np.unique(rows * n_cls + classes)
-        pair_rows, pair_cls = pairs // n_cls, (pairs % n_cls).astype(np.int32)
-        n_classes = np.bincount(pair_rows, minlength=n).astype(np.int32)
+        pairs = np.unique(rows * n_cls + classes)  # distinct (row, class), sorted
+        n_classes = np.bincount(pairs // n_cls, minlength=n).astype(np.int32)
         offsets = np.concatenate([[0], np.cumsum(n_classes)]).astype(np.int32)
-        matched = pa.ListArray.from_arrays(pa.array(offsets), pa.array(pair_cls, pa.int32()))
+        matched = pa.ListArray.from_arrays(pa.array(offsets), pa.array((pairs % n_cls).astype(np.int32)))
         first_label = np.full(n, NO_LABEL, dtype=np.int32)
         first_form = np.full(n, -1, dtype=np.int32)
-        if len(rows):
-            first_rows, first_idx = np.unique(rows, return_index=True)
-            first_label[first_rows] = classes[first_idx]  # a homonym's lowest class comes first
-            first_form[first_rows] = np.repeat(forms, per_form)[first_idx]
+        first_rows, first_idx = np.unique(rows, return_index=True)
+        first_label[first_rows] = classes[first_idx]  # of a homonym, its lowest class
+        first_form[first_rows] = class_forms[first_idx]
         return BatchMatches(n_classes, matched, first_label, first_form, empty)
+
+    def _expand(self, rows: np.ndarray, forms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One entry per (hit, class its form names): a homonym's hit names several classes."""
+        per_form = np.diff(self.vocab.form_ptr)[forms]
+        first_of_hit = np.cumsum(per_form) - per_form
+        within = np.arange(int(per_form.sum())) - np.repeat(first_of_hit, per_form)
+        idx = np.repeat(self.vocab.form_ptr[forms], per_form) + within
+        return (
+            np.repeat(rows, per_form),
+            self.vocab.form_classes[idx].astype(np.int64),
+            np.repeat(forms, per_form),
+        )
 
 
 def decide(m: BatchMatches, policy: str) -> tuple[np.ndarray, pa.Array]:

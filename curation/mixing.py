@@ -84,30 +84,50 @@ class MixConfig(ConfigModel):
 
 @dataclass
 class Candidates:
-    """Per source, the sorted uids it can give (a uid may repeat if an input repeats it)."""
+    """Per source, the distinct sorted uids it can give."""
 
     by_source: dict[str, np.ndarray] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)  # repeated candidate entries dropped
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    _parts: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
 
     def available(self) -> dict[str, int]:
         return {s: len(u) for s, u in self.by_source.items()}
 
     def add(self, source: str, uids: np.ndarray) -> None:
-        self.by_source.setdefault(source, np.empty(0, UID_DTYPE))
-        self.by_source[source] = np.concatenate([self.by_source[source], uids])
+        self._parts.setdefault(source, []).append(uids)
 
     def finalize(self) -> None:
-        for s in self.by_source:
-            self.by_source[s] = np.sort(self.by_source[s], kind="stable")
+        """Sort and deduplicate each source (a uid listed twice in a source is one candidate)."""
+        for s, parts in self._parts.items():
+            merged = np.concatenate([self.by_source.get(s, np.empty(0, UID_DTYPE)), *parts])
+            self.by_source[s] = np.unique(merged)
+            self.duplicates[s] = self.duplicates.get(s, 0) + len(merged) - len(self.by_source[s])
+        self._parts.clear()
 
 
-def _read_table_input(spec: MixInput) -> tuple[list[pa.Table], bool]:
+def _add_table_input(cands: Candidates, spec: MixInput) -> int:
+    """Add a pool's / table's samples shard by shard; returns how many rows it had."""
     rows = RowSource.open(spec.path)
-    has_source = rows.has_column("source")
-    if spec.source is None and not has_source:
+    by_column = spec.source is None
+    if by_column and not rows.has_column("source"):
         raise MixError(f"{spec.path}: no 'source' column; name its source with source: NAME")
-    cols = ["uid", "source"] if has_source and spec.source is None else ["uid"]
-    return [rows.read_columns(shard, cols) for shard in rows.shards()], has_source
+    n = 0
+    for shard in rows.shards():
+        t = rows.read_columns(shard, ["uid", "source"] if by_column else ["uid"])
+        n += t.num_rows
+        uids = hex_column_to_array(t["uid"])
+        if not by_column:
+            cands.add(str(spec.source), uids)
+            continue
+        src = t["source"].combine_chunks().cast(pa.string()).dictionary_encode()
+        if src.null_count:
+            raise MixError(f"{spec.path}: {src.null_count} rows of shard {shard} have a null source")
+        codes = src.indices.to_numpy(zero_copy_only=False)
+        for code, name in enumerate(src.dictionary.to_pylist()):
+            if spec.sources is None or name in spec.sources:
+                cands.add(name, uids[codes == code])
+    return n
 
 
 def gather_candidates(inputs: list[MixInput]) -> Candidates:
@@ -119,23 +139,9 @@ def gather_candidates(inputs: list[MixInput]) -> Candidates:
                 raise MixError(f"{spec.path}: a subset has no source column; give it source: NAME")
             uids = Subset.load(spec.path).uids
             cands.add(spec.source, uids)
-            cands.inputs.append({"path": str(spec.path), "source": spec.source, "rows": len(uids)})
-            continue
-        tables, _ = _read_table_input(spec)
-        n = 0
-        for t in tables:
-            n += t.num_rows
-            uids = hex_column_to_array(t["uid"])
-            if spec.source is not None:
-                cands.add(spec.source, uids)
-                continue
-            src = t["source"].combine_chunks().cast(pa.string()).dictionary_encode()
-            if src.null_count:
-                raise MixError(f"{spec.path}: {src.null_count} rows have a null source")
-            codes = src.indices.to_numpy(zero_copy_only=False)
-            for code, name in enumerate(src.dictionary.to_pylist()):
-                if spec.sources is None or name in spec.sources:
-                    cands.add(name, uids[codes == code])
+            n = len(uids)
+        else:
+            n = _add_table_input(cands, spec)
         cands.inputs.append(
             {"path": str(spec.path), "source": spec.source, "sources": spec.sources, "rows": n}
         )
@@ -296,12 +302,12 @@ def mix(cfg: MixConfig, candidates: Candidates) -> MixResult:
             "copies": pa.array(np.concatenate(copy_cols) if copy_cols else np.empty(0, np.int64), pa.int32()),
         }
     )
-    manifest = mix_manifest(cfg, candidates, plan, unique, table)
+    manifest = mix_manifest(cfg, candidates, plan, unique, np.concatenate(uid_cols) if uid_cols else None)
     return MixResult(Subset(all_uids, manifest), table, plan, stats)
 
 
 def mix_manifest(
-    cfg: MixConfig, cands: Candidates, plan: MixPlan, unique: np.ndarray, table: pa.Table
+    cfg: MixConfig, cands: Candidates, plan: MixPlan, unique: np.ndarray, distinct: np.ndarray | None
 ) -> dict[str, Any]:
     total = int(plan.selected.sum())
     actual = plan.selected / total if total else np.zeros(len(plan.sources))
@@ -315,10 +321,12 @@ def mix_manifest(
             "unique": int(unique[i]),
             "shortfall": int(plan.shortfall[i]),
             "actual_proportion": round(float(actual[i]), 6),
+            "duplicate_candidates": cands.duplicates.get(s, 0),
         }
         for i, s in enumerate(plan.sources)
     }
-    uid_sources = np.unique(hex_column_to_array(table["uid"]), return_counts=True)[1]
+    # the distinct uids of each source, concatenated: a uid present twice was drawn from two sources
+    uid_sources = np.unique(distinct, return_counts=True)[1] if distinct is not None else np.zeros(0)
     return {
         "name": cfg.name,
         "operation": "mix",

@@ -275,3 +275,17 @@ def test_cli_rejects_a_malformed_weight(sources, tmp_path):
     )
     assert result.exit_code != 0
     assert isinstance(result.exception, ConfigError | SystemExit)
+
+
+def test_a_uid_listed_twice_in_a_source_is_one_candidate(sources):
+    inputs = [{"path": sources["laion"], "source": "laion"}, {"path": sources["laion"], "source": "laion"}]
+    inputs.append({"path": sources["laion"], "source": "again"})
+    cfg = MixConfig(inputs=inputs, counts={"laion": 3000, "again": 10})
+    res = mix(cfg, gather_candidates(cfg.inputs))
+    m = res.subset.manifest
+    assert (
+        m["sources"]["laion"]["available"] == 3000 and m["sources"]["laion"]["duplicate_candidates"] == 3000
+    )
+    counts = Counter(res.subset.hex())
+    assert max(counts.values()) == 2 and sum(c == 2 for c in counts.values()) == 10  # the 10 also in "again"
+    assert m["uids_in_several_sources"] == 10
