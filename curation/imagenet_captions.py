@@ -37,12 +37,13 @@ from pydantic import Field, model_validator
 
 from curation.config import ConfigModel
 from curation.engines import JobReport, run_job
+from curation.imagenet_captions_report import finish_report
 from curation.imagestore import ImageReader, locate_images
-from curation.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text, read_json
+from curation.io import atomic_path, atomic_write_json, atomic_write_parquet, read_json
 from curation.metaclean import clean_tags, clean_text, url_decode
 from curation.runner import ShardJob
 from curation.stagecounts import count_verdicts
-from curation.stats import Funnel, StageStats
+from curation.stats import StageStats
 from curation.uid import compute_uids
 
 log = logging.getLogger(__name__)
@@ -261,13 +262,11 @@ def build_plan(
     joined, meta_stats = join_tables(index, meta, images)
     fields = cleaned_fields(joined, cfg)
     caption, has_text = format_captions(fields, cfg)
-    join_reason = joined["join_reason"].combine_chunks()
-    joined_ok = pc.is_null(join_reason).to_numpy(zero_copy_only=False)
-    reason = np.array(join_reason.to_pylist(), dtype=object)
-    reason[joined_ok & ~has_text] = "empty_text"
+    reason = joined["join_reason"].combine_chunks()
+    joined_ok = pc.is_null(reason).to_numpy(zero_copy_only=False)
     no_image = pc.is_null(joined["ext"]).to_numpy(zero_copy_only=False)
-    reason[joined_ok & has_text & no_image] = "missing_image"
-    status = np.where(reason == None, "pending", reason).astype(object)  # noqa: E711
+    reason = pc.if_else(pa.array(joined_ok & ~has_text), "empty_text", reason)
+    reason = pc.if_else(pa.array(joined_ok & has_text & no_image), "missing_image", reason)
     plan = pa.table(
         {
             "row_idx": joined["row_idx"],
@@ -279,7 +278,7 @@ def build_plan(
             "description": pc.if_else(joined_ok, fields["description"], pa.scalar(None, pa.string())),
             "tags": pc.if_else(joined_ok, fields["tags"], pa.scalar(None, pa.string())),
             "caption": pc.if_else(pa.array(joined_ok & has_text), caption, pa.scalar(None, pa.string())),
-            "status": pa.array(status.tolist(), pa.string()),
+            "status": pc.fill_null(reason, "pending"),
             **{c: joined[c] for c in ("container", "path", "offset", "size", "ext")},
         }
     )
@@ -439,80 +438,9 @@ def shard_stats(table: pa.Table) -> list[StageStats]:
     return stages
 
 
-def build_report(
-    funnel: Funnel, info: dict[str, Any], pool: Path, cfg: ImagenetCaptionsConfig
-) -> dict[str, Any]:
-    join, _, image = funnel.stages
-    n = join.total.seen
-    samples = (
-        pq.read_table(
-            sorted(pool.glob("[0-9]*.parquet")), columns=["status", "caption", "title", "description", "tags"]
-        )
-        if n
-        else None
-    )
-    reasons: dict[str, int] = {}
-    for s in funnel.stages:
-        reasons.update(s.total.dropped)
-    report: dict[str, Any] = {
-        **info,
-        "joined": join.total.kept,
-        "join_rate": round(join.total.kept / n, 6) if n else 0.0,
-        "samples": image.total.kept,
-        "sample_rate": round(image.total.kept / n, 6) if n else 0.0,
-        "not_joined_or_dropped": dict(sorted(reasons.items())),
-        "funnel": funnel.to_dict(),
-        "config": cfg.model_dump(mode="json"),
-    }
-    if samples is not None:
-        ok = samples.filter(pc.equal(samples["status"], "success"))
-        report["fields_with_text"] = {
-            f: int(pc.sum(pc.greater(pc.utf8_length(ok[f].fill_null("")), 0)).as_py() or 0)
-            for f in META_FIELDS
-        }
-        lengths = pc.utf8_length(ok["caption"]).to_numpy(zero_copy_only=False) if ok.num_rows else np.zeros(0)
-        report["caption_chars"] = {
-            "mean": round(float(lengths.mean()), 1) if len(lengths) else 0,
-            "max": int(lengths.max()) if len(lengths) else 0,
-        }
-        report["examples"] = ok["caption"].to_pylist()[:5]
-    return report
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "# ImageNet-Captions build",
-        "",
-        f"- index rows: {report['index_rows']}, joined with metadata: {report['joined']} "
-        f"(join rate {100 * report['join_rate']:.2f}%)",
-        f"- samples written: {report['samples']} ({100 * report['sample_rate']:.2f}% of the index)",
-        f"- metadata rows: {report['meta_rows']} ({report['duplicate_meta_rows']} duplicate photo ids, "
-        f"{report['orphan_meta_rows']} matching no indexed image, "
-        f"{report['meta_rows_without_photo_id']} without a usable photo id)",
-        "",
-        "| reason | rows |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in report["not_joined_or_dropped"].items()],
-        "",
-        "Examples:",
-        "",
-        *[f"- {c}" for c in report.get("examples", [])],
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def write_plan(plan: pa.Table, out: Path, cfg: ImagenetCaptionsConfig) -> None:
     with atomic_path(plan_path(out)) as tmp:
         pq.write_table(plan, tmp, row_group_size=cfg.shard_size)
-
-
-def finish_report(
-    out: Path, funnel: Funnel, info: dict[str, Any], cfg: ImagenetCaptionsConfig
-) -> dict[str, Any]:
-    report = build_report(funnel, info, out, cfg)
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", report_markdown(report))
-    return report
 
 
 def prepare_output(out: Path, stamp: dict[str, Any], overwrite: bool) -> None:
@@ -562,4 +490,4 @@ def run_imagenet_captions(
         raise AssertionError(
             f"pool accounts for {funnel.stages[0].total.seen} of {info['index_rows']} index rows"
         )
-    return report, finish_report(out, funnel, info, cfg)
+    return report, finish_report(out, funnel, info, cfg.model_dump(mode="json"))
