@@ -294,7 +294,7 @@ def finalize(
 
 def prepare_output(out: Path, cfg: HardmatchConfig, source: RowSource, overwrite: bool) -> None:
     """Refuse to resume into matches made with other settings (the runner would skip their shards)."""
-    stamp = {"config": cfg.model_dump(mode="json"), "input": str(source.path)}
+    stamp = {"config": cfg.model_dump(mode="json"), "input": str(source.path.resolve())}
     stamp_path = out / "matches" / "_run.json"
     if overwrite and (out / "matches").exists():
         shutil.rmtree(out / "matches")
