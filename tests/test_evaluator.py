@@ -101,10 +101,10 @@ def evaluated(suite_dir: Path, checkpoint: Path, baseline_csv: Path, tmp_path_fa
     return out, {r["dataset"]: r for r in records}
 
 
-def read_test_split(root: Path) -> dict[str, dict[str, bytes]]:
+def read_test_split(root: Path, split: str = "test") -> dict[str, dict[str, bytes]]:
     """key ('0.tar/s0000001') -> {ext: bytes}, read with tarfile, independently of the evaluator."""
     samples: dict[str, dict[str, bytes]] = defaultdict(dict)
-    for shard in sorted((root / "test").glob("*.tar")):
+    for shard in sorted((root / split).glob("*.tar")):
         with tarfile.open(shard) as tar:
             for member in tar:
                 key, ext = member.name.split(".", 1)
@@ -140,6 +140,13 @@ def direct_classifier(bundle, classnames, templates) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def bundle(checkpoint: Path):
     return load_clip(MODEL, str(checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clip_ev(checkpoint: Path):
+    return load_evaluatee(
+        ModelSource("clip", MODEL, str(checkpoint), "t"), EvalConfig(device="cpu", workers=0)
+    )
 
 
 @pytest.mark.parametrize("dataset", ["tiny_id", "tiny_sketch"])
@@ -243,14 +250,14 @@ def test_shipped_subsets_match_timm_synsets() -> None:
 
 
 @pytest.mark.parametrize("spec", [[1, 3, 4], "subset.txt"])
-def test_class_subset_in_suite_yaml(tmp_path: Path, checkpoint: Path, spec) -> None:
+def test_class_subset_in_suite_yaml(tmp_path: Path, clip_ev, spec) -> None:
     labels = [1, 3, 4] * 4
     write_test_set(tmp_path / "sub", classification_samples(labels))
     (tmp_path / "subset.txt").write_text("# three of six classes\n1\n3\n4\n")
     entry = TestSetEntry(name="sub", path="sub", role=Role.IN_DISTRIBUTION, class_subset=spec)
     test_set = load_test_set(tmp_path / "sub", entry, suite_root=tmp_path)
     assert test_set.class_subset == (1, 3, 4)
-    ev = load_evaluatee(ModelSource("clip", MODEL, str(checkpoint), "t"), EvalConfig(device="cpu", workers=0))
+    ev = clip_ev
     (outcome,) = evaluate_test_set(ev, test_set, EvalConfig(device="cpu", workers=0, batch_size=8))
     topk = outcome.arrays["topk"]
     assert topk.shape == (12, 3) and np.isin(topk, [1, 3, 4]).all()
@@ -399,3 +406,47 @@ def test_supervised_run_maps_head_classes_by_name(tmp_path: Path, suite_dir: Pat
     expected = head_logits[:, order].argmax(1).numpy()
     assert np.array_equal(outcome.arrays["topk"][:, 0], expected)
     assert evaluate_test_set(ev, load_suite(suite_dir).test_sets[2], EvalConfig(device="cpu")) == []
+
+
+# ------------------------------------------------------------------ linear probe and label checks
+
+
+def test_linear_probe_matches_direct_sklearn_fit(tmp_path: Path, suite_dir: Path, clip_ev) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    cfg = EvalConfig(device="cpu", workers=0, batch_size=16)
+    cfg.linear_probe.enabled = True
+    ev = clip_ev
+    # a test set with its own train/ split: train there, score every test sample
+    root = tmp_path / "with_train"
+    write_test_set(root, classification_samples([i % 6 for i in range(12)], offset=300))
+    train_labels = [i % 6 for i in range(24)]
+    write_test_set(tmp_path / "train_src", classification_samples(train_labels, offset=400))
+    (tmp_path / "train_src" / "test").rename(root / "train")
+    test_set = load_test_set(root, TestSetEntry(name="wt", path=".", role=Role.IN_DISTRIBUTION))
+    zero_shot, probe = evaluate_test_set(ev, test_set, cfg)
+    assert probe.record["task"] == "linear_probe" and probe.record["probe_trained_on"] == "train split"
+
+    test_keys, test_x = direct_image_features(ev.bundle, read_test_split(root))
+    train = read_test_split(root, "train")
+    train_keys, train_x = direct_image_features(ev.bundle, train)
+    train_y = [int(train[k]["cls"]) for k in train_keys]
+    clf = LogisticRegression(C=1.0, max_iter=1000).fit(train_x.numpy(), train_y)
+    test_y = np.array([int(read_test_split(root)[k]["cls"]) for k in test_keys])
+    expected = clf.predict(test_x.numpy()) == test_y
+    np.testing.assert_array_equal(probe.arrays["correct"], expected)
+    assert probe.record["metrics"]["acc1"] == pytest.approx(expected.mean(), abs=1e-12)
+    assert zero_shot.record["task"] == "zeroshot_classification"
+
+    # no train split: a seeded, stratified half of the test split is held out
+    (_, outcome_probe) = evaluate_test_set(ev, load_suite(suite_dir).test_sets[0], cfg)
+    held = outcome_probe.arrays["labels"]
+    assert len(held) == 18 and np.bincount(held).tolist() == [3] * 6
+    assert "stratified split" in outcome_probe.record["probe_trained_on"]
+
+
+def test_labels_outside_classnames_are_a_suite_error(tmp_path: Path, clip_ev) -> None:
+    write_test_set(tmp_path / "bad", classification_samples([0, 1, 7]))
+    test_set = load_test_set(tmp_path / "bad", TestSetEntry(name="bad", path=".", role=Role.SHIFT))
+    with pytest.raises(SuiteError, match=r"labels \[7\] do not index classnames.txt \(6 classes\)"):
+        evaluate_test_set(clip_ev, test_set, EvalConfig(device="cpu", workers=0))

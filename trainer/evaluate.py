@@ -30,7 +30,7 @@ from trainer.eval_config import BootstrapSettings, EvalConfig
 from trainer.evaluatees import Evaluatee, ModelSource
 from trainer.retrieval import retrieval_metrics
 from trainer.robustness import percentile_ci, resample_means
-from trainer.suites import Role, Suite, TestSet
+from trainer.suites import Role, Suite, SuiteError, TestSet
 from trainer.testloader import NEEDS_CAPTION, NEEDS_LABEL, PassResult, run_pass
 from trainer.zeroshot import classify
 
@@ -74,9 +74,24 @@ def _base_record(ev: Evaluatee, test_set: TestSet, task: str, passed: PassResult
     }
 
 
-def evaluate_classification(ev: Evaluatee, test_set: TestSet, passed: PassResult, cfg: EvalConfig) -> Outcome:
+def check_labels(test_set: TestSet, passed: PassResult) -> None:
+    """Labels must index classnames.txt (and the class subset): a mismatch means a broken test set."""
     if passed.n == 0:
-        raise ValueError(f"{test_set.name}: no usable samples ({dict(passed.skipped)})")
+        raise SuiteError(f"{test_set.name}: no usable samples ({dict(passed.skipped)})")
+    bad = passed.labels[(passed.labels < 0) | (passed.labels >= len(test_set.classnames))]
+    if bad.size:
+        raise SuiteError(
+            f"{test_set.name}: labels {sorted(set(bad.tolist()))[:5]} do not index classnames.txt "
+            f"({len(test_set.classnames)} classes)"
+        )
+    if test_set.class_subset is not None:
+        outside = np.setdiff1d(passed.labels, np.asarray(test_set.class_subset))
+        if outside.size:
+            raise SuiteError(f"{test_set.name}: labels {outside[:5].tolist()} are outside class_subset")
+
+
+def evaluate_classification(ev: Evaluatee, test_set: TestSet, passed: PassResult, cfg: EvalConfig) -> Outcome:
+    check_labels(test_set, passed)
     logits = ev.class_logits(passed.outputs, test_set)
     result = classify(logits, passed.labels, test_set.class_subset)
     record = _base_record(ev, test_set, test_set.task, passed)

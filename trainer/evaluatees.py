@@ -108,7 +108,7 @@ class ClipEvaluatee:
         self.dtype = next(self.bundle.model.parameters()).dtype
         self.autocast = precision.startswith("amp") and self.device.type == "cuda"
         self.autocast_dtype = torch.bfloat16 if precision == "amp_bf16" else torch.float16
-        self._weights: dict[str, torch.Tensor] = {}
+        self._weights: dict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}
 
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast)
@@ -118,7 +118,8 @@ class ClipEvaluatee:
             return self.bundle.model.encode_image(images.to(self.device, self.dtype), normalize=True)
 
     def class_logits(self, outputs: torch.Tensor, test_set: TestSet) -> torch.Tensor:
-        if test_set.name not in self._weights:
+        key = (test_set.classnames, test_set.templates)  # ImageNet and its shifts share one classifier
+        if key not in self._weights:
             with self._autocast():
                 weights = classifier_weights(
                     self.bundle.model,
@@ -127,8 +128,8 @@ class ClipEvaluatee:
                     test_set.templates,
                     self.device,
                 )
-            self._weights[test_set.name] = weights.cpu()
-        return 100.0 * outputs @ self._weights[test_set.name]
+            self._weights[key] = weights.cpu()
+        return 100.0 * outputs @ self._weights[key]
 
     def text_features(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
         chunks = []
