@@ -450,3 +450,24 @@ def test_labels_outside_classnames_are_a_suite_error(tmp_path: Path, clip_ev) ->
     test_set = load_test_set(tmp_path / "bad", TestSetEntry(name="bad", path=".", role=Role.SHIFT))
     with pytest.raises(SuiteError, match=r"labels \[7\] do not index classnames.txt \(6 classes\)"):
         evaluate_test_set(clip_ev, test_set, EvalConfig(device="cpu", workers=0))
+
+
+def test_retrieval_ranks_break_ties_like_a_stable_sort() -> None:
+    """Duplicate captions and duplicate images tie exactly; ranks follow a stable descending sort."""
+    from trainer.retrieval import retrieval_ranks
+
+    gen = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(40, 8, generator=gen), dim=-1)
+    img[7] = img[3]  # duplicate images
+    owner = torch.arange(40).repeat_interleave(2)[:70]
+    owner = torch.cat([owner, torch.arange(35, 40)])
+    txt = F.normalize(torch.randn(len(owner), 8, generator=gen), dim=-1)
+    txt[10] = txt[2]  # duplicate captions of different images
+    txt[11] = txt[2]
+    image_rank, text_rank = retrieval_ranks(img, txt, owner)
+    sims = (txt @ img.T).numpy()
+    for j in range(len(owner)):
+        assert image_rank[j] == list(np.argsort(-sims[j], kind="stable")).index(int(owner[j]))
+    for i in range(len(img)):
+        order = np.argsort(-sims[:, i], kind="stable")
+        assert text_rank[i] == int(np.flatnonzero(owner.numpy()[order] == i)[0])

@@ -38,22 +38,44 @@ def first_positive_rank(scores: torch.Tensor, is_positive: torch.Tensor) -> torc
     return (scores > best).sum(1) + ((scores == best) & (index < first)).sum(1)
 
 
+def _block_ranks(scores: torch.Tensor, pos_rows: torch.Tensor, pos_cols: torch.Tensor) -> torch.Tensor:
+    """:func:`first_positive_rank` for positives given as (row, col) pairs, in two passes over ``scores``.
+
+    The best positive score per row is gathered from ``scores`` itself (bit-identical), and the exact
+    tie-break runs only on the rare rows where another candidate ties with it.
+    """
+    n_rows, n_cols = scores.shape
+    best = torch.full((n_rows,), float("-inf"), dtype=scores.dtype)
+    best = best.scatter_reduce(0, pos_rows, scores[pos_rows, pos_cols], reduce="amax")[:, None]
+    rank = (scores > best).sum(1)
+    tied = ((scores == best).sum(1) > 1).nonzero().squeeze(1)
+    if len(tied):
+        local = torch.full((n_rows,), -1, dtype=torch.long)
+        local[tied] = torch.arange(len(tied))
+        keep = local[pos_rows] >= 0
+        is_positive = torch.zeros(len(tied), n_cols, dtype=torch.bool)
+        is_positive[local[pos_rows[keep]], pos_cols[keep]] = True
+        rank[tied] = first_positive_rank(scores[tied], is_positive)
+    return rank
+
+
 def retrieval_ranks(
     image_emb: torch.Tensor, text_emb: torch.Tensor, text_image: torch.Tensor
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ranks of the positives (0 = retrieved first); embeddings must already be L2-normalised."""
-    n_images = image_emb.shape[0]
-    image_rank = torch.empty(len(text_emb), dtype=torch.long)
-    for start in range(0, len(text_emb), BLOCK):
-        scores = text_emb[start : start + BLOCK] @ image_emb.T  # (block, n_images)
-        own = text_image[start : start + BLOCK]
-        is_positive = torch.arange(n_images)[None, :] == own[:, None]
-        image_rank[start : start + BLOCK] = first_positive_rank(scores, is_positive)
+    n_images, n_texts = image_emb.shape[0], text_emb.shape[0]
+    image_rank = torch.empty(n_texts, dtype=torch.long)
+    for start in range(0, n_texts, BLOCK):
+        stop = min(start + BLOCK, n_texts)
+        scores = text_emb[start:stop] @ image_emb.T  # (block of captions, all images)
+        rows = torch.arange(stop - start)
+        image_rank[start:stop] = _block_ranks(scores, rows, text_image[start:stop])
     text_rank = torch.empty(n_images, dtype=torch.long)
     for start in range(0, n_images, BLOCK):
-        scores = image_emb[start : start + BLOCK] @ text_emb.T  # (block, n_texts)
-        is_positive = text_image[None, :] == torch.arange(start, start + len(scores))[:, None]
-        text_rank[start : start + BLOCK] = first_positive_rank(scores, is_positive)
+        stop = min(start + BLOCK, n_images)
+        scores = image_emb[start:stop] @ text_emb.T  # (block of images, all captions)
+        cols = ((text_image >= start) & (text_image < stop)).nonzero().squeeze(1)
+        text_rank[start:stop] = _block_ranks(scores, text_image[cols] - start, cols)
     return image_rank.numpy(), text_rank.numpy()
 
 
