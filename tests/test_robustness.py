@@ -145,6 +145,10 @@ def test_report_er_and_cis(tmp_path: Path) -> None:
     )
     assert points[AVERAGE].acc_shift == pytest.approx(0.37)
     assert points[AVERAGE].er > 0  # this "CLIP" lies well above the baselines
+    assert not any(p.extrapolated for p in report.models)  # 0.4 lies within the baselines' 0.3..0.8
+    low = load_accuracy_table([_results(tmp_path, "low", {"id": 0.2, "sketch": 0.15, "style": 0.18})])
+    low_points = compute_report(low, BASELINES, "id", ["sketch", "style"], boot).models
+    assert all(p.extrapolated for p in low_points)
     again = compute_report(evaluated, BASELINES, "id", ["sketch", "style"], boot)
     assert [p.ci for p in again.models] == [p.ci for p in report.models]
     # more test samples -> narrower interval

@@ -53,6 +53,11 @@ class LogitFit:
     intercept: float
     n: int
     r2: float
+    id_range: tuple[float, float] | None = None  # the baselines' in-distribution accuracies, min and max
+
+    def extrapolates(self, acc_id: float) -> bool:
+        """Whether ``acc_id`` lies outside the baselines' range, where the line is an extrapolation."""
+        return self.id_range is not None and not self.id_range[0] <= acc_id <= self.id_range[1]
 
     def predict(self, acc_id: np.ndarray | float) -> np.ndarray:
         """The shift accuracy a baseline model with this in-distribution accuracy would have."""
@@ -74,7 +79,8 @@ def fit_logit_line(acc_id: Sequence[float] | np.ndarray, acc_shift: Sequence[flo
     resid = y - (slope * x + intercept)
     total = np.sum((y - y.mean()) ** 2)
     r2 = float(1 - np.sum(resid**2) / total) if total > 0 else 1.0
-    return LogitFit(float(slope), float(intercept), len(x), r2)
+    ids = np.asarray(acc_id, dtype=np.float64)
+    return LogitFit(float(slope), float(intercept), len(x), r2, (float(ids.min()), float(ids.max())))
 
 
 def effective_robustness(
@@ -209,6 +215,7 @@ class Point:
     acc_shift: float
     er: float | None = None
     ci: tuple[float, float] | None = None
+    extrapolated: bool = False  # acc_id outside the baselines' range
 
 
 @dataclass
@@ -244,6 +251,7 @@ class RobustnessReport:
                     "effective_robustness": p.er,
                     "ci_low": lo,
                     "ci_high": hi,
+                    "extrapolated": p.extrapolated,
                 }
             )
         return pd.DataFrame(rows)
@@ -297,7 +305,12 @@ def compute_report(
         baselines += [Point(str(m), shift, r[id_dataset], r[shift]) for m, r in rows.iterrows()]
     complete = base.dropna()
     avg = complete[list(shifts)].mean(axis=1)
-    fits[AVERAGE] = fit_logit_line(complete[id_dataset].to_numpy(), avg.to_numpy())
+    try:
+        fits[AVERAGE] = fit_logit_line(complete[id_dataset].to_numpy(), avg.to_numpy())
+    except RobustnessInputError as exc:
+        raise RobustnessInputError(
+            f"baseline fit for the average over shifts (needs all shifts): {exc}"
+        ) from exc
     baselines += [Point(str(m), AVERAGE, complete.loc[m, id_dataset], avg[m]) for m in complete.index]
 
     models: list[Point] = []
@@ -325,12 +338,30 @@ def _model_points(
     avg_er = float(effective_robustness(fits[AVERAGE], acc_id, acc.mean()))
     cis = _bootstrap_cis(rows, id_dataset, shifts, fits, boot)
     points = [
-        Point(model, s, acc_id, float(a), float(e), cis.get(s))
+        Point(model, s, acc_id, float(a), float(e), cis.get(s), fits[s].extrapolates(acc_id))
         for s, a, e in zip(shifts, acc, ers, strict=True)
     ]
-    points.append(Point(model, AVERAGE, acc_id, float(acc.mean()), avg_er, cis.get(AVERAGE)))
     points.append(
-        Point(model, MEAN_OF_SHIFTS, acc_id, float(acc.mean()), float(ers.mean()), cis.get(MEAN_OF_SHIFTS))
+        Point(
+            model,
+            AVERAGE,
+            acc_id,
+            float(acc.mean()),
+            avg_er,
+            cis.get(AVERAGE),
+            fits[AVERAGE].extrapolates(acc_id),
+        )
+    )
+    points.append(
+        Point(
+            model,
+            MEAN_OF_SHIFTS,
+            acc_id,
+            float(acc.mean()),
+            float(ers.mean()),
+            cis.get(MEAN_OF_SHIFTS),
+            any(fits[s].extrapolates(acc_id) for s in shifts),
+        )
     )
     return points
 

@@ -38,6 +38,13 @@ def report_robustness(
     atomic_write_text(out_dir / "robustness.csv", report.to_frame().to_csv(index=False))
     plot_effective_robustness(report, out_dir / "effective_robustness.png", svg=svg)
     for p in report.models:
+        if p.shift == MEAN_OF_SHIFTS and p.extrapolated:
+            log.warning(
+                "%s: in-distribution accuracy %.3f lies outside the baselines' range; its ER extrapolates "
+                "the baseline line",
+                p.model,
+                p.acc_id,
+            )
         if p.shift == MEAN_OF_SHIFTS:
             ci = f" [{100 * p.ci[0]:+.2f}, {100 * p.ci[1]:+.2f}]" if p.ci else ""
             log.info("%s: mean effective robustness %+.2f points%s", p.model, 100 * (p.er or 0), ci)
