@@ -295,6 +295,8 @@ def _mutate_suite(root: Path, change: str) -> None:
         (root / "tiny_id" / "zeroshot_classification_templates.txt").write_text("a photo of a thing\n")
     elif change == "nshards":
         (root / "tiny_id" / "test" / "nshards.txt").write_text("3\n")
+    elif change == "multilabel":
+        (root / "tiny_id" / "dataset_type.txt").write_text("multilabel\n")
     elif change == "yaml":
         (root / "suite.yaml").write_text("name: [unclosed\n")
         return
@@ -316,6 +318,7 @@ def _mutate_suite(root: Path, change: str) -> None:
         ("bad_template", "placeholder"),
         ("nshards", "says 3 shards but 2.tar missing"),
         ("yaml", "not valid YAML"),
+        ("multilabel", "dataset_type 'multilabel' is not supported"),
     ],
 )
 def test_malformed_suite_gives_clear_error(tmp_path: Path, change: str, message: str) -> None:

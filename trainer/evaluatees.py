@@ -150,7 +150,12 @@ class SupervisedEvaluatee:
     has_text = False
 
     def __init__(self, source: ModelSource, device: str) -> None:
-        from trainer.supervised import load_supervised  # the trainer's module; only needed for these runs
+        try:  # the trainer's module; only needed for supervised runs
+            from trainer.supervised import load_supervised
+        except ModuleNotFoundError as exc:
+            if exc.name != "trainer.supervised":
+                raise
+            raise ModelSourceError(f"{source.run_dir}: supervised runs need trainer/supervised.py") from exc
 
         assert source.run_dir is not None
         self.source = source

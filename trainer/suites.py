@@ -33,6 +33,7 @@ TEMPLATES_FILE = "zeroshot_classification_templates.txt"
 DATASET_TYPE_FILE = "dataset_type.txt"
 NSHARDS_FILE = "nshards.txt"
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
+SUPPORTED_TYPES = ("classification", "retrieval")  # CLIP_benchmark also has "multilabel" (VOC): not here
 SHIPPED_SUBSETS_DIR = Path(__file__).resolve().parent.parent / "conf" / "eval" / "class_subsets"
 
 
@@ -184,6 +185,10 @@ def load_test_set(root: Path, entry: TestSetEntry, suite_root: Path | None = Non
     where = f"test set {entry.name!r} ({root})"
     if not root.is_dir():
         raise SuiteError(f"{where}: directory does not exist")
+    if _dataset_type(root) not in SUPPORTED_TYPES:
+        raise SuiteError(
+            f"{where}: dataset_type {_dataset_type(root)!r} is not supported ({', '.join(SUPPORTED_TYPES)})"
+        )
     shards = _shards(root, entry.split)
     classnames: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
