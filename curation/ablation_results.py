@@ -1,0 +1,170 @@
+"""From cell records to the ablation's results table: accuracies with CIs, ER against the baselines.
+
+One row per cell. Accuracy CIs are the evaluator's percentile bootstrap over test samples; the mean
+shift accuracy's CI resamples every shift set independently and averages (same settings). Effective
+robustness comes from :mod:`trainer.robustness`: the baseline line is fitted on the supervised
+baseline cells (logit space), and every finished cell, baselines included, is placed against it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curation.ablation import CellRecord
+from trainer.errors import EvalInputError
+from trainer.robustness import (
+    MEAN_OF_SHIFTS,
+    BootstrapConfig,
+    RobustnessReport,
+    compute_report,
+    infer_roles,
+    load_correct,
+    percentile_ci,
+    records_to_table,
+    resample_means,
+)
+
+log = logging.getLogger(__name__)
+
+RECALL_KEYS = ("image_retrieval_recall@1", "text_retrieval_recall@1")
+ID_COLUMNS = ["cell", "set", "kind", "k", "mode", "seed", "status", "subset_size", "samples_seen"]
+
+
+@dataclass
+class Results:
+    table: pd.DataFrame
+    id_dataset: str | None
+    shifts: list[str]
+    robustness: RobustnessReport | None
+    notes: list[str]  # what could not be computed and why (shown in the report)
+
+
+def finished(cells: Sequence[CellRecord]) -> list[CellRecord]:
+    return [c for c in cells if c.status in ("finished", "skipped") and c.records]
+
+
+def accuracy_table(cells: Sequence[CellRecord]) -> pd.DataFrame:
+    """(model = cell id, dataset, acc1, role, samples) over every finished cell's classification records."""
+    frames = [records_to_table(c.records, base=Path(c.eval_dir or ".")) for c in finished(cells)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _classification(rec: CellRecord) -> dict[str, dict[str, Any]]:
+    return {
+        r["dataset"]: r
+        for r in rec.records
+        if r.get("task") == "zeroshot_classification" and r.get("role") in ("in_distribution", "shift")
+    }
+
+
+def mean_shift_ci(files: Sequence[str], boot: BootstrapConfig) -> tuple[float, float] | None:
+    """Percentile CI of the mean over shift sets, each set resampled on its own."""
+    if boot.samples <= 0 or not files:
+        return None
+    rng = np.random.default_rng(boot.seed)
+    reps = np.stack([resample_means(load_correct(f), boot.samples, rng) for f in files], axis=1)
+    return percentile_ci(reps.mean(axis=1), boot.level)
+
+
+def _accuracy_columns(
+    rec: CellRecord, id_dataset: str | None, shifts: list[str], boot: BootstrapConfig
+) -> dict[str, Any]:
+    by_set = _classification(rec)
+    row: dict[str, Any] = {}
+    if id_dataset in by_set:
+        r = by_set[id_dataset]
+        row["acc_id"] = r["metrics"]["acc1"]
+        row["acc_id_ci_low"], row["acc_id_ci_high"] = r.get("ci", {}).get("acc1", (None, None))
+    present = [s for s in shifts if s in by_set]
+    for s in present:
+        row[f"acc_{s}"] = by_set[s]["metrics"]["acc1"]
+    if present and len(present) == len(shifts):
+        row["acc_shift_mean"] = float(np.mean([by_set[s]["metrics"]["acc1"] for s in shifts]))
+        files = [str(Path(rec.eval_dir or ".") / by_set[s]["samples"]) for s in shifts]
+        ci = mean_shift_ci(files, boot) if all(by_set[s].get("samples") for s in shifts) else None
+        row["acc_shift_mean_ci_low"], row["acc_shift_mean_ci_high"] = ci or (None, None)
+    for r in rec.records:
+        if r.get("role") == "retrieval":
+            for key in RECALL_KEYS:
+                if key in r["metrics"]:
+                    row[f"{r['dataset']}_{key}" if _many_retrieval(rec) else key] = r["metrics"][key]
+    return row
+
+
+def _many_retrieval(rec: CellRecord) -> bool:
+    return len({r["dataset"] for r in rec.records if r.get("role") == "retrieval"}) > 1
+
+
+def robustness(
+    cells: Sequence[CellRecord],
+    table: pd.DataFrame,
+    id_dataset: str,
+    shifts: list[str],
+    boot: BootstrapConfig,
+) -> RobustnessReport:
+    """ER of every finished cell against the line fitted on the finished baseline cells."""
+    baseline_ids = {c.id for c in finished(cells) if c.kind == "baseline"}
+    baseline = table[table["model"].isin(baseline_ids)]
+    return compute_report(table, baseline, id_dataset, shifts, boot)
+
+
+def _er_columns(report: RobustnessReport, model: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for p in report.models:
+        if p.model != model:
+            continue
+        if p.shift == MEAN_OF_SHIFTS:
+            row["er_mean"] = p.er
+            row["er_mean_ci_low"], row["er_mean_ci_high"] = p.ci or (None, None)
+            row["er_extrapolated"] = p.extrapolated
+        elif p.shift in report.shifts:
+            row[f"er_{p.shift}"] = p.er
+    return row
+
+
+def build_results(cells: Sequence[CellRecord], boot: BootstrapConfig) -> Results:
+    """The results table (one row per cell, failed ones included) and the ER report behind it."""
+    notes: list[str] = []
+    table = accuracy_table(cells)
+    id_dataset: str | None = None
+    shifts: list[str] = []
+    report: RobustnessReport | None = None
+    if len(table):
+        try:
+            id_dataset, shifts = infer_roles(table)
+        except EvalInputError as exc:
+            notes.append(f"no accuracy-vs-shift analysis: {exc}")
+    if id_dataset is not None:
+        try:
+            report = robustness(cells, table, id_dataset, shifts, boot)
+        except EvalInputError as exc:
+            notes.append(f"effective robustness not computed: {exc}")
+            log.warning("effective robustness not computed: %s", exc)
+    rows = []
+    for c in cells:
+        row: dict[str, Any] = {
+            "cell": c.id,
+            "set": c.set,
+            "kind": c.kind,
+            "k": c.k,
+            "mode": c.mode,
+            "seed": c.seed,
+            "status": c.status,
+            "subset_size": c.subset_size,
+            "samples_seen": c.samples_seen,
+        }
+        if c.records:
+            row.update(_accuracy_columns(c, id_dataset, shifts, boot))
+            if report is not None:
+                row.update(_er_columns(report, c.id))
+        row.update(wall_s=c.wall_s, train_s=c.train_s, eval_s=c.eval_s, error=c.error)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return Results(frame, id_dataset, shifts, report, notes)

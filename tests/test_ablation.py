@@ -1,0 +1,443 @@
+"""`curate ablate`: grid expansion, set preparation, cells, results, power-law fit, HTML report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from curation.ablation import (
+    CELL_FILE,
+    ERROR_FILE,
+    AblationConfig,
+    AblationResult,
+    CellJob,
+    CellRecord,
+    expand_cells,
+    expand_sets,
+    prepare_set,
+    prepare_sets,
+    run_cell,
+)
+from curation.config import ConfigError, build
+from curation.powerlaw import PowerLawError, fit_power_law
+from curation.subset import Subset
+
+HAVE_SELECT = all(importlib.util.find_spec(m) for m in ("curation.selection", "curation.reshard"))
+HAVE_TRAINER = HAVE_SELECT and importlib.util.find_spec("trainer.train") is not None
+
+
+def config(**values) -> AblationConfig:
+    base = {"pool": "pool", "suite": "suite"}
+    return build(AblationConfig, {**base, **values})
+
+
+# ---------------------------------------------------------------- grid
+
+
+def test_grid_expands_sets_modes_seeds_and_baselines():
+    cfg = config(
+        topk=[40, 20, 100],
+        modes=["one_epoch", "equal_samples"],
+        seeds=[0, 1],
+        samples_seen=500,
+        named_sets={"basic": "basic.npy"},
+        baselines={"shards": "imagenet/train", "budgets": [200, 100], "seeds": [3]},
+    )
+    sets = expand_sets(cfg)
+    assert [s.name for s in sets] == ["top20", "top40", "top100", "random20", "random40", "basic"]
+    randoms = [s for s in sets if s.kind == "random"]
+    by_name = {s.name: s for s in sets}
+    for r in randoms:  # each control matches the size of the top-k set with the same k
+        assert by_name[r.control_of].kind == "topk" and by_name[r.control_of].k == r.k
+    cells = expand_cells(cfg)
+    assert len(cells) == len(sets) * 2 * 2 + 2
+    assert len({c.id for c in cells}) == len(cells)
+    assert {c.id for c in cells} >= {
+        "top20__one_epoch__s0",
+        "basic__equal_samples__s1",
+        "supervised100__equal_samples__s3",
+    }
+    equal = [c for c in cells if c.set.kind != "baseline" and c.mode == "equal_samples"]
+    assert {c.samples_seen for c in equal} == {500}
+    assert all(c.samples_seen is None for c in cells if c.mode == "one_epoch")
+    baselines = [c for c in cells if c.set.kind == "baseline"]
+    assert [(c.samples_seen, c.seed, c.set.shards) for c in baselines] == [
+        (100, 3, "imagenet/train"),
+        (200, 3, "imagenet/train"),
+    ]
+
+
+def test_no_random_control_when_disabled():
+    sets = expand_sets(config(topk=[50], random_control=False))
+    assert [s.kind for s in sets] == ["topk"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"topk": [0]},
+        {"topk": [120]},
+        {"named_sets": {"a__b": "x.npy"}},
+        {"named_sets": {"<b>": "x.npy"}},
+        {"baselines": {"budgets": [100]}},  # budgets without shards
+        {"modes": ["two_epochs"]},
+        {"unknown_key": 1},
+    ],
+)
+def test_bad_configs_are_rejected_with_the_key(values):
+    with pytest.raises(ConfigError):
+        config(**values)
+
+
+def test_named_set_clashing_with_a_generated_name_is_rejected():
+    with pytest.raises(ValueError, match="clash"):
+        expand_sets(config(topk=[20], named_sets={"top20": "x.npy"}))
+
+
+# ---------------------------------------------------------------- sets and cells without training
+
+
+def test_a_named_set_that_does_not_exist_is_an_error_not_a_crash(tmp_path):
+    cfg = config(named_sets={"ghost": str(tmp_path / "nope.npy")})
+    spec = next(s for s in expand_sets(cfg) if s.kind == "named")
+    info = prepare_set(spec, cfg, tmp_path / "out")
+    assert info.shards is None and "nope.npy" in (info.error or "")
+
+
+def _job(tmp_path: Path, set_error: str | None) -> CellJob:
+    cell = expand_cells(config(topk=[50], modes=["one_epoch"], random_control=False))[0]
+    return CellJob(
+        cell=cell,
+        shards=None,
+        set_size=None,
+        set_error=set_error,
+        cell_dir=tmp_path / "cells" / cell.id,
+        preset="tiny",
+        preset_overrides=(),
+        suite="suite",
+        eval_config=None,
+        eval_overrides=(),
+        device="cpu",
+    )
+
+
+def test_a_cell_whose_set_failed_is_recorded_failed_and_retried_later(tmp_path):
+    job = _job(tmp_path, "ReshardError: no samples")
+    rec = run_cell(job)
+    assert rec.status == "failed" and "no samples" in (rec.error or "")
+    saved = json.loads((job.cell_dir / ERROR_FILE).read_text())
+    assert "no samples" in saved["error"] and "Traceback" in saved["traceback"]
+    assert not (job.cell_dir / CELL_FILE).exists()
+    assert run_cell(job).status == "failed"  # no marker: a rerun tries again
+
+
+def test_a_finished_cell_is_skipped(tmp_path):
+    job = _job(tmp_path, "would fail if run")
+    job.cell_dir.mkdir(parents=True)
+    done = CellRecord(job.cell.id, "top50", "topk", 50.0, "one_epoch", 0, "finished", subset_size=7)
+    (job.cell_dir / CELL_FILE).write_text(json.dumps(done.__dict__))
+    rec = run_cell(job)
+    assert rec.status == "skipped" and rec.subset_size == 7 and rec.error is None
+
+
+@pytest.mark.skipif(not HAVE_SELECT, reason="needs curation.selection / curation.reshard (branch select)")
+def test_topk_sets_hold_the_best_scores_and_random_controls_have_their_sizes(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tests.ablation_fixtures import write_quality_pool
+
+    pool = write_quality_pool(tmp_path / "pool", n=60, per_shard=30)
+    cfg = config(pool=str(pool), topk=[25, 50, 100], modes=["one_epoch"])
+    out = tmp_path / "out"
+    infos = prepare_sets(expand_cells(cfg), cfg, out)
+    assert all(i.error is None for i in infos.values()), infos
+    scores = pq.read_table(pool / "attributes" / "clip").to_pandas().set_index("uid")["clip_score"]
+    for k in (25, 50):
+        top = Subset.load(out / "sets" / f"top{k}" / "subset.npy")
+        rnd = Subset.load(out / "sets" / f"random{k}" / "subset.npy")
+        assert len(top) == len(rnd) == round(k / 100 * 60)
+        assert set(top.to_hex()) == set(scores.sort_values(ascending=False).index[: len(top)])
+        assert set(rnd.to_hex()) != set(top.to_hex())
+        sizes = json.loads((out / "sets" / f"random{k}" / "shards" / "sizes.json").read_text())
+        assert sum(sizes.values()) == len(rnd)
+    assert infos["top100"].size == 60
+    # a second preparation reuses the sets (set.json) instead of selecting again
+    (out / "sets" / "top25" / "subset.npy").unlink()
+    assert prepare_sets(expand_cells(cfg), cfg, out)["top25"].size == infos["top25"].size
+
+
+# ---------------------------------------------------------------- power law
+
+
+def test_power_law_recovers_a_known_exponent():
+    rng = np.random.default_rng(0)
+    n = np.geomspace(1e3, 1e7, 12)
+    err = 3.0 * n**-0.27 * np.exp(rng.normal(0, 0.01, n.size))
+    fit = fit_power_law(n, err)
+    assert fit.b == pytest.approx(0.27, abs=0.01)
+    assert fit.a == pytest.approx(3.0, rel=0.15)
+    assert fit.r2 > 0.99
+    assert fit.predict(1e4) == pytest.approx(3.0 * 1e4**-0.27, rel=0.05)
+
+
+def test_power_law_with_a_floor_recovers_exponent_and_floor():
+    n = np.geomspace(1e3, 1e7, 15)
+    fit = fit_power_law(n, 5.0 * n**-0.4 + 0.12, offset=True)
+    assert fit.b == pytest.approx(0.4, abs=0.01)
+    assert fit.c == pytest.approx(0.12, abs=0.005)
+
+
+@pytest.mark.parametrize(
+    ("n", "err"),
+    [([100, 100], [0.5, 0.4]), ([100], [0.5]), ([100, 200], [0.5, 0.0]), ([-1, 200], [0.5, 0.4])],
+)
+def test_power_law_refuses_points_that_cannot_support_it(n, err):
+    with pytest.raises(PowerLawError):
+        fit_power_law(np.array(n), np.array(err))
+
+
+# ---------------------------------------------------------------- report (from recorded cells, no training)
+
+
+def _records(eval_dir: Path, label: str, acc: dict[str, float], n: int = 40) -> list[dict]:
+    """Evaluator-like records with per-sample ``correct`` arrays of the given accuracies."""
+    roles = {"tiny_id": "in_distribution", "tiny_sketch": "shift", "tiny_v2": "shift"}
+    out = []
+    (eval_dir / "samples").mkdir(parents=True, exist_ok=True)
+    for dataset, a in acc.items():
+        correct = np.arange(n) < round(a * n)
+        rel = f"samples/{dataset}.npz"
+        np.savez(eval_dir / rel, correct=correct)
+        out.append(
+            {
+                "dataset": dataset,
+                "label": label,
+                "task": "zeroshot_classification",
+                "role": roles[dataset],
+                "metrics": {"acc1": float(correct.mean())},
+                "ci": {"acc1": [max(0.0, correct.mean() - 0.1), min(1.0, correct.mean() + 0.1)]},
+                "samples": rel,
+            }
+        )
+    out.append(
+        {
+            "dataset": "tiny_retrieval",
+            "label": label,
+            "task": "zeroshot_retrieval",
+            "role": "retrieval",
+            "metrics": {"image_retrieval_recall@1": 0.25, "text_retrieval_recall@1": 0.5},
+        }
+    )
+    return out
+
+
+def _fake_cells(root: Path) -> list[CellRecord]:
+    cells = []
+    specs = [  # id, set, kind, k, mode, samples seen, (id acc, sketch, v2)
+        (
+            "supervised100__equal_samples__s0",
+            "supervised100",
+            "baseline",
+            None,
+            "equal_samples",
+            100,
+            (0.3, 0.1, 0.2),
+        ),
+        (
+            "supervised400__equal_samples__s0",
+            "supervised400",
+            "baseline",
+            None,
+            "equal_samples",
+            400,
+            (0.6, 0.3, 0.45),
+        ),
+        (
+            "supervised900__equal_samples__s0",
+            "supervised900",
+            "baseline",
+            None,
+            "equal_samples",
+            900,
+            (0.8, 0.5, 0.7),
+        ),
+    ]
+    for k, acc in ((20, 0.45), (50, 0.55), (100, 0.5)):
+        specs.append(
+            (f"top{k}__one_epoch__s0", f"top{k}", "topk", k, "one_epoch", 10 * k, (acc, acc - 0.05, acc))
+        )
+        specs.append(
+            (
+                f"top{k}__equal_samples__s0",
+                f"top{k}",
+                "topk",
+                k,
+                "equal_samples",
+                1000,
+                (acc + 0.05, acc, acc),
+            )
+        )
+        if k < 100:
+            specs.append(
+                (
+                    f"random{k}__one_epoch__s0",
+                    f"random{k}",
+                    "random",
+                    k,
+                    "one_epoch",
+                    10 * k,
+                    (0.4, 0.3, 0.35),
+                )
+            )
+    for cid, set_name, kind, k, mode, seen, (a_id, a_sk, a_v2) in specs:
+        eval_dir = root / cid / "eval"
+        records = _records(eval_dir, cid, {"tiny_id": a_id, "tiny_sketch": a_sk, "tiny_v2": a_v2})
+        cells.append(
+            CellRecord(
+                cid, set_name, kind, k, mode, 0, "finished", subset_size=seen, samples_seen=seen,
+                wall_s=1.5, train_s=1.0, eval_s=0.5, eval_dir=str(eval_dir), records=records,
+            )
+        )  # fmt: skip
+    cells.append(
+        CellRecord(
+            "hostile__one_epoch__s0", "hostile", "named", None, "one_epoch", 0, "failed",
+            error="ValueError: <script>alert('x')</script> & <img src=http://evil/x.png>",
+        )
+    )  # fmt: skip
+    return cells
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.refs: list[str] = []
+        self.imgs = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.imgs += tag == "img"
+        self.refs += [v or "" for k, v in attrs if k in ("src", "href", "action", "data")]
+
+
+def test_results_and_report_from_recorded_cells(tmp_path):
+    from curation.ablation_report import write_outputs
+
+    cfg = config(eval_overrides=["bootstrap.samples=200"], topk=[20, 50, 100])
+    cells = _fake_cells(tmp_path / "cells")
+    result = AblationResult(tmp_path, cells, {})
+    results = write_outputs(result, cfg)
+
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert len(table) == len(cells)
+    row = table.set_index("cell").loc["top50__one_epoch__s0"]
+    assert row["acc_id"] == pytest.approx(0.55)
+    assert row["acc_shift_mean"] == pytest.approx((0.5 + 0.55) / 2)
+    assert row["acc_shift_mean_ci_low"] < row["acc_shift_mean"] < row["acc_shift_mean_ci_high"]
+    assert row["image_retrieval_recall@1"] == pytest.approx(0.25)
+    # ER against the line through the three supervised baselines, as trainer.robustness computes it
+    fit = results.robustness.fits["tiny_sketch"]
+    assert row["er_tiny_sketch"] == pytest.approx(0.5 - float(fit.predict(0.55)))
+    assert table.set_index("cell").loc["hostile__one_epoch__s0", "status"] == "failed"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["cells"]) == len(cells) and saved["id_dataset"] == "tiny_id"
+    assert saved["shifts"] == ["tiny_sketch", "tiny_v2"]
+
+    html = (tmp_path / "report.html").read_text()
+    parser = _Links()
+    parser.feed(html)
+    assert parser.imgs == 3  # threshold, robustness, power law
+    assert parser.refs and all(r.startswith("data:image/png;base64,") for r in parser.refs)
+    assert not {"script", "link", "iframe", "object", "embed"} & set(parser.tags)
+    assert "<script>alert" not in html and "&lt;script&gt;alert" in html
+    assert html.count("<tr") >= len(cells) + 1
+    for cell in ("top20", "random50", "supervised900"):
+        assert f">{cell}<" in html
+    assert re.search(r"exponent b</th>", html) and "error = " in html  # the fitted power law is printed
+    assert "open_clip_torch" in html and "quality_threshold" in html  # what was run
+
+
+def test_report_without_baselines_says_why_there_is_no_er(tmp_path):
+    from curation.ablation_report import write_outputs
+
+    cells = [c for c in _fake_cells(tmp_path / "cells") if c.kind != "baseline"]
+    results = write_outputs(
+        AblationResult(tmp_path, cells, {}), config(eval_overrides=["bootstrap.samples=0"])
+    )
+    assert results.robustness is None
+    assert any("effective robustness not computed" in n for n in results.notes)
+    html = (tmp_path / "report.html").read_text()
+    assert "effective robustness not computed" in html
+    assert "er_mean" not in pd.read_csv(tmp_path / "results.csv").columns
+
+
+# ---------------------------------------- end to end (real selection, training, evaluation)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not HAVE_TRAINER, reason="needs trainer.train (branch trainer) and curation.reshard (branch select)"
+)
+def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
+    from curation.ablation import run_ablation
+    from curation.uid import uids_to_array
+    from tests.ablation_fixtures import write_world
+
+    world = write_world(tmp_path / "world")
+    ghost = Subset(uids_to_array(["0" * 31 + "1", "f" * 32]), {"how": "test: uids not in the pool"})
+    ghost_path = ghost.save(tmp_path / "ghost.npy")
+    cfg = config(
+        pool=str(world["pool"]),
+        topk=[50],
+        named_sets={"ghost": str(ghost_path)},
+        preset_overrides=["batch_size=16", "warmup=1", "log_every_n_steps=1", "workers=0"],
+        samples_seen=64,
+        suite=str(world["suite"]),
+        eval_overrides=["bootstrap.samples=50", "workers=0"],
+        baselines={"shards": str(world["baseline"]), "budgets": [32, 256]},
+        device="cpu",
+    )
+    out = tmp_path / "out"
+    result = run_ablation(cfg, out)
+    status = {c.id: c.status for c in result.cells}
+    assert status == {
+        "top50__one_epoch__s0": "finished",
+        "top50__equal_samples__s0": "finished",
+        "random50__one_epoch__s0": "finished",
+        "random50__equal_samples__s0": "finished",
+        "ghost__one_epoch__s0": "failed",
+        "ghost__equal_samples__s0": "failed",
+        "supervised32__equal_samples__s0": "finished",
+        "supervised256__equal_samples__s0": "finished",
+    }
+    table = pd.read_csv(out / "results.csv").set_index("cell")
+    assert (
+        table.loc["top50__one_epoch__s0", "subset_size"]
+        == table.loc["random50__one_epoch__s0", "subset_size"]
+        == 48
+    )
+    assert table.loc["top50__one_epoch__s0", "samples_seen"] == 48
+    assert table.loc["top50__equal_samples__s0", "samples_seen"] == 64
+    assert table.loc["supervised256__equal_samples__s0", "samples_seen"] == 256
+    assert table["acc_id"].notna().sum() == 6 and table["acc_tiny_sketch"].notna().sum() == 6
+    assert table.loc[["ghost__one_epoch__s0"], "error"].str.len().iloc[0] > 0
+    top = Subset.load(out / "sets" / "top50" / "subset.npy")
+    assert len(top) == len(Subset.load(out / "sets" / "random50" / "subset.npy"))
+    for cid, s in status.items():
+        assert (out / "cells" / cid / (CELL_FILE if s == "finished" else ERROR_FILE)).exists()
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2 and "ghost__one_epoch__s0" in html
+
+    again = run_ablation(cfg, out)  # finished cells are skipped, the failed ones retried (and fail again)
+    assert {c.id: c.status for c in again.cells} == {
+        cid: ("skipped" if s == "finished" else "failed") for cid, s in status.items()
+    }
+    attempts = json.loads((out / "cells" / "top50__one_epoch__s0" / "run" / "attempts.json").read_text())
+    assert len(attempts) == 1  # not trained again
