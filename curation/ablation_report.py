@@ -83,17 +83,23 @@ def plot_threshold(table: pd.DataFrame, modes: Sequence[str]) -> Figure | None:
         in_mode = ok[ok["mode"] == mode]
         for row_i, (metric, ylabel) in enumerate(metrics):
             ax = axes[row_i][col_i]
-            for kind, label in (("topk", "top-k% by score"), ("random", "random control (same size)")):
+            for kind, label, dx in (("topk", "top-k% by score", -0.6), ("random", "random, same size", 0.6)):
                 rows = in_mode[in_mode["kind"] == kind].sort_values(["k", "seed"])
                 if rows.empty:
                     continue
                 color, marker = KIND_STYLE[kind]
                 ax.errorbar(
-                    rows["k"], rows[metric] * 100, yerr=_yerr(rows, metric), fmt=marker, color=color,
-                    capsize=3, alpha=0.8, label=label,
-                )  # fmt: skip
+                    rows["k"] + dx,
+                    rows[metric] * 100,
+                    yerr=_yerr(rows, metric),
+                    fmt=marker,
+                    color=color,
+                    capsize=3,
+                    alpha=0.8,
+                    label=label,
+                )  # fmt: skip  (dx: side by side, so the intervals stay readable)
                 mean = rows.groupby("k")[metric].mean()
-                ax.plot(mean.index, mean.to_numpy() * 100, color=color, linewidth=1.2)
+                ax.plot(mean.index + dx, mean.to_numpy() * 100, color=color, linewidth=1.2)
             named = in_mode[in_mode["kind"] == "named"].groupby("set")[metric].mean()
             for i, (name, value) in enumerate(named.items()):
                 ax.axhline(
@@ -119,10 +125,12 @@ def plot_robustness(report: RobustnessReport, table: pd.DataFrame, modes: Sequen
     rows = [m for m in modes if (curated["mode"] == m).any()] or [None]
     fig = Figure(figsize=(4.8 * len(shifts), 4.6 * len(rows)))
     axes = fig.subplots(len(rows), len(shifts), squeeze=False)
-    colors = model_colors(list(curated["cell"]))
+    colors = model_colors(list(_short_labels(curated, by_mode=True).values()))
     for r, mode in enumerate(rows):
-        cells = set(curated["cell"] if mode is None else curated[curated["mode"] == mode]["cell"])
-        sub = dataclasses.replace(report, models=[p for p in report.models if p.model in cells])
+        rows_in = curated if mode is None else curated[curated["mode"] == mode]
+        short = _short_labels(rows_in, by_mode=mode is not None)
+        models = [dataclasses.replace(p, model=short[p.model]) for p in report.models if p.model in short]
+        sub = dataclasses.replace(report, models=models)
         for c, shift in enumerate(shifts):
             _panel(axes[r][c], sub, shift, colors)
             if mode is not None:
@@ -132,6 +140,16 @@ def plot_robustness(report: RobustnessReport, table: pd.DataFrame, modes: Sequen
     )
     fig.tight_layout()
     return fig
+
+
+def _short_labels(rows: pd.DataFrame, by_mode: bool) -> dict[str, str]:
+    """Cell id -> point label: the set name, plus the seed when there are several (and the mode if mixed)."""
+    seeds = rows["seed"].nunique() > 1
+    out = {}
+    for r in rows.to_dict("records"):
+        label = str(r["set"]) + (f" s{r['seed']}" if seeds else "")
+        out[r["cell"]] = label if by_mode else f"{label} ({r['mode']})"
+    return out
 
 
 @dataclasses.dataclass
@@ -251,7 +269,9 @@ def render_html(context: dict[str, Any]) -> str:
     return env.get_template("ablation.html.j2").render(**context)
 
 
-def report_context(result: AblationResult, cfg: AblationConfig, results: Results) -> dict[str, Any]:
+def report_context(
+    result: AblationResult, cfg: AblationConfig, results: Results, boot_level: float
+) -> dict[str, Any]:
     table = results.table
     figures: list[dict[str, str]] = []
     fig = plot_threshold(table, cfg.modes)
@@ -269,6 +289,7 @@ def report_context(result: AblationResult, cfg: AblationConfig, results: Results
     return {
         "name": cfg.name,
         "out": str(result.out),
+        "ci_level": f"{100 * boot_level:g}%",
         "counts": table["status"].value_counts().to_dict() if len(table) else {},
         "id_dataset": results.id_dataset,
         "shifts": results.shifts,
@@ -321,6 +342,6 @@ def write_outputs(result: AblationResult, cfg: AblationConfig) -> Results:
             "cells": records,
         },
     )
-    atomic_write_text(out / "report.html", render_html(report_context(result, cfg, results)))
+    atomic_write_text(out / "report.html", render_html(report_context(result, cfg, results, boot.level)))
     log.info("results: %s, report: %s", out / "results.csv", out / "report.html")
     return results

@@ -163,8 +163,8 @@ def test_topk_sets_hold_the_best_scores_and_random_controls_have_their_sizes(tmp
         top = Subset.load(out / "sets" / f"top{k}" / "subset.npy")
         rnd = Subset.load(out / "sets" / f"random{k}" / "subset.npy")
         assert len(top) == len(rnd) == round(k / 100 * 60)
-        assert set(top.to_hex()) == set(scores.sort_values(ascending=False).index[: len(top)])
-        assert set(rnd.to_hex()) != set(top.to_hex())
+        assert set(top.hex()) == set(scores.sort_values(ascending=False).index[: len(top)])
+        assert set(rnd.hex()) != set(top.hex())
         sizes = json.loads((out / "sets" / f"random{k}" / "shards" / "sizes.json").read_text())
         assert sum(sizes.values()) == len(rnd)
     assert infos["top100"].size == 60
@@ -387,21 +387,20 @@ def test_report_without_baselines_says_why_there_is_no_er(tmp_path):
 )
 def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
     from curation.ablation import run_ablation
-    from curation.uid import uids_to_array
     from tests.ablation_fixtures import write_world
 
     world = write_world(tmp_path / "world")
-    ghost = Subset(uids_to_array(["0" * 31 + "1", "f" * 32]), {"how": "test: uids not in the pool"})
+    ghost = Subset.from_hex(["0" * 31 + "1", "f" * 32], {"how": "test: uids not in the pool"})
     ghost_path = ghost.save(tmp_path / "ghost.npy")
     cfg = config(
         pool=str(world["pool"]),
         topk=[50],
         named_sets={"ghost": str(ghost_path)},
+        modes=["one_epoch"],  # equal_samples runs through the same call: the baselines use it
         preset_overrides=["batch_size=16", "warmup=1", "log_every_n_steps=1", "workers=0"],
-        samples_seen=64,
         suite=str(world["suite"]),
         eval_overrides=["bootstrap.samples=50", "workers=0"],
-        baselines={"shards": str(world["baseline"]), "budgets": [32, 256]},
+        baselines={"shards": str(world["baseline"]), "budgets": [32, 64]},
         device="cpu",
     )
     out = tmp_path / "out"
@@ -409,13 +408,10 @@ def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
     status = {c.id: c.status for c in result.cells}
     assert status == {
         "top50__one_epoch__s0": "finished",
-        "top50__equal_samples__s0": "finished",
         "random50__one_epoch__s0": "finished",
-        "random50__equal_samples__s0": "finished",
         "ghost__one_epoch__s0": "failed",
-        "ghost__equal_samples__s0": "failed",
         "supervised32__equal_samples__s0": "finished",
-        "supervised256__equal_samples__s0": "finished",
+        "supervised64__equal_samples__s0": "finished",
     }
     table = pd.read_csv(out / "results.csv").set_index("cell")
     assert (
@@ -424,9 +420,15 @@ def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
         == 48
     )
     assert table.loc["top50__one_epoch__s0", "samples_seen"] == 48
-    assert table.loc["top50__equal_samples__s0", "samples_seen"] == 64
-    assert table.loc["supervised256__equal_samples__s0", "samples_seen"] == 256
-    assert table["acc_id"].notna().sum() == 6 and table["acc_tiny_sketch"].notna().sum() == 6
+    assert table.loc["supervised64__equal_samples__s0", "samples_seen"] == 64
+    assert table["acc_id"].notna().sum() == 4 and table["acc_tiny_sketch"].notna().sum() == 4
+    baseline_acc = table.loc[["supervised32__equal_samples__s0", "supervised64__equal_samples__s0"], "acc_id"]
+    if baseline_acc.nunique() == 2:  # a line through two baselines: every finished cell has an ER
+        assert table["er_mean"].notna().sum() == 4
+    else:  # no line through one point: said so, not guessed
+        assert "effective robustness not computed" in " ".join(
+            json.loads((out / "results.json").read_text())["notes"]
+        )
     assert table.loc[["ghost__one_epoch__s0"], "error"].str.len().iloc[0] > 0
     top = Subset.load(out / "sets" / "top50" / "subset.npy")
     assert len(top) == len(Subset.load(out / "sets" / "random50" / "subset.npy"))
