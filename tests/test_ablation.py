@@ -443,3 +443,26 @@ def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
     }
     attempts = json.loads((out / "cells" / "top50__one_epoch__s0" / "run" / "attempts.json").read_text())
     assert len(attempts) == 1  # not trained again
+
+
+def test_cli_writes_the_table_and_exits_non_zero_when_cells_fail(tmp_path):
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    cfg = tmp_path / "ablation.yaml"
+    cfg.write_text(
+        "pool: {pool}\nsuite: {suite}\ntopk: [50]\nrandom_control: false\nmodes: [one_epoch]\n"
+        "named_sets: {{ghost: {ghost}}}\n".format(
+            pool=tmp_path / "no_pool", suite=tmp_path / "no_suite", ghost=tmp_path / "ghost.npy"
+        )
+    )
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app, ["ablate", str(cfg), "--out", str(out), "--set", "eval_overrides=[bootstrap.samples=0]"]
+    )
+    assert res.exit_code == 1, res.output
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["cell"]) == ["top50__one_epoch__s0", "ghost__one_epoch__s0"]
+    assert (table["status"] == "failed").all() and table["error"].str.len().min() > 0
+    assert (out / "report.html").exists() and (out / "cells" / "ghost__one_epoch__s0" / ERROR_FILE).exists()
