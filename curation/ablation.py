@@ -402,9 +402,13 @@ def run_cells(jobs: list[CellJob], parallel: int) -> list[CellRecord]:
         else:
             ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
             with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
-                futures = [pool.submit(run_cell, job) for job in jobs]
+                futures = {pool.submit(run_cell, job): job for job in jobs}
                 for fut in cf.as_completed(futures):
-                    done(fut.result())
+                    try:
+                        done(fut.result())
+                    except Exception as exc:  # a worker that died (killed, out of memory): a failed cell
+                        error = f"worker process failed: {type(exc).__name__}: {exc}"
+                        done(_record(futures[fut], "failed", error=error))
     return [results[j.cell.id] for j in jobs]
 
 

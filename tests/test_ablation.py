@@ -446,6 +446,7 @@ def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
 
 
 def test_cli_writes_the_table_and_exits_non_zero_when_cells_fail(tmp_path):
+    """Also runs the cells in the spawn process pool (-p 2): jobs and records must pickle."""
     from typer.testing import CliRunner
 
     from curation.cli import app
@@ -459,7 +460,7 @@ def test_cli_writes_the_table_and_exits_non_zero_when_cells_fail(tmp_path):
     )
     out = tmp_path / "out"
     res = CliRunner().invoke(
-        app, ["ablate", str(cfg), "--out", str(out), "--set", "eval_overrides=[bootstrap.samples=0]"]
+        app, ["ablate", str(cfg), "-o", str(out), "-p", "2", "--set", "eval_overrides=[bootstrap.samples=0]"]
     )
     assert res.exit_code == 1, res.output
     table = pd.read_csv(out / "results.csv")
