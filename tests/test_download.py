@@ -4,6 +4,7 @@ accounting of every row, reruns and resumes, and the CLI."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import threading
@@ -22,9 +23,10 @@ from typer.testing import CliRunner
 
 from curation import cliutil
 from curation.cli import app
-from curation.config import load_config
+from curation.config import ConfigError, load_config
 from curation.download import CrawlError, DownloadConfig, PlanMismatch, download_crawl, stats_file
 from curation.download.failures import failure_reason
+from curation.download.fetch import img2dataset_arguments
 from curation.pool import Pool
 from curation.stats import Funnel
 from curation.uid import compute_uid
@@ -218,6 +220,9 @@ def test_failure_messages_map_to_short_reasons():
 
 SLOW_S = 2.5
 TIMEOUT_S = 1
+# Tests on the shared img2dataset run: its start-up (spawned workers importing torch through
+# webdataset) takes ~15 s on 2 idle cores and much more on a busy machine.
+uses_download = pytest.mark.slow
 
 
 def _image_bytes(i: int, fmt: str, size: tuple[int, int]) -> bytes:
@@ -306,6 +311,7 @@ SETTINGS = [
     "downloader.processes_count=1",
     "downloader.thread_count=8",
     f"downloader.timeout={TIMEOUT_S}",
+    "columns.carry=[kind]",
 ]
 
 
@@ -388,6 +394,7 @@ def _funnel(pool: Path) -> Funnel:
     return Funnel.from_dict(json.loads(stats_file(pool).read_text()))
 
 
+@uses_download
 def test_funnel_counts_every_row_with_its_reason(downloaded):
     funnel = _funnel(downloaded.pool)
     funnel.check()  # seen == kept + dropped, overall and per source
@@ -400,6 +407,7 @@ def test_funnel_counts_every_row_with_its_reason(downloaded):
     assert "download funnel" in downloaded.cli_output and "blocked_url" in downloaded.cli_output
 
 
+@uses_download
 def test_successes_are_the_downloadable_rows_with_uid_caption_and_source(downloaded):
     pool = Pool(downloaded.pool)
     samples = pa.concat_tables(pool.read_samples(s) for s in pool.shard_ids())
@@ -412,8 +420,10 @@ def test_successes_are_the_downloadable_rows_with_uid_caption_and_source(downloa
         assert s["source"] == row["source"]
         assert s["uid"] == (row["uid"].lower() if row["uid"] else compute_uid(row["url"], row["text"]))
         assert (s["original_width"], s["original_height"]) == (48, 32)
+        assert s["kind"] == row["kind"]  # a carried crawl column
 
 
+@uses_download
 def test_tar_samples_carry_uid_caption_source_and_sha256_of_the_original_bytes(downloaded, server):
     pool = Pool(downloaded.pool)
     rows = {r["key"]: r for s in pool.shard_ids() for r in pool.read_rows(s).to_pylist()}
@@ -434,6 +444,7 @@ def test_tar_samples_carry_uid_caption_source_and_sha256_of_the_original_bytes(d
     assert n == EXPECTED["kept"]
 
 
+@uses_download
 def test_failures_keep_img2dataset_status_and_raw_message(downloaded):
     table = pa.concat_tables(
         pq.read_table(p) for p in sorted((downloaded.pool / "attributes" / "download").glob("*.parquet"))
@@ -457,6 +468,7 @@ def test_failures_keep_img2dataset_status_and_raw_message(downloaded):
     assert all(r["download_keep"] is (r["download_reason"] is None) for r in rows)
 
 
+@uses_download
 def test_blocked_and_invalid_urls_are_recorded_and_never_fetched(downloaded):
     assert not [p for p in downloaded.requests if p.startswith(("/blocked", "/invalid"))]
     rejected = pq.read_table(downloaded.pool / "_download" / "rejected" / "00000.parquet").to_pylist()
@@ -472,6 +484,7 @@ def test_blocked_and_invalid_urls_are_recorded_and_never_fetched(downloaded):
     assert not pool_urls & {r["url"] for r in rejected}
 
 
+@uses_download
 def test_rerun_downloads_nothing_and_reports_identical_stats(downloaded, server):
     before = stats_file(downloaded.pool).read_text()
     tars = {p.name: p.stat().st_mtime_ns for p in downloaded.pool.glob("*.tar")}
@@ -483,7 +496,7 @@ def test_rerun_downloads_nothing_and_reports_identical_stats(downloaded, server)
     assert {p.name: p.stat().st_mtime_ns for p in downloaded.pool.glob("*.tar")} == tars
 
 
-@pytest.mark.slow
+@uses_download
 def test_a_lost_shard_is_downloaded_again_and_only_it(downloaded, server):
     pool, shard = downloaded.pool, "00001"
     shard_urls = set(pq.read_table(pool / f"{shard}.parquet")["url"].to_pylist())
@@ -502,6 +515,25 @@ def test_a_lost_shard_is_downloaded_again_and_only_it(downloaded, server):
     }
 
 
+def test_img2dataset_gets_every_setting_by_its_own_name():
+    from img2dataset import download
+
+    cfg = _config(**{"columns.bbox": "face_bboxes", "image.skip_reencode": "false"})
+    args = img2dataset_arguments(Path("in"), Path("pool"), cfg)
+    assert set(args) <= set(inspect.signature(download).parameters)
+    assert args["output_format"] == "webdataset" and args["incremental_mode"] == "incremental"
+    assert args["compute_hash"] == "sha256" and args["enable_wandb"] is False
+    assert args["save_additional_columns"] == ["uid", "source", "kind"] and args["bbox_col"] == "face_bboxes"
+    assert (args["number_sample_per_shard"], args["timeout"], args["min_image_size"]) == (10, TIMEOUT_S, 8)
+
+
+def test_blurring_with_skip_reencode_is_refused():
+    # img2dataset would store the original bytes of a jpg needing no resize: unblurred
+    with pytest.raises(ConfigError, match="skip_reencode=false"):
+        _config(**{"columns.bbox": "face_bboxes"})
+
+
+@uses_download
 def test_a_rerun_with_other_settings_is_refused(downloaded):
     with pytest.raises(PlanMismatch, match=r"image\.image_size"):
         download_crawl(downloaded.crawl, downloaded.pool, _config(**{"image.image_size": 64}))

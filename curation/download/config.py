@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from curation.config import ConfigModel
 from curation.urlpolicy import UrlPolicy
@@ -35,6 +35,10 @@ class CrawlColumns(ConfigModel):
         default_factory=list, description="Further crawl columns copied into the pool parquet."
     )
 
+    bbox: str | None = Field(
+        None, description="Boxes to blur (img2dataset's bbox_col), e.g. DataComp's face_bboxes."
+    )
+
     @field_validator("carry")
     @classmethod
     def _not_reserved(cls, value: list[str]) -> list[str]:
@@ -42,6 +46,10 @@ class CrawlColumns(ConfigModel):
         if clash:
             raise ValueError(f"cannot carry {clash}: the pool writes these columns itself")
         return value
+
+    def extra_columns(self) -> list[str]:
+        """Crawl columns copied as they are into the pool (img2dataset appends ``bbox`` itself)."""
+        return [*self.carry, *([self.bbox] if self.bbox and self.bbox not in self.carry else [])]
 
 
 class UrlPolicyConfig(ConfigModel):
@@ -99,3 +107,11 @@ class DownloadConfig(ConfigModel):
     url_policy: UrlPolicyConfig = Field(default_factory=UrlPolicyConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
     downloader: DownloaderConfig = Field(default_factory=DownloaderConfig)
+
+    @model_validator(mode="after")
+    def _blurring_needs_reencoding(self) -> DownloadConfig:
+        # img2dataset blurs the decoded image but, with skip_reencode, stores the original bytes of a
+        # jpg that needs no resize: the boxes would silently stay unblurred.
+        if self.columns.bbox and self.image.skip_reencode:
+            raise ValueError("columns.bbox (blurring) needs image.skip_reencode=false")
+        return self

@@ -53,7 +53,12 @@ def img2dataset_arguments(input_folder: Path, pool: Path, cfg: DownloadConfig) -
         "output_format": "webdataset",
         "url_col": "url",
         "caption_col": "caption",
-        "save_additional_columns": ["uid", "source", *cfg.columns.carry],
+        "save_additional_columns": [
+            "uid",
+            "source",
+            *(c for c in cfg.columns.carry if c != cfg.columns.bbox),
+        ],
+        "bbox_col": cfg.columns.bbox,
         "number_sample_per_shard": cfg.number_sample_per_shard,
         "oom_shard_count": OOM_SHARD_COUNT,
         "distributor": d.distributor,

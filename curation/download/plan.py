@@ -194,13 +194,15 @@ def read_crawl(file: Path, columns: CrawlColumns) -> pa.Table:
     except (OSError, pa.ArrowInvalid) as exc:
         raise CrawlError(f"{file}: not a readable parquet file ({exc})") from exc
     caption_col = columns.caption or next((c for c in CAPTION_CANDIDATES if c in names), None)
-    wanted = {"url": columns.url, "caption": caption_col, **{c: c for c in columns.carry}}
+    wanted = {"url": columns.url, "caption": caption_col} | {c: c for c in columns.extra_columns()}
     for role, name in wanted.items():
         if name is None or name not in names:
             looked = repr(name) if name else " or ".join(repr(c) for c in CAPTION_CANDIDATES)
+            required = role in ("url", "caption")
+            setting = f"columns.{role}" if required else "columns.carry / columns.bbox"
             raise CrawlError(
-                f"{file}: no {role} column {looked} (columns: {', '.join(names)}); "
-                f"set columns.{'carry' if role not in ('url', 'caption') else role} to the right name"
+                f"{file}: no {role if required else 'carried'} column {looked} "
+                f"(columns: {', '.join(names)}); set {setting} to the right name"
             )
     optional = {"uid": columns.uid, "source": columns.source}
     read = [*dict.fromkeys([*wanted.values(), *(c for c in optional.values() if c in names)])]
@@ -218,7 +220,7 @@ def read_crawl(file: Path, columns: CrawlColumns) -> pa.Table:
             else pa.array(np.full(n, columns.default_source, dtype=object), pa.string())
         ),
     }
-    out.update({c: raw[c] for c in columns.carry})
+    out.update({c: raw[c] for c in columns.extra_columns()})
     return pa.table(out)
 
 
