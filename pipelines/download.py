@@ -9,7 +9,7 @@ import typer
 
 from curation.cliutil import ConfigOpt, SetOpt, console, finish, print_funnel
 from curation.config import CONF_DIR, load_config
-from curation.download import CrawlError, DownloadConfig, PlanMismatch, download_crawl, stats_file
+from curation.download import CrawlError, DownloadConfig, PlanMismatch, download_crawl
 
 
 def download_command(
@@ -34,7 +34,7 @@ def download_command(
         raise typer.Exit(2) from exc
     print_funnel(report)
     finish(report)
-    console.print(f"pool: {out}\nfunnel: {stats_file(out)}", soft_wrap=True, highlight=False)
+    console.print(f"pool: {out}\nfunnel: {out}/_stats/download-*.json", soft_wrap=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,18 +1,20 @@
 """Accounting of the download: every crawl row ends up kept or dropped with a reason.
 
-A shard job over two kinds of units, run by the ordinary shard runner (markers, atomic commits,
-per-unit stats), with ``POOL/attributes/download`` as its output folder:
+A shard job run by the ordinary shard runner (markers, atomic commits, per-unit stats) over two
+kinds of units, with the pool as its output folder:
 
-- a pool shard ``NNNNN``: img2dataset's rows (``NNNNN.parquet``), one per url of the shard's input
-  row group. A url img2dataset wrote no row for (a per-sample crash it only prints) is added back
-  as ``not_recorded``, so the funnel still balances.
-- ``rejected-NNNNN``: the rows of crawl file ``NNNNN`` that the url policy or uid check dropped
-  before download.
+- ``download-NNNNN`` for pool shard ``NNNNN``: img2dataset's rows (``NNNNN.parquet``), one per url
+  of the shard's input row group. A url img2dataset wrote no row for (a per-sample crash it only
+  prints) is added back as ``not_recorded``, so the funnel still balances.
+- ``download-rejected-NNNNN``: the rows of crawl file ``NNNNN`` that the url policy or the uid
+  check dropped before download.
 
-Each unit writes ``attributes/download/<unit>.parquet`` (uid, source, key, url, download_keep,
-download_reason, error_message: the raw img2dataset message or the policy's detail) and its
-``download`` stage stats (``attributes/download/_stats/<unit>.json``); a rerun finds the markers
-and reads the same stats back.
+Each unit writes its verdicts to ``attributes/download/NNNNN.parquet`` or
+``attributes/download/rejected-NNNNN.parquet`` (uid, source, key, url, download_keep,
+download_reason, error_message: the raw img2dataset message or the policy's detail); the runner
+writes its ``download`` stage stats to ``POOL/_stats/<unit>.json``, the pool-level stats folder
+that dataset cards read before the attribute stages', and its marker to ``POOL/_done/<unit>.done``.
+A rerun finds the markers and reads the same stats back.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from curation.runner import ShardJob
 from curation.stats import StageStats
 
 STAGE = "download"
+UNIT_PREFIX = f"{STAGE}-"  # unit names are unique in POOL/_stats and POOL/_done
 REJECTED_PREFIX = "rejected-"
 ROW_COLUMNS = ["key", "url", "uid", "source", "status", "error_message"]
 VERDICT_SCHEMA = pa.schema(
@@ -46,6 +49,11 @@ VERDICT_SCHEMA = pa.schema(
 )
 
 
+def unit_name(shard: str) -> str:
+    """The accounting unit of a pool shard (``00003``) or of a crawl file's rejections."""
+    return f"{UNIT_PREFIX}{shard}"
+
+
 class ShardNotDownloaded(RuntimeError):
     """img2dataset did not finish a shard (no ``NNNNN_stats.json``); a rerun retries it."""
 
@@ -59,17 +67,18 @@ class DownloadAccounting(ShardJob):
 
     def shards(self) -> list[str]:
         rejected = [f"{REJECTED_PREFIX}{p.index:05d}" for p in self.plan.parts if p.rejected]
-        return self.plan.shard_ids() + rejected
+        return [unit_name(s) for s in [*self.plan.shard_ids(), *rejected]]
 
     def output_dir(self) -> Path:
-        return self.pool / "attributes" / STAGE
+        return self.pool
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
-        if shard.startswith(REJECTED_PREFIX):
-            table, extra = self._rejected(int(shard.removeprefix(REJECTED_PREFIX))), {}
+        name = shard.removeprefix(UNIT_PREFIX)
+        if name.startswith(REJECTED_PREFIX):
+            table, extra = self._rejected(int(name.removeprefix(REJECTED_PREFIX))), {}
         else:
-            table, extra = self._downloaded(shard)
-        atomic_write_parquet(staging / f"{shard}.parquet", table)
+            table, extra = self._downloaded(name)
+        atomic_write_parquet(staging / "attributes" / STAGE / f"{name}.parquet", table)
         stats = StageStats.from_verdicts(
             STAGE,
             table[f"{STAGE}_keep"].to_numpy(),

@@ -94,12 +94,18 @@ class ShardCounts:
         self.end = max(self.end, float(stats["end_time"]))
 
 
-def run_img2dataset(arguments: dict[str, Any], pending: dict[str, int], log_file: Path | None) -> ShardCounts:
-    """Download the ``pending`` shards (id -> url count); img2dataset itself skips finished ones."""
+def img2dataset_download() -> Callable[..., None]:
+    """``img2dataset.download``, imported offline (heavy: torch via webdataset; only when needed)."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
-    from img2dataset import download  # heavy (torch via webdataset): imported only to download
+    from img2dataset import download
 
+    return download
+
+
+def run_img2dataset(arguments: dict[str, Any], pending: dict[str, int], log_file: Path | None) -> ShardCounts:
+    """Download the ``pending`` shards (id -> url count); img2dataset itself skips finished ones."""
+    download = img2dataset_download()
     pool = Path(arguments["output_folder"])
     counts = ShardCounts()
     previous_sigint = signal.getsignal(signal.SIGINT)  # img2dataset installs one that exits 0

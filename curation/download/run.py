@@ -10,21 +10,31 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from curation.download.accounting import STAGE, DownloadAccounting
+from curation.download.accounting import UNIT_PREFIX, DownloadAccounting, unit_name
 from curation.download.config import DownloadConfig
 from curation.download.fetch import img2dataset_arguments, run_img2dataset
 from curation.download.plan import DownloadPlan, download_dir, input_dir, prepare_plan
 from curation.engines import JobReport, run_job
-from curation.io import atomic_write_json
+from curation.io import read_json
 from curation.runner import marker_path
-from curation.stats import Funnel, FunnelError
+from curation.stats import Funnel, FunnelError, StageStats, merge
 
 log = logging.getLogger(__name__)
 
 
-def stats_file(pool: Path) -> Path:
-    """The merged download funnel (``Funnel.to_dict`` format) that cards and reports read."""
-    return Path(pool) / "_stats" / f"{STAGE}.json"
+def stats_files(pool: Path) -> list[Path]:
+    """The download's per-unit stats (runner layout, ``{"stages": [StageStats]}``) in the pool."""
+    return sorted((Path(pool) / "_stats").glob(f"{UNIT_PREFIX}*.json"))
+
+
+def download_stats(pool: Path) -> StageStats:
+    """The download funnel of a pool: its per-unit stats merged."""
+    stages = merge(StageStats.from_dict(d) for p in stats_files(pool) for d in read_json(p)["stages"])
+    if not stages:
+        raise FileNotFoundError(
+            f"{pool}: no download stats (_stats/{UNIT_PREFIX}*.json); run curate download"
+        )
+    return stages[0]
 
 
 def download_crawl(crawl: Path, pool: Path, cfg: DownloadConfig) -> JobReport:
@@ -35,7 +45,7 @@ def download_crawl(crawl: Path, pool: Path, cfg: DownloadConfig) -> JobReport:
     pending = {s: plan.shard_rows(s) for s in plan.shard_ids() if not (pool / f"{s}_stats.json").exists()}
     job = DownloadAccounting(pool, plan)
     for shard in pending:  # a shard img2dataset (re)downloads must be accounted for again
-        marker_path(job.output_dir(), shard).unlink(missing_ok=True)
+        marker_path(job.output_dir(), unit_name(shard)).unlink(missing_ok=True)
     if pending:
         d = cfg.downloader
         log.info(
@@ -49,7 +59,6 @@ def download_crawl(crawl: Path, pool: Path, cfg: DownloadConfig) -> JobReport:
     report = run_job(job, "local", retries=0, workers=1)
     if not report.failed:
         _check_every_row_counted(report, plan)
-        atomic_write_json(stats_file(pool), Funnel(report.stats).to_dict())
     return report
 
 
