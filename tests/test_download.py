@@ -21,6 +21,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from curation import cliutil
+from curation.card_data import pool_stage_stats
 from curation.cli import app
 from curation.config import ConfigError, load_config
 from curation.download import (
@@ -33,6 +34,8 @@ from curation.download import (
 )
 from curation.download.failures import failure_reason
 from curation.download.fetch import img2dataset_arguments, img2dataset_download
+from curation.engines import run_job
+from curation.filtering import FilterJob
 from curation.pool import Pool
 from curation.stats import Funnel
 from curation.uid import compute_uid
@@ -414,6 +417,16 @@ def test_funnel_counts_every_row_with_its_reason(downloaded):
 
 
 @uses_download
+def test_cards_read_the_download_first_and_once_and_filters_chain_on_it(downloaded):
+    report = run_job(FilterJob(downloaded.pool, [{"kind": "caption_length", "min_words": 3}], "basic"))
+    assert not report.failed
+    stages = pool_stage_stats(Pool(downloaded.pool))  # what dataset cards show
+    assert [s.stage for s in stages] == ["download", "caption_length"]
+    assert stages[0].to_dict() == download_stats(downloaded.pool).to_dict()
+    Funnel(stages).check()  # the filter saw exactly the downloaded images
+
+
+@uses_download
 def test_successes_are_the_downloadable_rows_with_uid_caption_and_source(downloaded):
     pool = Pool(downloaded.pool)
     samples = pa.concat_tables(pool.read_samples(s) for s in pool.shard_ids())
@@ -513,7 +526,7 @@ def test_a_lost_shard_is_downloaded_again_and_only_it(downloaded, server):
     report = download_crawl(downloaded.crawl, pool, _config(**{"downloader.output": "terminal"}))
     refetched = {server.url(p) for p in server.requests[n_requests:]}
     assert refetched <= shard_urls and refetched  # img2dataset's incremental mode skips the others
-    assert [o.shard for o in report.outcomes if o.status == "done"] == [shard]
+    assert [o.shard for o in report.outcomes if o.status == "done"] == [f"download-{shard}"]
     again = download_stats(pool)
     assert again.total.to_dict() == first.total.to_dict()
     assert {k: c.to_dict() for k, c in again.by_source.items()} == {
