@@ -32,6 +32,7 @@ from curation.download import (
     download_stats,
     stats_files,
 )
+from curation.download import run as run_module
 from curation.download.failures import failure_reason
 from curation.download.fetch import img2dataset_arguments, img2dataset_download
 from curation.engines import run_job
@@ -365,6 +366,10 @@ def _crawl_rows(server: FixtureServer) -> list[dict]:
     return rows
 
 
+def _set_args() -> list[str]:
+    return [arg for setting in SETTINGS for arg in ("--set", setting)]
+
+
 def _config(**overrides: object) -> DownloadConfig:
     return load_config(DownloadConfig, None, SETTINGS + [f"{k}={v}" for k, v in overrides.items()])
 
@@ -387,9 +392,7 @@ def downloaded(server: FixtureServer, tmp_path_factory: pytest.TempPathFactory) 
     crawl = root / "crawl.parquet"
     pq.write_table(pa.Table.from_pylist(rows), crawl)
     pool = root / "pool"
-    args = ["download", str(crawl), "--out", str(pool)]
-    for setting in SETTINGS:
-        args += ["--set", setting]
+    args = ["download", str(crawl), "--out", str(pool), *_set_args()]
     start = time.perf_counter()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cliutil.console, "width", 200)  # the funnel table unabridged
@@ -532,6 +535,22 @@ def test_a_lost_shard_is_downloaded_again_and_only_it(downloaded, server):
     assert {k: c.to_dict() for k, c in again.by_source.items()} == {
         k: c.to_dict() for k, c in first.by_source.items()
     }
+
+
+def test_shards_img2dataset_did_not_finish_fail_the_command_and_are_retried(tmp_path, monkeypatch):
+    rows = [{"url": f"http://127.0.0.1:1/{i}.jpg", "text": f"caption {i}", "kind": "img"} for i in range(25)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "crawl.parquet")
+    calls: list[dict] = []
+    monkeypatch.setattr(run_module, "run_img2dataset", lambda args, pending, log_file: calls.append(pending))
+    report = download_crawl(tmp_path / "crawl.parquet", tmp_path / "pool", _config())
+    assert calls == [{"00000": 10, "00001": 10, "00002": 5}]  # img2dataset "gave up" on every shard
+    assert [o.shard for o in report.failed] == ["download-00000", "download-00001", "download-00002"]
+    assert "did not finish shard 00000" in report.failed[0].error and not stats_files(tmp_path / "pool")
+    result = CliRunner().invoke(
+        app, ["download", str(tmp_path / "crawl.parquet"), "--out", str(tmp_path / "pool"), *_set_args()]
+    )
+    assert result.exit_code == 1 and "Rerun the same command" in " ".join(result.output.split())
+    assert len(calls) == 2 and calls[1] == calls[0]  # the rerun asks img2dataset for the same shards
 
 
 def test_img2dataset_gets_every_setting_by_its_own_name():

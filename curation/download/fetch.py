@@ -119,6 +119,8 @@ def run_img2dataset(arguments: dict[str, Any], pending: dict[str, int], log_file
                 on_shard = _log_line(len(pending))
             stack.enter_context(_watch_shards(pool, set(pending), counts, on_shard))
             download(**arguments)
+    except SystemExit as exc:  # img2dataset's Ctrl-C handler exits with status 0: not a success
+        raise KeyboardInterrupt("download interrupted; rerun the same command to resume") from exc
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
     _log_throughput(counts, time.perf_counter() - started, log_file)
