@@ -453,7 +453,7 @@ def test_tar_samples_carry_uid_caption_source_and_sha256_of_the_original_bytes(d
     for shard in pool.shard_ids():
         for sample in pool.iter_tar(shard):
             meta, row = sample.meta(), rows[sample.key]
-            assert meta["uid"] == row["uid"] and meta["source"] == row["source"]
+            assert (meta["uid"], meta["source"], meta["caption"]) == (row["uid"], row["source"], row["caption"])
             assert sample.files["txt"].decode() == row["caption"]
             original = server.files[row["url"].split(str(server.port), 1)[1]]
             # img2dataset hashes the bytes it downloaded, before any resize or re-encode
