@@ -26,8 +26,8 @@ from curation.synth.build import generate
 from curation.synth.captions import class_word_pattern
 from curation.synth.classes import get_concepts
 from curation.synth.config import SynthConfig
-from curation.synth.crawl import rebase_urls
 from curation.synth.server import serve
+from curation.synth.tables import rebase_urls
 
 DEFAULT = CONF_DIR / "synth" / "default.yaml"
 SMALL_SETS = [

@@ -16,7 +16,7 @@ from typing import Any
 _EXPORTS = {
     "SynthConfig": "curation.synth.config",
     "generate": "curation.synth.build",
-    "rebase_urls": "curation.synth.crawl",
+    "rebase_urls": "curation.synth.tables",
     "serve": "curation.synth.server",
     "SynthServer": "curation.synth.server",
 }

@@ -21,8 +21,9 @@ from curation import __version__
 from curation.io import atomic_write_json, atomic_write_text
 from curation.synth import evalsets
 from curation.synth.config import SynthConfig
-from curation.synth.crawl import crawl_counts, crawl_tables, make_plan, render_crawl, write_crawl
+from curation.synth.crawl import make_plan, render_crawl
 from curation.synth.pool import Workers
+from curation.synth.tables import crawl_counts, crawl_tables, write_crawl
 
 log = logging.getLogger(__name__)
 GENERATOR = "curation.synth/1"

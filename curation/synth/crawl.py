@@ -1,14 +1,10 @@
-"""The synthetic web crawl: plan who is what, render in parallel, write what a crawler would see.
+"""The synthetic web crawl: plan who is what, then render it in parallel.
 
-Three steps. (1) A plan, drawn in this process from the master seed: every pair's source, junk
+Two steps. (1) A plan, drawn in this process from the master seed: every pair's source, junk
 kind, class, caption class, language and, for duplicates, its original. (2) Rendering in a process
 pool, one generator per pair derived from (seed, stream, index), so files are byte-identical
 whatever the worker count; duplicates render in a second pass from their originals' files.
-(3) Tables: ``crawl.parquet`` (what the pipeline sees), ``ground_truth.parquet`` (kept apart),
-``faults.json`` (what the server does per url path).
-
-Uids are ``compute_uid(url_path, caption)`` with the path relative to the server root
-(``/photo/3f/9a1c….jpg``), so they do not change with the port the server happens to get.
+The tables built from plan and results are in :mod:`curation.synth.tables`.
 """
 
 from __future__ import annotations
@@ -16,51 +12,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from PIL import Image
 
-from curation.io import atomic_write_json, atomic_write_parquet
 from curation.synth import captions, junk
-from curation.synth.classes import get_concepts
+from curation.synth.classes import Concept, get_concepts
 from curation.synth.config import SourceConfig, SynthConfig
 from curation.synth.pool import Workers, chunks
 from curation.synth.rand import allocate_exact, item_rng, plan_rng
-from curation.synth.render import COLOR_NAMES, encode, get_style, quality_for, render
-from curation.uid import compute_uid
+from curation.synth.render import COLOR_NAMES, Drawn, encode, get_style, quality_for, render
 
 STREAM_PLAN, STREAM_CRAWL, STREAM_DUP = 1, 2, 3
 LANGS: tuple[str, ...] = ("en", *captions.FOREIGN_LANGS)
 FORMATS: tuple[str, ...] = ("jpg", "png")
 Advance = Callable[[int], None]
-
-CRAWL_SCHEMA = pa.schema(
-    [("url", pa.string()), ("text", pa.string()), ("uid", pa.string()), ("source", pa.string())]
-)
-GROUND_TRUTH_SCHEMA = pa.schema(
-    [
-        ("uid", pa.string()),
-        ("url", pa.string()),
-        ("source", pa.string()),
-        ("class_name", pa.string()),
-        ("label", pa.int32()),
-        ("caption_class", pa.string()),
-        ("caption_names_class", pa.bool_()),
-        ("junk", pa.string()),
-        ("lang", pa.string()),
-        ("downloadable", pa.bool_()),
-        ("expected_error", pa.string()),
-        ("dup_of", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -209,7 +178,9 @@ class Rendered:
     height: list[int | None] = field(default_factory=list)
     attrs: list[captions.Attributes | None] = field(default_factory=list)
 
-    def add(self, caption: str, cls: str | None, size: tuple[int, int] | None, attrs) -> None:
+    def add(
+        self, caption: str, cls: str | None, size: tuple[int, int] | None, attrs: captions.Attributes | None
+    ) -> None:
         self.caption.append(caption)
         self.caption_class.append(cls)
         self.width.append(size[0] if size else None)
@@ -234,6 +205,64 @@ def _special_size(rng: np.random.Generator, ctx: CrawlContext, kind: str) -> tup
     return (long, short) if rng.random() < 0.7 else (short, long)
 
 
+def _make_file(
+    rng: np.random.Generator,
+    ctx: CrawlContext,
+    src: SourceSpec,
+    kind: str,
+    rel: str | None,
+    fmt: str,
+    concept: Concept,
+    second: Concept | None,
+) -> tuple[Drawn | None, tuple[int, int] | None]:
+    """Write the file a url serves, if any; returns the drawing and the size of a decodable image."""
+    if rel is None:
+        return None, None
+    if kind == "non_image":
+        _write(ctx.web_dir, rel, junk.non_image_page(rng))
+        return None, None
+    style = get_style(src.style)
+    size = _special_size(rng, ctx, kind)
+    drawn = render(rng, style, concept, second=second, color_prior=ctx.color_prior, size=size)
+    img = drawn.image
+    if kind == "tiny":
+        f = int(rng.integers(8, ctx.tiny_max_side + 1)) / max(img.size)
+        img = img.resize((max(4, round(img.width * f)), max(4, round(img.height * f))))
+    data = encode(img, fmt, quality_for(rng, style))
+    if kind == "corrupt":
+        _write(ctx.web_dir, rel, junk.corrupt_bytes(data, rng))
+        return drawn, None
+    _write(ctx.web_dir, rel, data)
+    return drawn, img.size
+
+
+def _caption(
+    rng: np.random.Generator,
+    ctx: CrawlContext,
+    src: SourceSpec,
+    kind: str,
+    concept: Concept,
+    named: Concept,
+    second: Concept | None,
+    lang: str,
+    attrs: captions.Attributes,
+) -> tuple[str, str | None]:
+    """The pair's caption and the class(es) it names ("a|b" when it names two)."""
+    family = src.family(rng)
+    if kind == "unnamed":
+        return captions.unnamed(rng), None
+    if kind == "foreign":
+        text, names = captions.foreign(rng, concept, lang, ctx.foreign_name_prob)
+        return text, concept.name if names else None
+    if kind == "mismatched":
+        attrs = captions.random_attributes(rng, COLOR_NAMES)
+    text = captions.english(
+        rng, named, attrs, family, second=second,
+        synonym_fraction=ctx.synonym_fraction, suffix_prob=src.suffix_prob,
+    )  # fmt: skip
+    return text, named.name if second is None else f"{named.name}|{second.name}"
+
+
 def render_chunk(task: RenderTask) -> Rendered:
     """Render the non-duplicate pairs of one chunk: write their files, return captions and sizes."""
     ctx = task.ctx
@@ -245,54 +274,15 @@ def render_chunk(task: RenderTask) -> Rendered:
         kind = junk.KINDS[task.junk[j]]
         concept = concepts[task.label[j]]
         second = concepts[task.second[j]] if task.second[j] >= 0 else None
-        family = src.family(rng)
-        served = kind not in junk.FAILED_DOWNLOADS
-        drawn = None
-        if task.files[j] is not None and kind != "non_image":
-            style = get_style(src.style)
-            drawn = render(
-                rng,
-                style,
-                concept,
-                second=second,
-                color_prior=ctx.color_prior,
-                size=_special_size(rng, ctx, kind),
-            )
-            img = drawn.image
-            if kind == "tiny":
-                side = int(rng.integers(8, ctx.tiny_max_side + 1))
-                f = side / max(img.size)
-                img = img.resize((max(4, round(img.width * f)), max(4, round(img.height * f))))
-            data = encode(img, FORMATS[task.fmt[j]], quality_for(rng, style))
-            if kind == "corrupt":
-                data = junk.corrupt_bytes(data, rng)
-            _write(ctx.web_dir, task.files[j], data)
-            size = img.size if served else None
-        elif kind == "non_image":
-            _write(ctx.web_dir, task.files[j], junk.non_image_page(rng))
-            size = None
-        else:
-            size = None
+        drawn, size = _make_file(rng, ctx, src, kind, task.files[j], FORMATS[task.fmt[j]], concept, second)
         attrs = (
             captions.Attributes(drawn.color, drawn.size, drawn.position, drawn.count)
             if drawn is not None
             else captions.random_attributes(rng, COLOR_NAMES)
         )
-        if kind == "unnamed":
-            out.add(captions.unnamed(rng), None, size, attrs)
-        elif kind == "foreign":
-            text, names = captions.foreign(rng, concept, LANGS[task.lang[j]], ctx.foreign_name_prob)
-            out.add(text, concept.name if names else None, size, attrs)
-        else:
-            named = concepts[task.caption_label[j]]
-            if kind == "mismatched":
-                attrs = captions.random_attributes(rng, COLOR_NAMES)
-            text = captions.english(
-                rng, named, attrs, family, second=second,
-                synonym_fraction=ctx.synonym_fraction, suffix_prob=src.suffix_prob,
-            )  # fmt: skip
-            cls = named.name if second is None else f"{named.name}|{second.name}"
-            out.add(text, cls, size, attrs)
+        named = concepts[task.caption_label[j]]
+        text, cls = _caption(rng, ctx, src, kind, concept, named, second, LANGS[task.lang[j]], attrs)
+        out.add(text, cls, size, attrs)
     return out
 
 
@@ -402,80 +392,3 @@ def _scatter(cols: dict[str, list], index: np.ndarray, r: Rendered) -> None:
         cols["width"][i] = r.width[j]
         cols["height"][i] = r.height[j]
         cols["attrs"][i] = r.attrs[j]
-
-
-@dataclass
-class CrawlTables:
-    crawl: pa.Table
-    ground_truth: pa.Table
-    faults: dict[str, dict]
-
-
-def crawl_tables(cfg: SynthConfig, plan: CrawlPlan, rendered: Rendered) -> CrawlTables:
-    names = list(cfg.sources)
-    kinds = [junk.KINDS[k] for k in plan.junk.tolist()]
-    uids = [compute_uid(p, c) for p, c in zip(plan.paths, rendered.caption, strict=True)]
-    urls = [cfg.base_url + p for p in plan.paths]
-    sources = [names[s] for s in plan.source.tolist()]
-    no_image = [k in junk.FAILED_DOWNLOADS for k in kinds]
-    labels = [-1 if bad else int(lab) for lab, bad in zip(plan.label.tolist(), no_image, strict=True)]
-    class_names = [None if lab < 0 else cfg.classes[lab] for lab in labels]
-    names_class = [
-        cn is not None and cc is not None and cn in cc.split("|")
-        for cn, cc in zip(class_names, rendered.caption_class, strict=True)
-    ]
-    dup_of = [uids[d] if d >= 0 else None for d in plan.dup_of.tolist()]
-    crawl = pa.table([urls, rendered.caption, uids, sources], schema=CRAWL_SCHEMA)
-    gt = pa.table(
-        [
-            uids, urls, sources, class_names, labels, rendered.caption_class, names_class, kinds,
-            [LANGS[x] for x in plan.lang.tolist()], [not b for b in no_image],
-            [junk.EXPECTED_ERROR.get(k) for k in kinds], dup_of, rendered.width, rendered.height,
-        ],
-        schema=GROUND_TRUTH_SCHEMA,
-    )  # fmt: skip
-    faults = {}
-    for path, kind, target in zip(plan.paths, kinds, plan.files, strict=True):
-        entry = junk.fault_entry(kind, delay_s=cfg.slow_delay_s, target=target)
-        if entry is not None:
-            faults[path] = entry
-    return CrawlTables(crawl, gt, faults)
-
-
-def write_crawl(out: Path, tables: CrawlTables) -> None:
-    atomic_write_parquet(out / "crawl.parquet", tables.crawl)
-    atomic_write_parquet(out / "ground_truth.parquet", tables.ground_truth)
-    atomic_write_json(out / "faults.json", tables.faults)
-
-
-def crawl_counts(cfg: SynthConfig, plan: CrawlPlan) -> dict:
-    """Pairs per source and junk kind (the manifest's summary)."""
-    names = list(cfg.sources)
-    by_source: dict[str, Counter[str]] = {n: Counter() for n in names}
-    for s, k in zip(plan.source.tolist(), plan.junk.tolist(), strict=True):
-        by_source[names[s]][junk.KINDS[k]] += 1
-    total: Counter[str] = Counter()
-    for c in by_source.values():
-        total.update(c)
-    return {
-        "pairs": len(plan),
-        "by_kind": dict(sorted(total.items())),
-        "by_source": {n: {"pairs": sum(c.values()), **dict(sorted(c.items()))} for n, c in by_source.items()},
-        "downloadable": int(sum(v for k, v in total.items() if k not in junk.FAILED_DOWNLOADS)),
-        "multi_class_captions": int((plan.second >= 0).sum()),
-    }
-
-
-def rebase_urls(table: pa.Table, base_url: str, column: str = "url") -> pa.Table:
-    """Point every url of a crawl (or ground-truth) table at another server; uids are unchanged."""
-    base = base_url.rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
-    urls = table.column(column)
-    bad = pc.sum(pc.invert(pc.match_substring_regex(urls, r"^https?://[^/]+/"))).as_py()
-    if bad:
-        raise ValueError(f"{bad} urls in column {column!r} are not absolute http(s) urls")
-    rebased = pc.replace_substring_regex(
-        urls, r"^https?://[^/]+", base.replace("\\", "\\\\"), max_replacements=1
-    )
-    return table.set_column(table.schema.get_field_index(column), column, rebased)

@@ -22,7 +22,7 @@ import yaml
 from curation.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text
 from curation.synth import captions
 from curation.synth.classes import Concept, get_concepts
-from curation.synth.config import SynthConfig
+from curation.synth.config import ImagenetConfig, SynthConfig
 from curation.synth.crawl import SourceSpec
 from curation.synth.pool import Workers, chunks
 from curation.synth.rand import allocate_exact, item_rng, plan_rng
@@ -329,7 +329,7 @@ _DESCS_NAMED = (
     'My {color} {obj}, taken with my new camera. <a href="http://www.flickr.com/groups/{n}/">Group pool</a>',
     'I love this "{obj}"!<br />Shot on a rainy afternoon.',
     "Another {obj} for the collection <3 <b>{year}</b>",
-    "Found a {obj} on the way home & had to take a picture.",
+    "Found {a_obj} on the way home & had to take a picture.",
 )
 _DESCS_OTHER = (
     "Taken during our trip in {year}.",
@@ -353,7 +353,8 @@ _TAGS_OTHER = (
 
 def _fill(rng: np.random.Generator, template: str, concept: Concept) -> str:
     return template.format(
-        obj=concept.name, Obj=concept.name.capitalize(),
+        obj=concept.name,
+        a_obj=f"{captions.article(concept.name)} {concept.name}", Obj=concept.name.capitalize(),
         color=_pick(rng, ("red", "blue", "little", "old", "shiny")), Color=_pick(rng, ("Red", "Blue", "Big")),
         n=int(rng.integers(2, 9999)), n4=int(rng.integers(1000, 9999)), year=int(rng.integers(2004, 2015)),
     )  # fmt: skip
@@ -370,7 +371,10 @@ def _markup(rng: np.random.Generator, text: str, html_p: float) -> str:
     return text.replace("<br />", " ").replace("<b>", "").replace("</b>", "").split(" <a ")[0]
 
 
-def _meta_row(rng: np.random.Generator, concept: Concept, ic) -> tuple[str | None, str | None, str | None]:
+MetaFields = tuple[str | None, str | None, str | None]  # title, description, tags
+
+
+def _meta_row(rng: np.random.Generator, concept: Concept, ic: ImagenetConfig) -> MetaFields:
     named = rng.random() < ic.names_class
     title = _fill(rng, _pick(rng, _TITLES_NAMED if named and rng.random() < 0.7 else _TITLES_OTHER), concept)
     desc = _fill(rng, _pick(rng, _DESCS_NAMED if named and rng.random() < 0.6 else _DESCS_OTHER), concept)
