@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from curation import cliutil
 from curation.card_data import pool_stage_stats
 from curation.cli import app
-from curation.config import ConfigError, load_config
+from curation.config import CONF_DIR, ConfigError, load_config
 from curation.download import (
     CrawlError,
     DownloadConfig,
@@ -453,7 +453,11 @@ def test_tar_samples_carry_uid_caption_source_and_sha256_of_the_original_bytes(d
     for shard in pool.shard_ids():
         for sample in pool.iter_tar(shard):
             meta, row = sample.meta(), rows[sample.key]
-            assert (meta["uid"], meta["source"], meta["caption"]) == (row["uid"], row["source"], row["caption"])
+            assert (meta["uid"], meta["source"], meta["caption"]) == (
+                row["uid"],
+                row["source"],
+                row["caption"],
+            )
             assert sample.files["txt"].decode() == row["caption"]
             original = server.files[row["url"].split(str(server.port), 1)[1]]
             # img2dataset hashes the bytes it downloaded, before any resize or re-encode
@@ -595,3 +599,38 @@ def test_a_configured_caption_column_must_exist(tmp_path):
     pq.write_table(pa.table({"url": ["http://example.com/a.jpg"], "text": ["a cat"]}), tmp_path / "c.parquet")
     with pytest.raises(CrawlError, match="no caption column 'alt'"):
         download_crawl(tmp_path / "c.parquet", tmp_path / "pool", _config(**{"columns.caption": "alt"}))
+
+
+# --------------------------------------------------------------------------------------------
+# The synthetic crawl (curation.synth) served on 127.0.0.1
+
+SYNTH_REASONS = {"http_500": "http_5xx"}  # ground truth's expected_error -> our reason, if it differs
+
+
+@pytest.mark.slow
+def test_the_synthetic_crawl_downloads_exactly_its_downloadable_pairs(tmp_path):
+    from curation.synth import SynthConfig, generate, rebase_urls, serve
+
+    sets = ["n_pairs=3000", "workers=2", "suite.per_class=1", "suite.retrieval_pairs=1", "seed_set.n=1",
+            "imagenet.per_class=1"]  # fmt: skip
+    generate(load_config(SynthConfig, CONF_DIR / "synth" / "default.yaml", sets), tmp_path / "synth")
+    truth = pq.read_table(tmp_path / "synth" / "ground_truth.parquet").to_pylist()
+    with serve(tmp_path / "synth") as server:
+        crawl = rebase_urls(pq.read_table(tmp_path / "synth" / "crawl.parquet"), server.base_url)
+        pq.write_table(crawl, tmp_path / "crawl.parquet")
+        # one worker process: on 2 cores start-up (torch imports), not fetching, is the cost
+        one_process = ["downloader.processes_count=1", "downloader.thread_count=32"]
+        cfg = load_config(DownloadConfig, CONF_DIR / "download" / "synthetic.yaml", one_process)
+        report = download_crawl(tmp_path / "crawl.parquet", tmp_path / "pool", cfg)
+    assert not report.failed
+    (stage,) = report.stats
+    downloadable = [t for t in truth if t["downloadable"]]
+    assert stage.total.seen == len(truth) == 3000
+    assert stage.total.kept == len(downloadable)
+    for source, counts in stage.by_source.items():
+        assert counts.kept == sum(t["source"] == source for t in downloadable), source
+    verdicts = Pool(tmp_path / "pool").read_attributes("download").to_pylist()
+    assert len(verdicts) == len(truth)
+    got = {v["uid"]: v["download_reason"] for v in verdicts}
+    expected = {t["uid"]: SYNTH_REASONS.get(t["expected_error"], t["expected_error"]) for t in truth}
+    assert got == expected  # uid by uid: downloaded, or dropped for the planted reason
