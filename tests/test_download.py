@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
+import json
 import threading
 import time
 from collections import Counter
@@ -555,6 +556,39 @@ def test_shards_img2dataset_did_not_finish_fail_the_command_and_are_retried(tmp_
     )
     assert result.exit_code == 1 and "Rerun the same command" in " ".join(result.output.split())
     assert len(calls) == 2 and calls[1] == calls[0]  # the rerun asks img2dataset for the same shards
+
+
+def test_a_url_img2dataset_wrote_no_row_for_is_counted_as_not_recorded(tmp_path, monkeypatch):
+    rows = [{"url": f"http://127.0.0.1:1/{i}.jpg", "text": f"caption {i}", "kind": "img"} for i in range(15)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "crawl.parquet")
+
+    def img2dataset_that_drops_row_3(args: dict, pending: dict[str, int], log_file: Path | None) -> None:
+        # what img2dataset leaves when a sample crashes in its writer loop: no row, shard complete
+        for shard in pending:
+            sent = (
+                pq.ParquetFile(Path(args["url_list"]) / "00000.parquet")
+                .read_row_group(int(shard))
+                .to_pylist()
+            )
+            out = [
+                {**r, "key": f"{int(shard) * 10 + i:06d}", "status": "success", "error_message": None}
+                for i, r in enumerate(sent)
+                if i != 3
+            ]
+            pq.write_table(pa.Table.from_pylist(out), Path(args["output_folder"]) / f"{shard}.parquet")
+            (Path(args["output_folder"]) / f"{shard}_stats.json").write_text(json.dumps({"duration": 0.5}))
+
+    monkeypatch.setattr(run_module, "run_img2dataset", img2dataset_that_drops_row_3)
+    report = download_crawl(tmp_path / "crawl.parquet", tmp_path / "pool", _config())
+    (stage,) = report.stats
+    assert (stage.total.seen, stage.total.kept, dict(stage.total.dropped)) == (15, 13, {"not_recorded": 2})
+    lost = [
+        r for r in Pool(tmp_path / "pool").read_attributes("download").to_pylist() if not r["download_keep"]
+    ]
+    assert {r["url"] for r in lost} == {rows[3]["url"], rows[13]["url"]}  # row 3 of each shard
+    text = {r["url"]: r["text"] for r in rows}
+    assert all(r["uid"] == compute_uid(r["url"], text[r["url"]]) for r in lost)
+    assert {r["error_message"] for r in lost} == {"img2dataset wrote no row for this url"}
 
 
 def test_img2dataset_gets_every_setting_by_its_own_name():

@@ -35,7 +35,7 @@ from curation.stats import StageStats
 STAGE = "download"
 UNIT_PREFIX = f"{STAGE}-"  # unit names are unique in POOL/_stats and POOL/_done
 REJECTED_PREFIX = "rejected-"
-ROW_COLUMNS = ["key", "url", "uid", "source", "status", "error_message"]
+ROW_SCHEMA = pa.schema([(c, pa.string()) for c in ("key", "url", "uid", "source", "status", "error_message")])
 VERDICT_SCHEMA = pa.schema(
     [
         ("uid", pa.string()),
@@ -96,7 +96,7 @@ class DownloadAccounting(ShardJob):
                 f"img2dataset did not finish shard {shard} (see {download_dir(self.pool)}/img2dataset.log); "
                 "rerun the same command to retry it"
             )
-        rows = pq.read_table(self.pool / f"{shard}.parquet", columns=ROW_COLUMNS)
+        rows = pq.read_table(self.pool / f"{shard}.parquet", columns=ROW_SCHEMA.names).cast(ROW_SCHEMA)
         expected = self.plan.shard_rows(shard)
         if rows.num_rows > expected:
             raise RuntimeError(f"shard {shard} has {rows.num_rows} rows but only {expected} urls were sent")
@@ -136,8 +136,9 @@ class DownloadAccounting(ShardJob):
                 "error_message": pa.array(
                     ["img2dataset wrote no row for this url"] * len(missing), pa.string()
                 ),
-            }
-        ).cast(rows.schema)
+            },
+            schema=ROW_SCHEMA,
+        )
 
     def _rejected(self, index: int) -> pa.Table:
         rows = pq.read_table(rejected_path(self.pool, index))
