@@ -54,7 +54,7 @@ class WriteJob(ShardJob):
 
     name = "reshard-write"
 
-    def __init__(self, pool: Pool, out: Path, n_shards: int, mtime: float, max_open: int = 64) -> None:
+    def __init__(self, pool: Pool, out: Path, n_shards: int, mtime: int, max_open: int = 64) -> None:
         self.pool = pool
         self.out = Path(out)
         self.n_shards = n_shards
@@ -142,7 +142,7 @@ def run_reshard(
     if overwrite:
         clear_output(out)
     plan = _ensure_plan(pool, subset_path, out, cfg, labels_path, engine, workers)
-    job = WriteJob(pool, out, plan["shards"], plan["created"], cfg.max_open_tars)
+    job = WriteJob(pool, out, plan["shards"], plan["mtime"], cfg.max_open_tars)
     report = run_job(job, engine, workers=workers)
     result = ReshardResult(out, plan, [report])
     if result.complete:
@@ -187,6 +187,8 @@ def _ensure_plan(
         "fingerprint": fp,
         "shards": len(tables),
         "created": time.time(),
+        # member mtime in the tars: the subset's, so the same request gives byte-identical shards
+        "mtime": int(subset_path.stat().st_mtime),
         "stats": stats.to_dict(),
         "match": [s.to_dict() for s in report.stats],
         **summary,
