@@ -12,6 +12,7 @@ global steps never join billion-row tables.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,19 +172,26 @@ class Frame:
         return f"SELECT {select} FROM ({self.sql()}) WHERE {where}"
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
-        self.scans += 1
-        log.debug("duckdb: %s", sql[:2000])
-        return self.con.execute(sql).fetchall()
+        start = self._start(sql)
+        rows = self.con.execute(sql).fetchall()
+        log.debug("duckdb: %.2f s", time.perf_counter() - start)
+        return rows
 
     def arrow(self, sql: str) -> pa.Table:
-        self.scans += 1
-        log.debug("duckdb: %s", sql[:2000])
+        start = self._start(sql)
         rel = self.con.sql(sql)
-        return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()  # duckdb 2 / 1
+        table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()  # duckdb 2 / 1
+        log.debug("duckdb: %.2f s", time.perf_counter() - start)
+        return table
+
+    def _start(self, sql: str) -> float:
+        self.scans += 1
+        log.debug("duckdb scan %d: %s", self.scans, sql[-600:])
+        return time.perf_counter()
 
     def stream(self, sql: str, batch_size: int) -> Iterator[pa.RecordBatch]:
         """Arrow record batches of a query, without materialising the whole result."""
-        self.scans += 1
+        self._start(sql)
         rel = self.con.sql(sql)
         reader = rel.to_arrow_reader if hasattr(rel, "to_arrow_reader") else rel.fetch_arrow_reader  # 2 / 1
         yield from reader(batch_size)

@@ -365,3 +365,27 @@ def test_cli_writes_subset_manifest_and_funnel(dc_pool, tmp_path):
     stats = (out.with_suffix(".stats.json")).read_text()
     assert "below_topk" in stats and "not_sampled" in stats
     assert not (out.parent / ".top.select-work").exists()
+
+
+# --- vectorised uid helpers ------------------------------------------------------------------------------
+
+
+def test_uid_vector_helpers_round_trip_validate_sort_and_look_up():
+    rng = np.random.default_rng(5)
+    u = np.empty(1000, dtype=UID_DTYPE)
+    u["f0"] = rng.integers(0, 4, 1000, dtype=np.uint64)  # many equal high halves
+    u["f1"] = rng.integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True)
+    hexes = uids_to_hex_array(u)
+    assert sorted(hexes.to_pylist()) == Subset(u.copy()).hex()  # same text as curation.uid, one by one
+    back, ok = hex_to_uids(hexes)
+    assert ok.all() and np.array_equal(back, u)
+    assert np.array_equal(sort_uids(u), np.sort(u))
+    odd = pa.array(["g" * 32, None, "abc", hexes[0].as_py().upper(), hexes[1].as_py()])
+    vals, ok = hex_to_uids(odd)
+    assert ok.tolist() == [False, False, False, True, True] and vals[3] == u[0] and vals[4] == u[1]
+    from curation.uidvec import lookup
+
+    table = np.unique(u)
+    probe = np.concatenate([u[:50], np.array([(9, 9), (2**63, 1)], dtype=UID_DTYPE)])
+    pos = lookup(table, probe)
+    assert (pos[-2:] == -1).all() and np.array_equal(table[pos[:50]], u[:50])
