@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from curation.engines import JobReport, merged_stats, run_job
 from curation.io import atomic_write_json, read_json
@@ -68,6 +67,8 @@ class WriteJob(ShardJob):
         return self.out
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
+        import webdataset as wds  # imports torch: only where shards are written, not on every `curate` start
+
         plan = pq.read_table(plan_dir(self.out) / f"{shard}.parquet")
         stats = StageStats(self.name)
         written = 0

@@ -219,11 +219,12 @@ class ThresholdStep(Step):
     def compile(self, frame: Frame, within: Compiled, decisions: list[dict[str, Any]]) -> Compiled:
         v = frame.col(ColumnRef.parse(self.cfg.score))
         rules = [(f"NOT {frame.valid(v)}", "missing_score")]
-        # bounds take the column's type, as numpy compares a float32 column with a Python float
+        # a float column's bounds take its type, as numpy compares a float32 column with a Python float
+        kind = frame.type_of(v) if frame.is_float(v) else "DOUBLE"
         if self.cfg.min is not None:
-            rules.append((f"{v} < {sql_literal(self.cfg.min, frame.type_of(v))}", "below_threshold"))
+            rules.append((f"{v} < {sql_literal(self.cfg.min, kind)}", "below_threshold"))
         if self.cfg.max is not None:
-            rules.append((f"{v} > {sql_literal(self.cfg.max, frame.type_of(v))}", "above_threshold"))
+            rules.append((f"{v} > {sql_literal(self.cfg.max, kind)}", "above_threshold"))
         passed = " AND ".join(f"NOT ({cond})" for cond, _ in rules)
         reason = "CASE " + " ".join(f"WHEN {c} THEN {sql_str(r)}" for c, r in rules) + " END"
         score = ColumnRef.parse(self.cfg.score).label()

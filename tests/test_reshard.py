@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from argparse import Namespace
@@ -197,3 +198,46 @@ def test_cli_reshard(pool, tmp_path):
         names = tar.getnames()
     assert {n.split(".", 1)[1] for n in names} == {"jpg", "txt", "json"}
     assert np.all(np.diff([int(n.split(".")[0]) for n in names[::3]]) == 1)
+
+
+def test_a_truncated_pool_tar_loses_only_its_damaged_samples(pool, tmp_path, caplog):
+    samples = pool_samples(pool)
+    uids = sorted(samples)
+    tar = pool / "00001.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) // 2])
+    result = run_reshard(pool, make_subset(uids, tmp_path / "s.npy"), tmp_path / "out")
+    assert result.complete
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    lost = stats["funnel"]["dropped"]["missing_in_tar"]
+    in_shard = sum(s["shard"] == "00001" for s in samples.values())
+    assert 0 < lost < in_shard and stats["total"] == len(uids) - lost
+    assert "damaged" in caplog.text
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_index_matches_tarfile(tmp_path, fmt):
+    from curation.tarindex import index_tar
+
+    path = tmp_path / "t.tar"
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i in range(20):
+            # long names need a ustar prefix, a GNU long-name header or a pax record
+            stem = f"{'d' * 60}/{'s' * 70}/{i:04d}" if i % 3 == 0 else f"{i:04d}"
+            for ext in ("jpg", "txt"):
+                data = rng.bytes(int(rng.integers(0, 2000)))
+                info = tarfile.TarInfo(f"{stem}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        directory = tarfile.TarInfo("adir")
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
+    expected: dict = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            if m.isfile():
+                key, _, ext = Path(m.name).name.partition(".")
+                expected.setdefault(key, []).append((ext, m.offset_data, m.size))
+    got = {k: [(m.ext, m.offset, m.size) for m in v] for k, v in index_tar(path).items()}
+    assert got == expected and len(got) == 20
