@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -31,7 +32,15 @@ from curation.config import ConfigError, ConfigModel
 from curation.engines import run_job
 from curation.io import atomic_write_json
 from curation.pool import Pool
-from curation.selframe import DuckDBConfig, Frame, SelectionError, build_frame, connect, uid_column_complete
+from curation.selframe import (
+    ColumnRef,
+    DuckDBConfig,
+    Frame,
+    SelectionError,
+    build_frame,
+    connect,
+    uid_column_complete,
+)
 from curation.selgather import GatherJob
 from curation.selsteps import Compiled, Step, parse_step
 from curation.stats import Counts, Funnel, StageStats
@@ -58,9 +67,6 @@ class SelectionResult:
     subset: Subset
     funnel: Funnel
     decisions: list[dict[str, Any]] = field(default_factory=list)
-
-    def stats(self) -> list[StageStats]:
-        return self.funnel.stages
 
 
 def parse_steps(spec: SelectSpec) -> list[Step]:
@@ -130,7 +136,7 @@ def _run(
 
 
 def _gather_if_needed(
-    con: Any, pool: Pool, refs: list[Any], work: Path, engine: str, workers: int
+    con: duckdb.DuckDBPyConnection, pool: Pool, refs: list[ColumnRef], work: Path, engine: str, workers: int
 ) -> list[str] | None:
     """Gathered shard files, or None when the pool parquet alone has every column and uid."""
     files = [str(pool.parquet_path(s)) for s in pool.shard_ids()]
@@ -223,14 +229,17 @@ def _invalid_stage(frame: Frame, last: Compiled, funnel: Funnel, bad: list[str])
 
 
 def _source_mix(funnel: Funnel) -> dict[str, dict[str, int]]:
-    last = funnel.stages[-1]
-    mix = {}
-    for src, c in sorted(last.by_source.items()):
-        mix[src] = {"rows": c.kept}
-    first = funnel.stages[0]
-    for src in mix:
-        mix[src]["pool_rows"] = first.by_source[src].seen if src in first.by_source else 0
-    return mix
+    """Per source: pool samples, selected rows, and copies (rows x multiplicity) in the subset."""
+    first, last = funnel.stages[0], funnel.stages[-1]
+    copies = funnel.stages[-1].extra if last.stage != "select:valid_uid" else funnel.stages[-2].extra
+    return {
+        src: {
+            "pool_rows": first.by_source[src].seen,
+            "rows": c.kept,
+            "copies": int(copies.get(f"copies_{src}", 0)),
+        }
+        for src, c in sorted(last.by_source.items())
+    }
 
 
 def code_commit() -> str | None:

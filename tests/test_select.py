@@ -389,3 +389,18 @@ def test_uid_vector_helpers_round_trip_validate_sort_and_look_up():
     probe = np.concatenate([u[:50], np.array([(9, 9), (2**63, 1)], dtype=UID_DTYPE)])
     pos = lookup(table, probe)
     assert (pos[-2:] == -1).all() and np.array_equal(table[pos[:50]], u[:50])
+
+
+def test_deep_chain_equals_its_parts_combined(dc_pool, dc_frame, tmp_path):
+    thr = {"threshold": {"score": "clip_b32_similarity_score", "min": 0.2}}
+    top = {"topk": {"score": "clip_l14_similarity_score", "fraction": 0.3}}
+    rnd = {"random": {"fraction": 0.1, "seed": 1}}
+    exclude = Subset.from_hex(list(dc_frame.uid.iloc[::5])).save(tmp_path / "exclude.npy")
+    got = select(
+        dc_pool,
+        [thr, {"union": [top, rnd]}, {"difference": [{"all": {}}, {"subset": {"path": str(exclude)}}]},
+         {"repeat": {"times": 2, "of": {"all": {}}}}],
+    )  # fmt: skip
+    parts = union(select(dc_pool, [thr, top]), select(dc_pool, [thr, rnd]))
+    expected = Counter({u: 2 for u in difference(parts, Subset.load(exclude)).hex()})
+    assert len(expected) > 0 and Counter(got.hex()) == expected
