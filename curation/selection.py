@@ -114,25 +114,37 @@ def _run(
         if invalid:
             funnel.stages.append(invalid)
         funnel.check()
-        manifest = {
-            "name": spec.name,
-            "description": spec.description,
-            "how": "curate select",
-            "pool": str(pool.root.resolve()),
-            "spec": spec.model_dump(mode="json"),
-            "frame": "gathered attribute tables" if gathered is not None else "pool parquet",
-            "decisions": decisions,
-            "selected_rows": funnel.stages[-1].total.kept,
-            "source_mix": _source_mix(funnel),
-            "seeds": [d["seed"] for d in decisions if "seed" in d],
-            "funnel": funnel.to_dict(),
-            "duckdb_scans": frame.scans,
-            "seconds": round(time.perf_counter() - start, 3),
-            "code_commit": code_commit(),
-        }
+        manifest = _manifest(spec, pool, frame, funnel, decisions, gathered is not None)
+        manifest["seconds"] = round(time.perf_counter() - start, 3)
         return SelectionResult(Subset(uids, manifest), funnel, decisions)
     finally:
         con.close()
+
+
+def _manifest(
+    spec: SelectSpec,
+    pool: Pool,
+    frame: Frame,
+    funnel: Funnel,
+    decisions: list[dict[str, Any]],
+    gathered: bool,
+) -> dict[str, Any]:
+    """How the subset was made: the spec, the pool, every cut, the funnel and the source mix."""
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "how": "curate select",
+        "pool": str(pool.root.resolve()),
+        "spec": spec.model_dump(mode="json"),
+        "frame": "gathered attribute tables" if gathered else "pool parquet",
+        "decisions": decisions,
+        "selected_rows": funnel.stages[-1].total.kept,
+        "source_mix": _source_mix(funnel),
+        "seeds": [d["seed"] for d in decisions if "seed" in d],
+        "funnel": funnel.to_dict(),
+        "duckdb_scans": frame.scans,
+        "code_commit": code_commit(),
+    }
 
 
 def _gather_if_needed(

@@ -169,13 +169,15 @@ class FilterStep(Step):
 
     def bind(self, pool: Pool) -> None:
         self.names = self.cfg.names if self.cfg.names is not None else verdict_names(pool, self.cfg.stage)
+        if not self.names:
+            raise ConfigError(f"filter {self.label}: `names` is empty; leave it out to use every verdict")
 
     def columns(self) -> list[ColumnRef]:
         return [ColumnRef(self.cfg.stage, f"{n}_keep") for n in self.names]
 
     def compile(self, frame: Frame, within: Compiled, decisions: list[dict[str, Any]]) -> Compiled:
         cols = [(n, frame.col(ColumnRef(self.cfg.stage, f"{n}_keep"))) for n in self.names]
-        passed = " AND ".join(f"coalesce({c}, FALSE)" for _, c in cols) or "TRUE"
+        passed = " AND ".join(f"coalesce({c}, FALSE)" for _, c in cols)
         whens = " ".join(
             f"WHEN {c} IS NULL THEN {sql_str('missing_verdict_' + n)} "
             f"WHEN NOT {c} THEN {sql_str('filtered_' + n)}"
@@ -258,9 +260,11 @@ class SubsetStep(Step):
 
 
 class RankConfig(StepConfig):
+    """Size of a ranking step. A ``within: STEP`` setting (parsed as a step, not stored here) ranks
+    only among the rows that step keeps instead of the step's input."""
+
     fraction: float | None = Field(None, gt=0, le=1)
     count: int | None = Field(None, ge=0)
-    within: dict[str, Any] | None = None  # rank only among the rows this step keeps (default: its input)
 
     def size_settings(self) -> int:
         return sum(x is not None for x in (self.fraction, self.count))
@@ -575,9 +579,14 @@ class RepeatStep(Step):
     def nested_keys(cls) -> tuple[str, ...]:
         return ("of",)
 
+    @classmethod
+    def from_spec(cls, value: Any, where: str) -> Step:
+        step = super().from_spec(value, where)
+        if "of" not in step.nested:
+            raise ConfigError(f"{where}: missing `of: STEP` (the step to repeat)")
+        return step
+
     def compile(self, frame: Frame, within: Compiled, decisions: list[dict[str, Any]]) -> Compiled:
-        if "of" not in self.nested:
-            raise ConfigError(f"repeat {self.label}: missing `of: STEP`")
         inner = self.nested["of"].compile(frame, within, decisions)
         m = frame.add(f"{self.cfg.times} * {inner.m}", "m")
         r = frame.add(f"CASE WHEN {m} = 0 THEN coalesce({inner.r}, 'repeated_zero_times') END", "r")
