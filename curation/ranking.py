@@ -2,9 +2,10 @@
 
 Sorting a billion-row score column to keep its top 30% is exact but needs the whole column in
 memory or a full external sort. We only need the *cut*: the value ``t`` of the k-th best row and,
-when several rows share ``t``, the uid of the last one kept (ties go to the smaller uid). Then
-"row is kept" is the predicate ``v > t OR (v = t AND uid <= boundary)``, which every later scan and
-every shard can apply on its own.
+when several rows share ``t`` and only some are kept, which of those (the smaller uids). Then "row
+is kept" is the predicate ``v > t OR (v = t AND row in kept_ties)``, which every later scan can
+apply on its own. Kept ties are named by (parquet file, row number), not by uid, so later scans
+never read the (large, incompressible) uid column just to place a handful of tied rows.
 
 The cut is found in two or three scans of the value column (never the whole column in memory):
 
@@ -15,8 +16,8 @@ The cut is found in two or three scans of the value column (never the whole colu
    walking those groups in order gives ``t`` exactly. If the sample was unlucky and the target rank
    falls outside the bracket, the bracket widens and this scan repeats: exactness never depends on
    the sample, only the speed does;
-3. only if the rows tied at ``t`` are not all kept: the boundary uid among them
-   (``ORDER BY uid LIMIT 1 OFFSET m-1`` over the tied rows only).
+3. only if the rows tied at ``t`` are not all kept: the ``m`` of them with the smallest uids
+   (``ORDER BY uid LIMIT m`` over the tied rows only), into a small temporary table.
 """
 
 from __future__ import annotations
@@ -36,10 +37,15 @@ SAMPLE_TARGET = 1 << 18  # expected sample size of the first scan
 MAX_ATTEMPTS = 5
 
 
+ROW_ID = "_file, file_row_number"  # a frame row's identity: its parquet file and row number in it
+
+
 class SQLRunner(Protocol):
     def query(self, sql: str) -> list[tuple[Any, ...]]: ...
 
     def arrow(self, sql: str) -> pa.Table: ...
+
+    def temp_table(self, sql: str, prefix: str) -> str: ...
 
 
 @dataclass
@@ -85,14 +91,15 @@ class Cut:
     k: int
     n: int
     value: Any = None
-    boundary_uid: str | None = None  # None: every row tied at ``value`` is kept
+    tie_table: str | None = None  # None: every row tied at ``value`` is kept; else the kept ones' ROW_IDs
+    boundary_uid: str | None = None  # the largest uid among the kept tied rows (for the manifest)
     better: int = 0  # rows strictly better than ``value``
     tied: int = 0  # rows equal to ``value``
     descending: bool = True
     sql_type: str = "DOUBLE"
     scans: int = 0
 
-    def predicate(self, value_sql: str, uid_sql: str = "uid") -> str:
+    def predicate(self, value_sql: str) -> str:
         """SQL boolean: the row is among the kept ones (for valid candidates)."""
         if self.kind == "none":
             return "FALSE"
@@ -100,9 +107,10 @@ class Cut:
             return "TRUE"
         t = sql_literal(self.value, self.sql_type)
         op = ">" if self.descending else "<"
-        if self.boundary_uid is None:
+        if self.tie_table is None:
             return f"({value_sql} {op}= {t})"
-        return f"({value_sql} {op} {t} OR ({value_sql} = {t} AND {uid_sql} <= '{self.boundary_uid}'))"
+        tied = f"({ROW_ID}) IN (SELECT {ROW_ID} FROM {self.tie_table})"
+        return f"({value_sql} {op} {t} OR ({value_sql} = {t} AND {tied}))"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,8 +151,9 @@ def find_cut(
     uid_ties: bool = True,
     sql_type: str = "DOUBLE",
 ) -> Cut:
-    """The cut of the best ``k`` rows of ``relation`` (a SQL subquery with columns ``uid`` and the
-    value expression ``value``, restricted to valid candidates; ``sample`` drawn over the same rows).
+    """The cut of the best ``k`` rows of ``relation`` (a SQL subquery with columns ``uid``, ``ROW_ID``
+    and the value expression ``value``, restricted to valid candidates; ``sample`` drawn over the
+    same rows).
 
     ``uid_ties``: keep exactly ``k`` rows, ties at the cut going to the smaller uid; otherwise keep
     every row at least as good as the k-th (DataComp's threshold semantics).
@@ -171,15 +180,18 @@ def find_cut(
     else:  # pragma: no cover - the last attempt has an unbounded bracket, which always contains rank k
         raise RuntimeError("could not bracket the cut")
     t, better, tied = found
-    cut = Cut("value", k, n, t, None, better, tied, descending, sql_type, scans)
+    cut = Cut(
+        "value", k, n, t, better=better, tied=tied, descending=descending, sql_type=sql_type, scans=scans
+    )
     need = k - better
     if uid_ties and need < tied:
         cut.scans += 1
-        rows = runner.query(
-            f"SELECT uid FROM ({relation}) WHERE {value} = {sql_literal(t, sql_type)} "
-            f"ORDER BY uid LIMIT 1 OFFSET {need - 1}"
+        cut.tie_table = runner.temp_table(
+            f"SELECT {ROW_ID}, uid FROM ({relation}) WHERE {value} = {sql_literal(t, sql_type)} "
+            f"ORDER BY uid LIMIT {need}",
+            "ties",
         )
-        cut.boundary_uid = rows[0][0]
+        cut.boundary_uid = runner.query(f"SELECT max(uid) FROM {cut.tie_table}")[0][0]
     return cut
 
 

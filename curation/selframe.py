@@ -137,6 +137,7 @@ class Frame:
     layers: list[tuple[str, str]] = field(default_factory=list)
     subset_aliases: dict[str, str] = field(default_factory=dict)
     rows_estimate: int = 0  # parquet rows under the frame (an upper bound of its rows), for sampling
+    temp_tables: list[str] = field(default_factory=list)
     scans: int = 0
 
     def col(self, ref: ColumnRef) -> str:
@@ -196,6 +197,15 @@ class Frame:
         reader = rel.to_arrow_reader if hasattr(rel, "to_arrow_reader") else rel.fetch_arrow_reader  # 2 / 1
         yield from reader(batch_size)
 
+    def temp_table(self, sql: str, prefix: str) -> str:
+        """Materialise a (small) query result as a temporary table; returns its name."""
+        name = f"_{prefix}{len(self.temp_tables)}"
+        start = self._start(sql)
+        self.con.execute(f"CREATE TEMP TABLE {name} AS {sql}")
+        log.debug("duckdb: %.2f s", time.perf_counter() - start)
+        self.temp_tables.append(name)
+        return name
+
     def subset_col(self, path: str) -> str:
         return self.subset_aliases[path]
 
@@ -213,14 +223,14 @@ def build_frame(
     if gathered is None:
         files = [str(pool.parquet_path(s)) for s in pool.shard_ids()]
         available = parquet_columns(con, files)
-        cols = ["uid AS uid", _source_expr(available)]
+        cols = ["uid AS uid", _source_expr(available), "_file", "file_row_number"]
         for ref, alias in aliases.items():
             cols.append(f"{quote(resolve_pool_column(ref, available))} AS {alias}")
         where = " WHERE status = 'success'" if "status" in available else ""
-        base = f"SELECT {', '.join(cols)} FROM read_parquet({_file_list(files)}, union_by_name=true){where}"
+        base = f"SELECT {', '.join(cols)} FROM {_scan(files)}{where}"
     else:
-        cols = ["uid", "source", *aliases.values()]
-        base = f"SELECT {', '.join(cols)} FROM read_parquet({_file_list(gathered)})"
+        cols = ["uid", "source", "_file", "file_row_number", *aliases.values()]
+        base = f"SELECT {', '.join(cols)} FROM {_scan(gathered)}"
     subset_aliases = {}
     for i, path in enumerate(sorted(set(subsets))):
         name, alias = f"_subset{i}", f"s{i}"
@@ -246,6 +256,11 @@ def _source_expr(available: dict[str, str]) -> str:
     if "source" in available:
         return "coalesce(CAST(source AS VARCHAR), 'unknown') AS source"
     return "'unknown' AS source"
+
+
+def _scan(files: list[str]) -> str:
+    """read_parquet with each row's identity (``ROW_ID`` in ranking.py): its file and row number."""
+    return f"read_parquet({_file_list(files)}, union_by_name=true, filename='_file', file_row_number=true)"
 
 
 def _file_list(files: list[str]) -> str:

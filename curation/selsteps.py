@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 
 from curation.config import ConfigError, ConfigModel, build
 from curation.pool import Pool
-from curation.ranking import draw_sample, find_cut, sql_literal
+from curation.ranking import ROW_ID, draw_sample, find_cut, sql_literal
 from curation.selframe import ColumnRef, Frame, SelectionError
 from curation.subset import Subset
 
@@ -328,7 +328,7 @@ class TopKStep(Step):
                 if cfg.fraction is not None
                 else min(cfg.count or 0, n_valid)
             )
-        relation = frame.relation(f"{within.m} > 0 AND {valid}", f"uid, {v}")
+        relation = frame.relation(f"{within.m} > 0 AND {valid}", f"uid, {ROW_ID}, {v}")
         cut = find_cut(
             frame,
             relation,
@@ -401,7 +401,7 @@ class RandomStep(Step):
             k = round_half_up(cfg.fraction * n)
         else:
             k = min(cfg.count or 0, n)
-        relation = frame.relation(f"{within.m} > 0", f"uid, {key}")
+        relation = frame.relation(f"{within.m} > 0", f"uid, {ROW_ID}, {key}")
         cut = find_cut(frame, relation, key, k, sample, descending=False, sql_type="UBIGINT")
         decisions.append(
             {
