@@ -37,10 +37,9 @@ from curation.hardmatch_report import build_report, report_markdown
 from curation.io import atomic_write_json, atomic_write_parquet, atomic_write_text, read_json
 from curation.rowsource import RowSource
 from curation.runner import ShardJob
-from curation.stagecounts import count_verdicts
-from curation.stats import StageStats, merge
+from curation.stats import StageStats, count_verdicts, merge
 from curation.subset import Subset
-from curation.uidarray import hex_column_to_array
+from curation.uid import hex_column_to_array
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,7 @@ from curation.imagestore import ImageReader, locate_images
 from curation.io import atomic_path, atomic_write_json, atomic_write_parquet, read_json
 from curation.metaclean import clean_tags, clean_text, url_decode
 from curation.runner import ShardJob
-from curation.stagecounts import count_verdicts
-from curation.stats import StageStats
+from curation.stats import StageStats, count_verdicts
 from curation.uid import compute_uids
 
 log = logging.getLogger(__name__)

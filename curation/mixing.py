@@ -32,8 +32,7 @@ from curation.io import atomic_write_parquet
 from curation.rowsource import RowSource
 from curation.stats import Counts, StageStats
 from curation.subset import Subset
-from curation.uid import UID_DTYPE
-from curation.uidarray import array_to_hex_column, hex_column_to_array
+from curation.uid import UID_DTYPE, array_to_hex_column, hex_column_to_array
 
 log = logging.getLogger(__name__)
 

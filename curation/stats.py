@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class FunnelError(AssertionError):
@@ -58,24 +60,13 @@ class StageStats:
         cls,
         stage: str,
         keep: np.ndarray,
-        reasons: Sequence[str | None] | np.ndarray,
-        sources: Sequence[str | None] | np.ndarray | None = None,
+        reasons: Sequence[str | None] | np.ndarray | pa.Array | pa.ChunkedArray,
+        sources: Sequence[str | None] | np.ndarray | pa.Array | pa.ChunkedArray | None = None,
     ) -> StageStats:
-        """Count a keep mask and per-row drop reasons (a reason is required for every dropped row)."""
-        keep = np.asarray(keep, dtype=bool)
-        reasons_arr = np.asarray(reasons, dtype=object)
-        if len(reasons_arr) != len(keep):
-            raise ValueError("keep and reasons differ in length")
-        missing = (~keep) & np.array([r is None or r == "" for r in reasons_arr], dtype=bool)
-        if missing.any():
-            raise FunnelError(f"stage {stage}: {int(missing.sum())} dropped rows have no drop reason")
-        src = np.asarray(sources if sources is not None else ["unknown"] * len(keep), dtype=object)
-        stats = cls(stage)
-        for s in sorted({str(x) for x in src}) if len(src) else []:
-            sel = np.array([str(x) == s for x in src], dtype=bool)
-            stats.by_source[s] = _counts(keep[sel], reasons_arr[sel])
-        stats.total = _counts(keep, reasons_arr)
-        return stats
+        """Count a keep mask and per-row drop reasons (required for every dropped row), per source."""
+        return count_verdicts(
+            stage, keep, _arrow_strings(reasons), None if sources is None else _arrow_strings(sources)
+        )
 
     def add(self, other: StageStats) -> None:
         if other.stage != self.stage:
@@ -117,9 +108,58 @@ class StageStats:
         )
 
 
-def _counts(keep: np.ndarray, reasons: np.ndarray) -> Counts:
-    dropped = Counter(str(r) for r in reasons[~keep])
-    return Counts(seen=len(keep), kept=int(keep.sum()), dropped=dropped)
+def _arrow_strings(values: Sequence[str | None] | np.ndarray | pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values
+    return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+# Counting with numpy over dictionary-encoded Arrow columns: no Python object per row, so a
+# builder that labels millions of captions counts as cheaply as a filter's shard.
+def _codes(column: pa.Array | pa.ChunkedArray, null_name: str | None) -> tuple[np.ndarray, list[str | None]]:
+    """Dictionary codes and names of a string column; nulls get the code ``len(names)``."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.string())
+    enc = column.cast(pa.string()).dictionary_encode()
+    names: list[str | None] = enc.dictionary.to_pylist()
+    codes = pc.fill_null(enc.indices, len(names)).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, [*names, null_name]
+
+
+def count_verdicts(
+    stage: str,
+    keep: np.ndarray,
+    reason: pa.Array | pa.ChunkedArray,
+    source: pa.Array | pa.ChunkedArray | None = None,
+) -> StageStats:
+    """StageStats of a keep mask and a reason column (null where kept), overall and per source."""
+    keep = np.asarray(keep, dtype=bool)
+    n = len(keep)
+    r_codes, r_names = _codes(reason, None)
+    if len(r_codes) != n:
+        raise ValueError("keep and reason differ in length")
+    missing = (~keep) & (r_codes == len(r_names) - 1)
+    if missing.any():
+        raise FunnelError(f"stage {stage}: {int(missing.sum())} dropped rows have no drop reason")
+    if source is None:
+        s_codes, s_names = np.zeros(n, dtype=np.int64), ["unknown"]
+    else:
+        s_codes, s_names = _codes(source, "unknown")
+    stats = StageStats(stage)
+    n_r = len(r_names)
+    dropped = np.bincount(s_codes[~keep] * n_r + r_codes[~keep], minlength=len(s_names) * n_r)
+    dropped = dropped.reshape(len(s_names), n_r)
+    seen = np.bincount(s_codes, minlength=len(s_names))
+    kept = np.bincount(s_codes[keep], minlength=len(s_names))
+    for i, name in enumerate(s_names):
+        if seen[i] == 0:
+            continue
+        by_reason = Counter({str(r_names[j]): int(dropped[i, j]) for j in range(n_r) if dropped[i, j]})
+        c = Counts(seen=int(seen[i]), kept=int(kept[i]), dropped=by_reason)
+        key = str(name)
+        stats.by_source.setdefault(key, Counts()).add(c)
+        stats.total.add(c)
+    return stats
 
 
 def merge(stats: Iterable[StageStats]) -> list[StageStats]:

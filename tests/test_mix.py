@@ -26,8 +26,7 @@ from curation.mixing import (
     write_mix,
 )
 from curation.subset import Subset
-from curation.uid import compute_uid, uids_to_array
-from curation.uidarray import array_to_hex_column, hex_column_to_array
+from curation.uid import array_to_hex_column, compute_uid, hex_column_to_array, uids_to_array
 
 POOL_SOURCES = {"photo": 0.55, "forum": 0.3, "news": 0.15}
 
