@@ -299,6 +299,10 @@ def run_cell(job: CellJob) -> CellRecord:
     if marker.exists():
         rec = CellRecord(**read_json(marker))
         rec.status = "skipped"
+        rec.run_dir, rec.eval_dir = (
+            str(job.cell_dir / "run"),
+            str(job.cell_dir / "eval"),
+        )  # OUT may have moved
         return rec
     try:
         if job.set_error is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from html.parser import HTMLParser
@@ -28,9 +27,6 @@ from curation.ablation import (
 from curation.config import ConfigError, build
 from curation.powerlaw import PowerLawError, fit_power_law
 from curation.subset import Subset
-
-HAVE_SELECT = all(importlib.util.find_spec(m) for m in ("curation.selection", "curation.reshard"))
-HAVE_TRAINER = HAVE_SELECT and importlib.util.find_spec("trainer.train") is not None
 
 
 def config(**values) -> AblationConfig:
@@ -147,7 +143,6 @@ def test_a_finished_cell_is_skipped(tmp_path):
     assert rec.status == "skipped" and rec.subset_size == 7 and rec.error is None
 
 
-@pytest.mark.skipif(not HAVE_SELECT, reason="needs curation.selection / curation.reshard (branch select)")
 def test_topk_sets_hold_the_best_scores_and_random_controls_have_their_sizes(tmp_path):
     import pyarrow.parquet as pq
 
@@ -382,9 +377,6 @@ def test_report_without_baselines_says_why_there_is_no_er(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not HAVE_TRAINER, reason="needs trainer.train (branch trainer) and curation.reshard (branch select)"
-)
 def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
     from curation.ablation import run_ablation
     from tests.ablation_fixtures import write_world
