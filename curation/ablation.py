@@ -274,7 +274,7 @@ class CellRecord:
     k: float | None
     mode: str
     seed: int
-    status: str  # finished | failed | skipped (finished on an earlier run)
+    status: str  # finished | failed
     subset_size: int | None = None
     samples_seen: int | None = None
     wall_s: float | None = None
@@ -284,6 +284,7 @@ class CellRecord:
     eval_dir: str | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    reused: bool = False  # finished by an earlier run of the ablation, skipped by this one
 
 
 def _record(job: CellJob, status: str, **values: Any) -> CellRecord:
@@ -298,7 +299,7 @@ def run_cell(job: CellJob) -> CellRecord:
     marker = job.cell_dir / CELL_FILE
     if marker.exists():
         rec = CellRecord(**read_json(marker))
-        rec.status = "skipped"
+        rec.reused = True
         rec.run_dir, rec.eval_dir = (
             str(job.cell_dir / "run"),
             str(job.cell_dir / "eval"),
@@ -387,7 +388,7 @@ def run_cells(jobs: list[CellJob], parallel: int) -> list[CellRecord]:
             took = f"{rec.wall_s:.1f} s" if rec.wall_s is not None else "-"
             if rec.status == "failed":
                 log.error("cell %s failed after %s: %s", rec.id, took, rec.error)
-            elif rec.status == "skipped":
+            elif rec.reused:
                 log.info("cell %s: finished earlier, skipped", rec.id)
             else:
                 log.info(

@@ -47,7 +47,7 @@ class Results:
 
 
 def finished(cells: Sequence[CellRecord]) -> list[CellRecord]:
-    return [c for c in cells if c.status in ("finished", "skipped") and c.records]
+    return [c for c in cells if c.status == "finished" and c.records]
 
 
 def accuracy_table(cells: Sequence[CellRecord]) -> pd.DataFrame:
@@ -157,6 +157,7 @@ def build_results(cells: Sequence[CellRecord], boot: BootstrapConfig) -> Results
             "mode": c.mode,
             "seed": c.seed,
             "status": c.status,
+            "reused": c.reused,
             "subset_size": c.subset_size,
             "samples_seen": c.samples_seen,
         }

@@ -140,7 +140,7 @@ def test_a_finished_cell_is_skipped(tmp_path):
     done = CellRecord(job.cell.id, "top50", "topk", 50.0, "one_epoch", 0, "finished", subset_size=7)
     (job.cell_dir / CELL_FILE).write_text(json.dumps(done.__dict__))
     rec = run_cell(job)
-    assert rec.status == "skipped" and rec.subset_size == 7 and rec.error is None
+    assert rec.status == "finished" and rec.reused and rec.subset_size == 7 and rec.error is None
 
 
 def test_topk_sets_hold_the_best_scores_and_random_controls_have_their_sizes(tmp_path):
@@ -398,6 +398,7 @@ def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
     out = tmp_path / "out"
     result = run_ablation(cfg, out)
     status = {c.id: c.status for c in result.cells}
+    assert not any(c.reused for c in result.cells)
     assert status == {
         "top50__one_epoch__s0": "finished",
         "random50__one_epoch__s0": "finished",
@@ -430,8 +431,8 @@ def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
     assert html.count("data:image/png;base64,") >= 2 and "ghost__one_epoch__s0" in html
 
     again = run_ablation(cfg, out)  # finished cells are skipped, the failed ones retried (and fail again)
-    assert {c.id: c.status for c in again.cells} == {
-        cid: ("skipped" if s == "finished" else "failed") for cid, s in status.items()
+    assert {c.id: (c.status, c.reused) for c in again.cells} == {
+        cid: (s, s == "finished") for cid, s in status.items()
     }
     attempts = json.loads((out / "cells" / "top50__one_epoch__s0" / "run" / "attempts.json").read_text())
     assert len(attempts) == 1  # not trained again
