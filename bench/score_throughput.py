@@ -16,12 +16,16 @@ well decoding is hidden behind the model (1.0 = entirely); the strict one is aga
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -50,36 +54,62 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def bare_forward(job: ScoreJob, pairs: int, batch_size: int) -> float:
-    """Pairs/s of the stage's own encoder on one in-memory batch, re-encoded until ``pairs`` are done."""
+@dataclass
+class Timing:
+    """Wall-clock and CPU seconds (this process and its finished children: the loader workers)."""
+
+    pairs: int
+    wall: float
+    cpu: float
+    waited: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.pairs / self.wall
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu / self.pairs
+
+
+@contextlib.contextmanager
+def timed(pairs: int) -> Iterator[Timing]:
+    def cpu() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    t = Timing(pairs, time.perf_counter(), cpu())
+    yield t
+    t.wall, t.cpu = time.perf_counter() - t.wall, cpu() - t.cpu
+
+
+def bare_forward(job: ScoreJob, pairs: int, batch_size: int) -> Timing:
+    """The stage's own encoder on one in-memory batch, re-encoded until ``pairs`` are done."""
     w = job._worker
     assert w is not None
-    images = torch.randn(batch_size, 3, *w.decoder.image_size)
-    captions = [
-        f"a photo of a {c} circle near the {p}" for c, p in zip("rgby" * 64, "lcr" * 86, strict=False)
-    ]
+    images = torch.randint(0, 256, (batch_size, *w.decoder.prep.size, 3), dtype=torch.uint8)
+    captions = [f"a photo of a {c} circle near the {p}" for c, p in zip("rgby" * 3, "lcr" * 4, strict=True)]
     tokens = w.collate.tokenizer((captions * (batch_size // len(captions) + 1))[:batch_size])
-    done, start = 0, time.perf_counter()
-    while done < pairs:
-        n = min(batch_size, pairs - done)
-        _, _, score = w.encoder(images[:n], tokens[:n])
-        score.cpu()  # wait for the device
-        done += n
-    return pairs / (time.perf_counter() - start)
+    done = 0
+    with timed(pairs) as t:
+        while done < pairs:
+            n = min(batch_size, pairs - done)
+            _, _, score = w.encoder(images[:n], tokens[:n])
+            score.cpu()  # wait for the device
+            done += n
+    return t
 
 
-def full_stage(job: ScoreJob, pairs: int) -> tuple[float, float]:
-    """Pairs/s through the shard runner, and the fraction of time the model waited for data."""
+def full_stage(job: ScoreJob, pairs: int) -> Timing:
+    """Every shard through the shard runner, as an engine worker runs them."""
     shutil.rmtree(job.output_dir(), ignore_errors=True)
-    start = time.perf_counter()
-    outcomes = [process_shard(job, shard) for shard in job.shards()]
-    seconds = time.perf_counter() - start
+    with timed(pairs) as t:
+        outcomes = [process_shard(job, shard) for shard in job.shards()]
     if any(o.status != "done" for o in outcomes):
         raise SystemExit(f"stage failed: {[o.error for o in outcomes if o.error]}")
-    seen = sum(o.stats[0].total.seen for o in outcomes)
-    assert seen == pairs, (seen, pairs)
-    waited = sum(o.stats[0].extra["seconds_data_wait"] for o in outcomes)
-    return pairs / seconds, waited / seconds
+    assert sum(o.stats[0].total.seen for o in outcomes) == pairs
+    t.waited = sum(o.stats[0].extra["seconds_data_wait"] for o in outcomes)
+    return t
 
 
 def main() -> None:
@@ -108,33 +138,35 @@ def main() -> None:
         job.setup()
         assert job._worker is not None
         enc = job._worker.encoder
+        stage_threads, all_cores = torch.get_num_threads(), len(os.sched_getaffinity(0))
         print(
             f"model={args.model} device={enc.device} precision={enc.precision} batch={args.batch_size} "
-            f"pairs={pairs} jpeg={args.image_size}px loader_workers={args.loader_workers} "
-            f"threads={torch.get_num_threads()} fast_decode={args.fast_decode} cores={os.cpu_count()} "
+            f"pairs={pairs} shards={args.shards} jpeg={args.image_size}px "
+            f"loader_workers={args.loader_workers} threads={stage_threads} fast_decode={args.fast_decode} "
+            f"cores={all_cores} "
             f"load_avg={os.getloadavg()[0]:.1f}"
         )
-        stage_threads, all_cores = torch.get_num_threads(), len(os.sched_getaffinity(0))
         bare_forward(job, args.batch_size, args.batch_size)  # warm-up at full batch shape
-        bare, bare_all, full, wait = [], [], [], []
+        same, every, full = [], [], []
         for r in range(args.repeats):
-            bare.append(bare_forward(job, pairs, args.batch_size))
+            same.append(bare_forward(job, pairs, args.batch_size))
             torch.set_num_threads(all_cores)
-            bare_all.append(bare_forward(job, pairs, args.batch_size))
+            every.append(bare_forward(job, pairs, args.batch_size))
             torch.set_num_threads(stage_threads)
-            f, w = full_stage(job, pairs)
-            full.append(f)
-            wait.append(w)
+            full.append(full_stage(job, pairs))
             print(
-                f"  pass {r}: bare {bare[-1]:8.1f} ({stage_threads} threads) {bare_all[-1]:8.1f} "
-                f"({all_cores}) pairs/s   full {f:8.1f} pairs/s   data wait {w:5.1%}"
+                f"  pass {r}: bare {same[-1].rate:7.1f} ({stage_threads} thr) {every[-1].rate:7.1f} "
+                f"({all_cores} thr)  full {full[-1].rate:7.1f} pairs/s  "
+                f"(data wait {full[-1].waited / full[-1].wall:.0%})"
             )
-        b, b_all, f = statistics.median(bare), statistics.median(bare_all), statistics.median(full)
-        print(f"bare forward   {b:8.1f} pairs/s with the stage's {stage_threads} threads")
-        print(f"bare forward   {b_all:8.1f} pairs/s with all {all_cores} cores")
-        print(f"full stage     {f:8.1f} pairs/s   (model waited for data {statistics.median(wait):.1%})")
-        print(f"ratio          {f / b_all:8.3f}   full / bare with all cores")
-        print(f"ratio          {f / b:8.3f}   full / bare with the stage's threads")
+        b, b_all, f = (statistics.median(x.rate for x in xs) for xs in (same, every, full))
+        cpu_b, cpu_f = (statistics.median(x.cpu_ms for x in xs) for xs in (same, full))
+        print(f"bare forward   {b:8.1f} pairs/s   with the stage's {stage_threads} thread(s)")
+        print(f"bare forward   {b_all:8.1f} pairs/s   with all {all_cores} cores")
+        print(f"full stage     {f:8.1f} pairs/s")
+        print(f"ratio          {f / max(b, b_all):8.3f}   full / best bare forward (wall clock)")
+        print(f"cpu per pair   {cpu_b:8.2f} ms bare, {cpu_f:.2f} ms full (model + loaders)")
+        print(f"cpu ratio      {cpu_b / cpu_f:8.3f}   bare / full CPU time per pair (robust to machine load)")
         print(f"load avg       {os.getloadavg()[0]:8.1f}   (1 min, at the end; {all_cores} cores)")
 
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import Compose, ToTensor
 from typer.testing import CliRunner
 
 from curation.cli import app
@@ -23,11 +24,18 @@ from curation.engines.local import _init_worker
 from curation.pool import Pool
 from curation.scoring import ModelLoadError, ScoreConfig, ScoreJob, score_pool
 from curation.scoring.encode import PairEncoder, encode_batches
-from curation.scoring.loader import LoaderSettings, PairCollate, PairDecoder, pair_loader
+from curation.scoring.loader import (
+    ImagePrep,
+    LoaderSettings,
+    PairCollate,
+    PairDecoder,
+    PreprocessError,
+    pair_loader,
+)
 from curation.scoring.model import ModelSpec, resolve_devices
 from curation.stats import Funnel
 from curation.workerslot import WorkerSlot, worker_slot
-from tests.image_pool import write_image_pool
+from tests.image_pool import draw, write_image_pool
 from trainer.models import register_project_models
 
 COLUMN = "clip_score_tiny_vit"
@@ -102,6 +110,19 @@ def test_scores_equal_an_independent_open_clip_computation(pool, ckpt):
     assert table[f"{COLUMN}_reason"].null_count == table.num_rows
 
 
+def test_batched_tensor_steps_equal_the_model_preprocess_exactly():
+    register_project_models()
+    _, _, preprocess = open_clip.create_model_and_transforms("tiny-vit")
+    prep = ImagePrep.from_preprocess(preprocess, (64, 64))
+    rng = np.random.default_rng(0)
+    images = [draw(rng, "red", "circle", 64), draw(rng, "blue", "square", 200).resize((200, 90))]
+    batch = torch.from_numpy(np.stack([np.asarray(prep.pil_steps(im)) for im in images]))
+    assert batch.dtype == torch.uint8
+    assert torch.equal(prep.to_model_input(batch), torch.stack([preprocess(im) for im in images]))
+    with pytest.raises(PreprocessError, match="expected"):
+        ImagePrep.from_preprocess(Compose([ToTensor()]), (64, 64))
+
+
 def test_checkpoint_loaded_by_path_scores_like_the_model_in_memory(pool, tmp_path):
     torch.manual_seed(7)
     register_project_models()
@@ -114,9 +135,10 @@ def test_checkpoint_loaded_by_path_scores_like_the_model_in_memory(pool, tmp_pat
     table = Pool(pool).read_attributes(COLUMN)
     assert "image_emb" not in table.column_names
 
-    encoder = PairEncoder(model, torch.device("cpu"), "fp32")
-    encoder.warm_up((64, 64), 32)
-    decode = PairDecoder(preprocess, (64, 64))
+    prep = ImagePrep.from_preprocess(preprocess, (64, 64))
+    encoder = PairEncoder(model, prep, torch.device("cpu"), "fp32")
+    encoder.warm_up(32)
+    decode = PairDecoder(prep)
     collate = PairCollate(open_clip.get_tokenizer("tiny-vit"))
     in_memory = {}
     for shard in Pool(pool).shard_ids():

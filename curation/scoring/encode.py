@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from curation.scoring.loader import PairBatch
+from curation.scoring.loader import ImagePrep, PairBatch
 from curation.scoring.model import autocast
 
 
@@ -23,20 +23,21 @@ class PairEncoder:
     """One reference model on one device, at one precision."""
 
     model: Any
+    prep: ImagePrep  # the tensor half of the model's preprocess, applied here per batch
     device: torch.device
     precision: str  # fp32 | fp16 | bf16 (autocast)
     embed_dim: int = 0  # set by warm_up
 
-    def warm_up(self, image_size: tuple[int, int], context_length: int) -> None:
+    def warm_up(self, context_length: int) -> None:
         """One tiny forward: learns the embedding width and pays one-time costs before timing starts."""
-        images = torch.zeros(1, 3, *image_size)
+        images = torch.zeros(1, *self.prep.size, 3, dtype=torch.uint8)
         image_emb, _, _ = self(images, torch.zeros(1, context_length, dtype=torch.long))
         self.embed_dim = image_emb.shape[-1]
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """L2-normalised image and text embeddings and their cosine similarity (fp32)."""
-        images = images.to(self.device, non_blocking=True)
+        """uint8 ``[B, H, W, 3]`` images and tokens -> normalised embeddings and cosine similarity (fp32)."""
+        images = self.prep.to_model_input(images.to(self.device, non_blocking=True))
         tokens = tokens.to(self.device, non_blocking=True)
         with autocast(self.device, self.precision):
             image_emb = self.model.encode_image(images, normalize=True)

@@ -32,6 +32,7 @@ from curation.scoring.encode import EncodedShard, PairEncoder, encode_batches
 from curation.scoring.loader import (
     IMAGE_DECODE_ERROR,
     IMAGE_MISSING,
+    ImagePrep,
     LoaderSettings,
     PairCollate,
     PairDecoder,
@@ -70,6 +71,7 @@ class ScoreJob(ShardJob):
         self.column = cfg.score_column
         self.spec = ModelSpec(cfg.model, cfg.pretrained)
         self._worker: _Worker | None = None
+        self._prepared = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_worker": None}  # workers load their own model in setup()
@@ -84,6 +86,8 @@ class ScoreJob(ShardJob):
 
     def prepare(self) -> None:
         """Driver side, once: check the model, fetch a tag's weights, pin the column to this model."""
+        if self._prepared:
+            return
         self.spec.fetch()
         identity = {"column": self.column, **self.spec.identity()}
         path = self.output_dir() / MANIFEST
@@ -93,6 +97,7 @@ class ScoreJob(ShardJob):
                 "score into another --column, or delete that folder to rescore"
             )
         atomic_write_json(path, identity)
+        self._prepared = True
 
     def setup(self) -> None:
         slot = worker_slot()
@@ -103,9 +108,9 @@ class ScoreJob(ShardJob):
         else:
             torch.set_num_threads(self.cfg.threads or default_threads(slot.count, self.cfg.loader_workers))
         bundle = self.spec.load(device)
-        image_size = _image_size(bundle.model)
-        encoder = PairEncoder(bundle.model, device, resolve_precision(self.cfg.precision, device))
-        encoder.warm_up(image_size, bundle.tokenizer.context_length)
+        prep = ImagePrep.from_preprocess(bundle.preprocess, _image_size(bundle.model))
+        encoder = PairEncoder(bundle.model, prep, device, resolve_precision(self.cfg.precision, device))
+        encoder.warm_up(bundle.tokenizer.context_length)
         describe = {
             "model": self.cfg.model,
             "pretrained": self.cfg.pretrained,
@@ -116,7 +121,7 @@ class ScoreJob(ShardJob):
         log.info("score worker %d/%d: %s", slot.rank, slot.count, describe)
         self._worker = _Worker(
             encoder=encoder,
-            decoder=PairDecoder(bundle.preprocess, image_size, self.cfg.fast_decode),
+            decoder=PairDecoder(prep, self.cfg.fast_decode),
             collate=PairCollate(bundle.tokenizer),
             loader=LoaderSettings(
                 self.cfg.batch_size, self.cfg.loader_workers, self.cfg.prefetch_factor, device.type == "cuda"
