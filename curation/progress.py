@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,7 +38,21 @@ def make_progress(*extra_columns: Any) -> Progress:
 
 @contextlib.contextmanager
 def shard_progress(description: str, total: int) -> Iterator[Callable[[Any], None]]:
-    """A bar over shards; the yielded callback advances it by one finished shard."""
-    with make_progress() as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda _outcome: progress.advance(task)
+    """A bar over shards; the callback advances it by one shard outcome and counts its samples.
+
+    Samples are those the shard's first stage saw, counted for shards processed now (not skipped
+    ones), so the rate is this run's samples per second, start-up included.
+    """
+    with make_progress(TextColumn("{task.fields[samples]}")) as progress:
+        task = progress.add_task(description, total=total, samples="")
+        start, samples = time.perf_counter(), 0
+
+        def advance(outcome: Any) -> None:
+            nonlocal samples
+            if getattr(outcome, "status", None) == "done" and outcome.stats:
+                samples += outcome.stats[0].total.seen
+                rate = samples / max(time.perf_counter() - start, 1e-9)
+                progress.update(task, samples=f"{samples:,} samples, {rate:,.1f}/s")
+            progress.advance(task)
+
+        yield advance

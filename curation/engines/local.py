@@ -5,15 +5,21 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing.sharedctypes import Synchronized
 
 from curation.engines import Engine
 from curation.runner import ShardJob, ShardOutcome, process_shard
+from curation.workerslot import WorkerSlot, set_worker_slot
 
 _worker_job: ShardJob | None = None
 
 
-def _init_worker(job: ShardJob) -> None:
+def _init_worker(job: ShardJob, next_rank: Synchronized, count: int) -> None:
     global _worker_job
+    with next_rank.get_lock():  # each pool process takes the next rank, 0..count-1
+        rank = next_rank.value
+        next_rank.value += 1
+    set_worker_slot(WorkerSlot(rank, count))
     _worker_job = job
     job.setup()
 
@@ -39,11 +45,12 @@ class LocalEngine(Engine):
             return
         # spawn, not fork: workers may hold torch threads or CUDA contexts that fork would corrupt
         ctx = mp.get_context("spawn")
+        count = min(self.workers, len(shards))
         with ProcessPoolExecutor(
-            max_workers=min(self.workers, len(shards)),
+            max_workers=count,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(job,),
+            initargs=(job, ctx.Value("i", 0), count),
         ) as pool:
             futures = [pool.submit(_run_in_worker, s, retries) for s in shards]
             for fut in as_completed(futures):

@@ -1,0 +1,174 @@
+"""Throughput of ``curate score``: the full stage against the bare model forward, same process.
+
+    python bench/score_throughput.py --model tiny-vit --pairs 2048
+    python bench/score_throughput.py --model ViT-B-32 --pairs 256 --batch-size 64
+
+Full stage = what one engine worker does per shard through the shard runner: read the tar
+(webdataset), decode + preprocess in DataLoader workers, tokenize, encode both towers, normalise,
+score, write the parquet atomically, write stats and marker. Bare forward = the same encoder
+(same model, device, precision, batch size) on tensors already in memory, timed twice on CPU:
+with the stage's thread count and with every core (the model alone may use them all). Passes
+alternate (bare, full, bare, full, ...) so a change in machine load hits both; medians are
+reported. Random weights are fine: speed does not depend on them. The ratio full/bare says how
+well decoding is hidden behind the model (1.0 = entirely); the strict one is against every core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from curation.runner import process_shard
+from curation.scoring import ScoreConfig, ScoreJob
+from tests.image_pool import write_image_pool
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-vit")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--pairs", type=int, default=2048, help="pairs per pass (split into --shards)")
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--image-size", type=int, default=256, help="side of the pool's JPEGs (img2dataset: 256)")
+    ap.add_argument("--loader-workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the model process")
+    ap.add_argument("--fast-decode", action="store_true")
+    ap.add_argument("--no-embeddings", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    return ap.parse_args()
+
+
+@dataclass
+class Timing:
+    """Wall-clock and CPU seconds (this process and its finished children: the loader workers)."""
+
+    pairs: int
+    wall: float
+    cpu: float
+    waited: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.pairs / self.wall
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu / self.pairs
+
+
+@contextlib.contextmanager
+def timed(pairs: int) -> Iterator[Timing]:
+    def cpu() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    t = Timing(pairs, time.perf_counter(), cpu())
+    yield t
+    t.wall, t.cpu = time.perf_counter() - t.wall, cpu() - t.cpu
+
+
+def bare_forward(job: ScoreJob, pairs: int, batch_size: int) -> Timing:
+    """The stage's own encoder on one in-memory batch, re-encoded until ``pairs`` are done."""
+    w = job._worker
+    assert w is not None
+    images = torch.randint(0, 256, (batch_size, *w.decoder.prep.size, 3), dtype=torch.uint8)
+    captions = [f"a photo of a {c} circle near the {p}" for c, p in zip("rgby" * 3, "lcr" * 4, strict=True)]
+    tokens = w.collate.tokenizer((captions * (batch_size // len(captions) + 1))[:batch_size])
+    done = 0
+    with timed(pairs) as t:
+        while done < pairs:
+            n = min(batch_size, pairs - done)
+            _, _, score = w.encoder(images[:n], tokens[:n])
+            score.cpu()  # wait for the device
+            done += n
+    return t
+
+
+def full_stage(job: ScoreJob, pairs: int) -> Timing:
+    """Every shard through the shard runner, as an engine worker runs them."""
+    shutil.rmtree(job.output_dir(), ignore_errors=True)
+    with timed(pairs) as t:
+        outcomes = [process_shard(job, shard) for shard in job.shards()]
+    if any(o.status != "done" for o in outcomes):
+        raise SystemExit(f"stage failed: {[o.error for o in outcomes if o.error]}")
+    assert sum(o.stats[0].total.seen for o in outcomes) == pairs
+    t.waited = sum(o.stats[0].extra["seconds_data_wait"] for o in outcomes)
+    return t
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = write_image_pool(
+            Path(tmp) / "pool",
+            n_shards=args.shards,
+            per_shard=args.pairs // args.shards,
+            image_size=args.image_size,
+        )
+        pairs = args.pairs // args.shards * args.shards
+        cfg = ScoreConfig(
+            model=args.model,
+            pretrained=None,
+            device=args.device,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            loader_workers=args.loader_workers,
+            threads=args.threads,
+            fast_decode=args.fast_decode,
+            embeddings=not args.no_embeddings,
+        )
+        job = ScoreJob(pool, cfg)
+        job.prepare()
+        job.setup()
+        assert job._worker is not None
+        enc = job._worker.encoder
+        stage_threads, all_cores = torch.get_num_threads(), len(os.sched_getaffinity(0))
+        print(
+            f"model={args.model} device={enc.device} precision={enc.precision} batch={args.batch_size} "
+            f"pairs={pairs} shards={args.shards} jpeg={args.image_size}px "
+            f"loader_workers={args.loader_workers} threads={stage_threads} fast_decode={args.fast_decode} "
+            f"cores={all_cores} "
+            f"load_avg={os.getloadavg()[0]:.1f}"
+        )
+        bare_forward(job, args.batch_size, args.batch_size)  # warm-up at full batch shape
+        same, every, full = [], [], []
+        for r in range(args.repeats):
+            same.append(bare_forward(job, pairs, args.batch_size))
+            torch.set_num_threads(all_cores)
+            every.append(bare_forward(job, pairs, args.batch_size))
+            torch.set_num_threads(stage_threads)
+            full.append(full_stage(job, pairs))
+            print(
+                f"  pass {r}: bare {same[-1].rate:7.1f} ({stage_threads} thr) {every[-1].rate:7.1f} "
+                f"({all_cores} thr)  full {full[-1].rate:7.1f} pairs/s  "
+                f"(data wait {full[-1].waited / full[-1].wall:.0%})"
+            )
+        b, b_all, f = (statistics.median(x.rate for x in xs) for xs in (same, every, full))
+        cpu_b, cpu_f = (statistics.median(x.cpu_ms for x in xs) for xs in (same, full))
+        print(f"bare forward   {b:8.1f} pairs/s   with the stage's {stage_threads} thread(s)")
+        print(f"bare forward   {b_all:8.1f} pairs/s   with all {all_cores} cores")
+        print(f"full stage     {f:8.1f} pairs/s")
+        print(f"ratio          {f / max(b, b_all):8.3f}   full / best bare forward (wall clock)")
+        print(f"cpu per pair   {cpu_b:8.2f} ms bare, {cpu_f:.2f} ms full (model + loaders)")
+        print(f"cpu ratio      {cpu_b / cpu_f:8.3f}   bare / full CPU time per pair (robust to machine load)")
+        print(f"load avg       {os.getloadavg()[0]:8.1f}   (1 min, at the end; {all_cores} cores)")
+
+
+if __name__ == "__main__":
+    main()

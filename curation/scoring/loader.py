@@ -1,0 +1,189 @@
+"""Image-text pairs of one pool shard, decoded and preprocessed in DataLoader worker processes.
+
+The shard's tar is read with webdataset's tar iterator. Each DataLoader worker takes every n-th
+sample of the tar (reading only its own members' bytes), decodes the image with PIL, runs the PIL
+steps of the model's preprocess (resize, crop, RGB), and hands the main process whole batches: a
+uint8 image tensor stacked straight into shared memory, a token tensor, per-row status codes and
+keys. The rest of the preprocess (ToTensor and Normalize) is the same arithmetic done once per
+batch on the model's device (:class:`ImagePrep`), not once per sample: per-sample torch calls
+cost more than the decode on small images, and uint8 batches are a quarter of the bytes to move.
+
+A sample that cannot be used does not stop the shard: its image becomes zeros with status
+``IMAGE_MISSING`` or ``IMAGE_DECODE_ERROR``, an empty caption is flagged, and the job turns those
+flags into null scores with a reason.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torchvision.transforms import Compose, Normalize, ToTensor
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # img2dataset's encode_format choices
+IMAGE_OK, IMAGE_MISSING, IMAGE_DECODE_ERROR = 0, 1, 2
+
+
+class PairBatch(NamedTuple):
+    """One collated batch (a NamedTuple, so DataLoader's pin_memory pins its tensors)."""
+
+    keys: list[str]
+    images: torch.Tensor  # uint8 [B, H, W, 3], zeros where image_status != IMAGE_OK
+    image_status: torch.Tensor  # int8 [B]
+    tokens: torch.Tensor  # long [B, context_length]
+    text_ok: torch.Tensor  # bool [B]: caption present and not blank
+
+
+class NthSample:
+    """webdataset ``select_files`` predicate: the members of every ``n``-th sample, starting at ``k``.
+
+    Members of one sample are adjacent in the tar, so counting key changes numbers the samples;
+    members of other workers' samples are skipped before their bytes are copied out of the tar.
+    """
+
+    def __init__(self, k: int, n: int) -> None:
+        self.k, self.n = k, n
+        self.index = -1
+        self.key: str | None = None
+
+    def __call__(self, fname: str) -> bool:
+        key = fname.rsplit("/", 1)[-1].split(".", 1)[0]
+        if key != self.key:
+            self.key, self.index = key, self.index + 1
+        return self.index % self.n == self.k
+
+
+class PreprocessError(ValueError):
+    """A model preprocess this stage cannot split into per-sample PIL steps and batched tensor steps."""
+
+
+@dataclass(frozen=True)
+class ImagePrep:
+    """open_clip's eval preprocess ``[PIL steps..., ToTensor, Normalize]`` split at ToTensor."""
+
+    pil_steps: Callable[[Image.Image], Image.Image]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: tuple[int, int]
+
+    @classmethod
+    def from_preprocess(cls, preprocess: Any, size: tuple[int, int]) -> ImagePrep:
+        steps = list(getattr(preprocess, "transforms", []))
+        cut = next((i for i, t in enumerate(steps) if isinstance(t, ToTensor)), None)
+        if cut is None or len(steps) != cut + 2 or not isinstance(steps[-1], Normalize):
+            raise PreprocessError(f"expected [PIL transforms..., ToTensor, Normalize], got {preprocess}")
+        norm = steps[-1]
+        return cls(Compose(steps[:cut]), tuple(norm.mean), tuple(norm.std), size)
+
+    def to_model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, H, W, 3]`` -> normalised float ``[B, 3, H, W]``: ToTensor and Normalize, batched.
+
+        The same float operations in the same order as torchvision's per-image ones, so the result
+        is identical to running the model's preprocess on each image.
+        """
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        x = images.permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+        return x.sub_(mean).div_(std)
+
+
+@dataclass
+class PairDecoder:
+    """Turns a raw webdataset sample into ``(key, uint8 HWC image, image status, caption)``."""
+
+    prep: ImagePrep
+    fast_decode: bool = False
+
+    def __call__(self, sample: dict[str, Any]) -> tuple[str, np.ndarray, int, str]:
+        image, status = self.image(sample)
+        caption = (sample.get("txt") or b"").decode("utf-8", errors="replace").strip()
+        return sample["__key__"], image, status, caption
+
+    def image(self, sample: dict[str, Any]) -> tuple[np.ndarray, int]:
+        data = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
+        if data is None:
+            return self.blank(), IMAGE_MISSING
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                if self.fast_decode:
+                    img.draft("RGB", self.prep.size)  # JPEG: DCT-domain downscale, still >= size
+                out = np.array(self.prep.pil_steps(img.convert("RGB")))  # writable, as torch wants
+        except Exception as exc:  # PIL raises many types for corrupt data; each one is a per-sample drop
+            log.debug("sample %s: undecodable image: %s", sample.get("__key__"), exc)
+            return self.blank(), IMAGE_DECODE_ERROR
+        if out.shape != (*self.prep.size, 3):
+            raise PreprocessError(
+                f"preprocess gave an image of shape {out.shape}, not {(*self.prep.size, 3)}"
+            )
+        return out, IMAGE_OK
+
+    def blank(self) -> np.ndarray:
+        return np.zeros((*self.prep.size, 3), np.uint8)
+
+
+@dataclass
+class PairCollate:
+    """Stacks decoded samples into a :class:`PairBatch`, tokenizing the batch's captions at once."""
+
+    tokenizer: Callable[[list[str]], torch.Tensor]
+
+    def __call__(self, items: Sequence[tuple[str, np.ndarray, int, str]]) -> PairBatch:
+        keys, images, status, captions = zip(*items, strict=True)
+        return PairBatch(
+            keys=list(keys),
+            images=default_collate(images),  # in a worker: stacked straight into shared memory
+            image_status=torch.tensor(status, dtype=torch.int8),
+            tokens=self.tokenizer(list(captions)),
+            text_ok=torch.tensor([bool(c) for c in captions]),
+        )
+
+
+class TarPairs(IterableDataset):
+    """The decoded samples of one tar, split between DataLoader workers by sample index."""
+
+    def __init__(self, tar: Path, decode: PairDecoder) -> None:
+        super().__init__()
+        self.tar, self.decode = tar, decode
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray, int, str]]:
+        info = get_worker_info()
+        k, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        samples = wds.tarfile_samples([{"url": str(self.tar)}], select_files=_not_json(NthSample(k, n)))
+        for sample in samples:
+            yield self.decode(sample)
+
+
+def _not_json(select: NthSample) -> Callable[[str], bool]:
+    """Skip the per-sample JSON metadata (the pool parquet has it) but count its sample."""
+    return lambda fname: select(fname) and not fname.endswith(".json")
+
+
+@dataclass
+class LoaderSettings:
+    batch_size: int
+    workers: int
+    prefetch_factor: int
+    pin_memory: bool
+
+
+def pair_loader(tar: Path, decode: PairDecoder, collate: PairCollate, s: LoaderSettings) -> DataLoader:
+    """A DataLoader over one tar; workers are started per shard (a fork costs milliseconds)."""
+    return DataLoader(
+        TarPairs(tar, decode),
+        batch_size=s.batch_size,
+        collate_fn=collate,
+        num_workers=s.workers,
+        prefetch_factor=s.prefetch_factor if s.workers else None,
+        pin_memory=s.pin_memory,
+    )

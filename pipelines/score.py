@@ -1,0 +1,82 @@
+"""``curate score``: cosine similarity of every image-text pair of a pool under a reference CLIP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, console, finish, print_funnel
+from curation.config import CONF_DIR, apply_overrides, build, read_yaml
+from curation.pool import PoolError
+from curation.scoring import ModelLoadError, ScoreConfig, score_pool
+from curation.scoring.model import resolve_devices
+
+Opt = typer.Option
+
+
+def score_command(
+    pool: Annotated[Path, typer.Argument(help="Pool directory in img2dataset's webdataset layout.")],
+    model: Annotated[
+        str | None, Opt("--model", "-m", help="open_clip model name (ViT-B-32, tiny-vit).")
+    ] = None,
+    pretrained: Annotated[
+        str | None, Opt("--pretrained", "-p", help="open_clip pretrained tag or checkpoint path.")
+    ] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda (all GPUs) | cuda:N.")] = None,
+    precision: Annotated[str | None, Opt(help="auto | fp32 | fp16 | bf16 (autocast).")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", "-b", min=1)] = None,
+    workers: Annotated[
+        int | None, Opt("--workers", "-w", min=1, help="Model processes; default one per GPU, 1 on CPU.")
+    ] = None,
+    loader_workers: Annotated[
+        int | None, Opt("--loader-workers", min=0, help="Decode processes per model process.")
+    ] = None,
+    embeddings: Annotated[
+        bool | None, Opt("--embeddings/--no-embeddings", help="Store image_emb/text_emb (float16).")
+    ] = None,
+    column: Annotated[
+        str | None, Opt(help="Score column and attribute folder (default clip_score_<model>).")
+    ] = None,
+    engine: EngineOpt = "local",
+    config: ConfigOpt = CONF_DIR / "score" / "default.yaml",
+    overrides: SetOpt = None,
+) -> None:
+    """Score every pair of POOL into POOL/attributes/<column>/; a rerun skips finished shards."""
+    flags = {
+        "model": model,
+        "pretrained": pretrained,
+        "device": device,
+        "precision": precision,
+        "batch_size": batch_size,
+        "loader_workers": loader_workers,
+        "embeddings": embeddings,
+        "column": column,
+    }
+    cfg = load_score_config(config, overrides or [], {k: v for k, v in flags.items() if v is not None})
+    try:
+        n_workers = workers or default_workers(cfg)
+        report = score_pool(pool, cfg, engine, workers=n_workers)
+    except (ModelLoadError, PoolError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    print_funnel(report)
+    finish(report)
+
+
+def load_score_config(path: Path | None, overrides: list[str], flags: dict[str, Any]) -> ScoreConfig:
+    """YAML file, then ``--set`` overrides, then explicit flags (the most specific wins)."""
+    data = apply_overrides(read_yaml(path) if path else {}, overrides)
+    data.update(flags)
+    return build(ScoreConfig, data, source=str(path) if path else "flags")
+
+
+def default_workers(cfg: ScoreConfig) -> int:
+    """One model process per GPU; a single one on the CPU (it uses all cores itself)."""
+    devices = resolve_devices(cfg.device)
+    return len(devices) if all(d.type == "cuda" for d in devices) else 1
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score_command)
