@@ -73,7 +73,9 @@ class BaselineConfig(ConfigModel):
 class AblationConfig(ConfigModel):
     name: str = "quality_threshold"
     pool: str  # img2dataset pool (tars + parquet) with the score's attribute table
-    score: str = "clip:clip_score"  # STAGE:COLUMN of an attribute table, or a pool column; higher is better
+    # STAGE:COLUMN of an attribute table (`curate score` with the tiny reference CLIP writes this one), or a
+    # pool column (DataComp's clip_l14_similarity_score); higher is better
+    score: str = "clip_score_tiny_vit:clip_score_tiny_vit"
     within: str | None = None  # rank only among the samples this filter stage kept (e.g. "filters")
     topk: list[float] = Field(default_factory=lambda: [20.0, 40.0, 60.0, 80.0, 100.0])  # percent
     random_control: bool = True  # a seeded random subset of each top-k size (not for k = 100: same set)

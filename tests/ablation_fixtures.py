@@ -2,7 +2,7 @@
 
 The pool's images are the evaluator fixture's class drawings (tests/evalsuite_factory.py); a
 quarter of the captions are mismatched (they name another class) and get a low ``clip_score`` in
-the ``clip`` attribute table, as a reference CLIP would give them, so the top-k sets are cleaner
+the score's attribute table, as a reference CLIP would give them, so the top-k sets are cleaner
 than the random controls.
 """
 
@@ -20,6 +20,9 @@ import pyarrow.parquet as pq
 from curation.uid import compute_uid
 from tests.evalsuite_factory import CLASSNAMES, draw, make_suite
 
+# what `curate score` writes with the tiny reference CLIP: attributes/SCORE/, column SCORE
+SCORE = "clip_score_tiny_vit"
+
 
 def _jpeg(label: int, variant: int) -> bytes:
     buf = io.BytesIO()
@@ -34,9 +37,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_quality_pool(root: Path, n: int = 96, per_shard: int = 48, seed: int = 0) -> Path:
-    """img2dataset-layout pool (tar + parquet) with ``attributes/clip/NNNNN.parquet`` (uid, clip_score)."""
+    """img2dataset-layout pool (tar + parquet) with ``attributes/SCORE/NNNNN.parquet`` (uid, SCORE)."""
     rng = np.random.default_rng(seed)
-    (root / "attributes" / "clip").mkdir(parents=True, exist_ok=True)
+    (root / "attributes" / SCORE).mkdir(parents=True, exist_ok=True)
     for s, start in enumerate(range(0, n, per_shard)):
         rows, attr = [], []
         with tarfile.open(root / f"{s:05d}.tar", "w") as tar:
@@ -70,9 +73,9 @@ def write_quality_pool(root: Path, n: int = 96, per_shard: int = 48, seed: int =
                     }
                 )
                 score = rng.normal(0.12, 0.03) if junk else rng.normal(0.32, 0.03)
-                attr.append({"uid": uid, "clip_score": float(score)})
+                attr.append({"uid": uid, SCORE: float(score)})
         pq.write_table(pa.Table.from_pylist(rows), root / f"{s:05d}.parquet")
-        pq.write_table(pa.Table.from_pylist(attr), root / "attributes" / "clip" / f"{s:05d}.parquet")
+        pq.write_table(pa.Table.from_pylist(attr), root / "attributes" / SCORE / f"{s:05d}.parquet")
     return root
 
 

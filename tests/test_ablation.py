@@ -146,14 +146,14 @@ def test_a_finished_cell_is_skipped(tmp_path):
 def test_topk_sets_hold_the_best_scores_and_random_controls_have_their_sizes(tmp_path):
     import pyarrow.parquet as pq
 
-    from tests.ablation_fixtures import write_quality_pool
+    from tests.ablation_fixtures import SCORE, write_quality_pool
 
     pool = write_quality_pool(tmp_path / "pool", n=60, per_shard=30)
     cfg = config(pool=str(pool), topk=[25, 50, 100], modes=["one_epoch"])
     out = tmp_path / "out"
     infos = prepare_sets(expand_cells(cfg), cfg, out)
     assert all(i.error is None for i in infos.values()), infos
-    scores = pq.read_table(pool / "attributes" / "clip").to_pandas().set_index("uid")["clip_score"]
+    scores = pq.read_table(pool / "attributes" / SCORE).to_pandas().set_index("uid")[SCORE]
     for k in (25, 50):
         top = Subset.load(out / "sets" / f"top{k}" / "subset.npy")
         rnd = Subset.load(out / "sets" / f"random{k}" / "subset.npy")
