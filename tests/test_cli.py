@@ -25,7 +25,9 @@ def test_python_dash_m_curation_works():
 def test_filter_command_runs_and_prints_the_funnel(metadata_pool):
     result = CliRunner().invoke(app, ["filter", str(metadata_pool), "--set", "filters.0.min_words=2"])
     assert result.exit_code == 0, result.output
-    assert (metadata_pool / "attributes" / "basic" / "00000.parquet").exists()  # name from conf/filters/basic.yaml
+    assert (
+        metadata_pool / "attributes" / "basic" / "00000.parquet"
+    ).exists()  # name from conf/filters/basic.yaml
     assert "funnel" in result.output
 
 

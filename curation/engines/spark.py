@@ -1,0 +1,78 @@
+"""Spark engine: one task per shard, each calling the same shard runner as the local engine.
+
+Attach to an existing cluster with ``master="spark://host:7077"`` (or run under spark-submit,
+where the active session is reused); without one, a ``local[N]`` session bound to 127.0.0.1 is
+started and stopped by this engine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from curation.engines import Engine
+from curation.engines.cluster import LOOPBACK, worker_pythonpath
+from curation.runner import ShardJob, ShardOutcome, process_shard
+
+
+class SparkEngine(Engine):
+    name = "spark"
+
+    def __init__(
+        self, workers: int = 2, master: str | None = None, conf: dict[str, Any] | None = None
+    ) -> None:
+        self.workers = workers
+        self.master = master
+        self.conf = conf or {}
+        self._owned = False
+        self._spark: Any = None
+
+    def session(self) -> Any:
+        if self._spark is not None:
+            return self._spark
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()
+        if active is not None and self.master is None:
+            self._spark = active
+            return active
+        os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+        os.environ["PYTHONPATH"] = worker_pythonpath()
+        builder = (
+            SparkSession.builder.appName("curate")
+            .master(self.master or f"local[{self.workers}]")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.python.worker.reuse", "true")
+            .config("spark.task.maxFailures", "1")  # retries are the runner's, so stats stay exact
+            .config("spark.executorEnv.PYTHONPATH", worker_pythonpath())
+        )
+        if self.master is None or self.master.startswith("local"):
+            builder = builder.config("spark.driver.host", LOOPBACK).config(
+                "spark.driver.bindAddress", LOOPBACK
+            )
+        for key, value in self.conf.items():
+            builder = builder.config(key, value)
+        self._spark = builder.getOrCreate()
+        self._spark.sparkContext.setLogLevel("ERROR")
+        self._owned = True
+        return self._spark
+
+    def map_shards(self, job: ShardJob, shards: Sequence[str], retries: int) -> Iterator[ShardOutcome]:
+        if not shards:
+            return
+        sc = self.session().sparkContext
+
+        def run_partition(items: Iterator[str]) -> Iterator[ShardOutcome]:
+            job.setup()  # once per partition (a partition is a batch of shards on one worker)
+            for shard in items:
+                yield process_shard(job, shard, retries)
+
+        rdd = sc.parallelize(list(shards), numSlices=len(shards))
+        yield from rdd.mapPartitions(run_partition).toLocalIterator()
+
+    def close(self) -> None:
+        if self._spark is not None and self._owned:
+            self._spark.stop()
+        self._spark = None
