@@ -15,10 +15,11 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-import faiss
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from curation.faiss_index import inner_product_index
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +46,6 @@ class Groups:
     nn_sim: np.ndarray
 
 
-def build_index(vectors: np.ndarray, params: SearchParams) -> faiss.Index:
-    """An inner-product index over ``vectors`` (rows L2-normalised, float32, C-contiguous)."""
-    n, dim = vectors.shape
-    if params.index == "flat":
-        index = faiss.IndexFlatIP(dim)
-    else:
-        nlist = params.nlist or max(1, int(4 * np.sqrt(n)))
-        if nlist > n:
-            raise ValueError(f"ivf index: nlist={nlist} is more than the {n} vectors to index")
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = params.seed
-        rng = np.random.default_rng(params.seed)
-        train = vectors if n <= nlist * 256 else vectors[rng.choice(n, nlist * 256, replace=False)]
-        index.train(train)
-        index.nprobe = min(params.nprobe, nlist)
-    index.add(vectors)
-    return index
-
-
 def knn_pairs(vectors: np.ndarray, params: SearchParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``(i, j)`` with cosine >= threshold among each row's k nearest, and each row's best cosine."""
     n = len(vectors)
@@ -72,7 +53,7 @@ def knn_pairs(vectors: np.ndarray, params: SearchParams) -> tuple[np.ndarray, np
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), nn_sim
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = build_index(vectors, params)
+    index = inner_product_index(vectors, params.index, params.nlist, params.nprobe, params.seed)
     k = min(params.k + 1, n)  # +1: a row usually finds itself
     rows, cols = [], []
     for start in range(0, n, params.batch_size):

@@ -19,12 +19,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.embeddings import EmbeddingRef, gather_embeddings, load_vectors
+from curation.faiss_index import kmeans, nearest_centroid
 from curation.global_view import GlobalFilter, write_shard_lookups
 from curation.io import atomic_write_json
 from curation.pool import Pool
@@ -64,15 +64,13 @@ class ImageClusterFilter(GlobalFilter):
                 f"{self.cfg.target}: target embeddings have {targets.shape[1]} dimensions, "
                 f"the pool's {vectors.shape[1]}; embed both with the same model"
             )
-        centroids = self.kmeans(vectors)
-        index = (
-            faiss.IndexFlatIP(centroids.shape[1])
-            if self.cfg.spherical
-            else faiss.IndexFlatL2(centroids.shape[1])
-        )
-        index.add(centroids)
-        cluster = index.search(vectors, 1)[1][:, 0].astype(np.int64)
-        target_clusters = np.unique(index.search(np.ascontiguousarray(targets), 1)[1][:, 0])
+        c = self.cfg
+        try:
+            centroids = kmeans(vectors, c.k, c.niter, c.seed, c.spherical, c.max_points_per_centroid)
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {exc}") from exc
+        cluster = nearest_centroid(centroids, vectors, c.spherical)
+        target_clusters = np.unique(nearest_centroid(centroids, targets, c.spherical))
         is_target = np.isin(cluster, target_clusters)
         log.info(
             "%s: %d of %d clusters are targets; %d of %d pool samples in them",
@@ -96,23 +94,6 @@ class ImageClusterFilter(GlobalFilter):
             }
         )
         write_shard_lookups(out, emb.shards, table.to_batches(), LOOKUP_SCHEMA)
-
-    def kmeans(self, vectors: np.ndarray) -> np.ndarray:
-        """faiss k-means centroids (``k`` x dim, float32), deterministic for a seed."""
-        n, dim = vectors.shape
-        if n < self.cfg.k:
-            raise ValueError(f"{self.name}: k={self.cfg.k} clusters but only {n} pool embeddings; lower k")
-        km = faiss.Kmeans(
-            dim,
-            self.cfg.k,
-            niter=self.cfg.niter,
-            seed=self.cfg.seed,
-            spherical=self.cfg.spherical,
-            max_points_per_centroid=self.cfg.max_points_per_centroid,
-            verbose=False,
-        )
-        km.train(vectors)
-        return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
     def verdict(self, batch: pa.RecordBatch) -> Verdict:
         target = batch.column(self.input_column("target"))
