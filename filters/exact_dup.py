@@ -84,7 +84,10 @@ class ExactDupFilter(GlobalFilter):
                 )
             n = samples.num_rows
             prefer = self.cfg.prefer
-            score = read_aligned(pool, shard, prefer, samples["uid"]) if prefer else pa.nulls(n, pa.float64())
+            score = pa.nulls(n, pa.float64())
+            if prefer is not None:
+                score = pc.cast(read_aligned(pool, shard, prefer, samples["uid"]), pa.float64())
+                score = pc.if_else(pc.is_nan(score), pa.scalar(None, pa.float64()), score)  # NaN: last
             columns = [pa.repeat(shard, n), samples["uid"], samples[self.cfg.hash_column], score]
             return pa.Table.from_arrays(columns, names=schema.names).cast(schema)
 
