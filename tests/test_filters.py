@@ -489,3 +489,17 @@ def test_global_filters_give_the_same_verdicts_on_ray(pool, tmp_path):
     remote, remote_funnel = run(other, specs, engine="ray", workers=2)
     assert remote.equals(local)
     assert remote_funnel.to_dict() == local_funnel.to_dict()
+
+
+def test_a_shard_where_every_download_failed_goes_through_every_filter(pool):
+    root, truth = pool
+    failed = pq.read_table(root / "00000.parquet")
+    status = pa.repeat("failed_to_download", failed.num_rows)
+    pq.write_table(
+        failed.set_column(failed.schema.get_field_index("status"), "status", status), root / "00003.parquet"
+    )
+    attr = pq.read_table(root / "attributes" / "score" / "00000.parquet").slice(0, 0)
+    pq.write_table(attr, root / "attributes" / "score" / "00003.parquet")
+    table, funnel = run(root, ALL)
+    assert table.num_rows == len(truth) == funnel.stages[0].total.seen
+    assert pq.read_table(root / "attributes" / "filters" / "00003.parquet").num_rows == 0
