@@ -41,3 +41,53 @@ def write_metadata_pool(root: Path, n_shards: int = 3, per_shard: int = 40, seed
 @pytest.fixture
 def metadata_pool(tmp_path: Path) -> Path:
     return write_metadata_pool(tmp_path / "pool")
+
+
+def write_image_pool(
+    root: Path, captions: list[str], sources: list[str] | None = None, per_shard: int = 10
+) -> Path:
+    """A pool with images: img2dataset's tar (jpg/txt/json) + parquet layout, coloured squares."""
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+
+    from curation.uid import compute_uid
+
+    root.mkdir(parents=True, exist_ok=True)
+    sources = sources or ["photo"] * len(captions)
+    for start in range(0, len(captions), per_shard):
+        shard = f"{start // per_shard:05d}"
+        rows = []
+        with tarfile.open(root / f"{shard}.tar", "w") as tar:
+            for i in range(start, min(start + per_shard, len(captions))):
+                key = f"{shard}{i:04d}"
+                url = f"http://127.0.0.1/{i}.jpg"
+                uid = compute_uid(url, captions[i])
+                buf = io.BytesIO()
+                Image.new("RGB", (32 + i % 7, 32), ((37 * i) % 255, (91 * i) % 255, 120)).save(buf, "JPEG")
+                meta = {"uid": uid, "source": sources[i], "caption": captions[i]}
+                for ext, data in (
+                    ("jpg", buf.getvalue()),
+                    ("txt", captions[i].encode()),
+                    ("json", json.dumps(meta).encode()),
+                ):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                rows.append(
+                    {
+                        "key": key,
+                        "url": url,
+                        "caption": captions[i],
+                        "status": "success",
+                        "error_message": None,
+                        "original_width": 32 + i % 7,
+                        "original_height": 32,
+                        "uid": uid,
+                        "source": sources[i],
+                    }
+                )
+        pq.write_table(pa.Table.from_pylist(rows), root / f"{shard}.parquet")
+    return root

@@ -1,0 +1,32 @@
+"""``curate card``: a dataset card (README.md + self-contained HTML) for a curated set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curation.card import write_card
+from curation.card_data import load_card_data
+from curation.cliutil import console
+from curation.pool import Pool
+
+
+def card_command(
+    subset: Annotated[
+        Path, typer.Argument(help="Subset .npy (DataComp format) with its manifest.", exists=True)
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for README.md, card.html and figures.")],
+    pool: Annotated[Path | None, typer.Option(help="Pool directory; default: the manifest's pool.")] = None,
+    results: Annotated[Path | None, typer.Option(help="Evaluation results (JSON lines) to include.")] = None,
+) -> None:
+    """Write a dataset card from recorded stats and attribute tables (nothing is recomputed)."""
+    data = load_card_data(subset, pool, results)
+    pool_obj = Pool(pool or Path(data.subset.manifest["pool"]))
+    readme, html = write_card(data, pool_obj, out)
+    console.print(f"card: {readme}\n      {html}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("card")(card_command)

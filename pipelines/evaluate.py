@@ -1,0 +1,146 @@
+"""``curate evaluate`` (one model on a suite) and ``curate robustness`` (ER and its plot from results)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curation.cliutil import ConfigOpt, SetOpt
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _input_errors() -> Iterator[None]:
+    """Bad suites, model references and tables end the command with their message, not a traceback."""
+    from trainer.errors import EvalInputError
+
+    try:
+        yield
+    except EvalInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+BaselineOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--baseline",
+        "-b",
+        help="Baseline accuracies: results .jsonl of baseline runs, or a .csv/.json "
+        "table (model, dataset, acc1). Repeatable.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
+def evaluate(
+    source: Annotated[str | None, typer.Argument(help="RUN dir (with run.json) or checkpoint file.")] = None,
+    suite: Annotated[
+        str,
+        typer.Option(
+            "--suite",
+            help="Suite directory, test set directory, or a name "
+            "from the config's `suites` (e.g. synthetic).",
+        ),
+    ] = "synthetic",
+    model: Annotated[str | None, typer.Option("--model", help="open_clip model name.")] = None,
+    pretrained: Annotated[
+        str | None, typer.Option("--pretrained", help="open_clip tag or checkpoint path.")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="Name for this model in results and plots.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output dir (default RUN/eval/SUITE).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, ...")] = None,
+    linear_probe: Annotated[bool, typer.Option("--linear-probe", help="Also fit a linear probe.")] = False,
+    baseline: BaselineOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Zero-shot classification and retrieval of one model on a suite; ER too if --baseline is given."""
+    from trainer.eval_config import load_eval_config
+    from trainer.evaluate import default_out_dir, evaluate_suite
+    from trainer.evaluatees import load_evaluatee, resolve_source
+    from trainer.robustness import load_accuracy_table, records_to_table
+    from trainer.robustness_report import report_robustness
+    from trainer.suites import load_suite, resolve_suite
+
+    flags = {"batch_size": batch_size, "workers": workers, "device": device}
+    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    sets += ["linear_probe.enabled=true"] if linear_probe else []
+    cfg = load_eval_config(config, [*(overrides or []), *sets])
+    with _input_errors():
+        the_suite = load_suite(resolve_suite(suite, cfg.suites))
+        src = resolve_source(source, model, pretrained, label)
+        baseline_table = load_accuracy_table(baseline) if baseline else None
+        out_dir = out or default_out_dir(src, the_suite)
+        log.info(
+            "evaluating %s on suite %r (%d test sets) -> %s",
+            src.label,
+            the_suite.name,
+            len(the_suite.test_sets),
+            out_dir,
+        )
+        records = evaluate_suite(load_evaluatee(src, cfg), the_suite, cfg, out_dir)
+        if baseline_table is not None:
+            report_robustness(
+                records_to_table(records, base=out_dir),
+                baseline_table,
+                out_dir,
+                boot=cfg.bootstrap.as_config(),
+                svg=cfg.svg,
+            )
+    typer.echo(str(out_dir / "results.jsonl"))
+
+
+def robustness(
+    results: Annotated[
+        list[Path],
+        typer.Argument(help="results.jsonl files of the models to assess.", exists=True, dir_okay=False),
+    ],
+    baseline: BaselineOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("robustness"),
+    id_dataset: Annotated[
+        str | None, typer.Option("--id", help="In-distribution test set (default: role in the results).")
+    ] = None,
+    shift: Annotated[
+        list[str] | None,
+        typer.Option("--shift", help="Shift test set (repeatable; default: role in the results)."),
+    ] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Effective robustness of evaluated models against a baseline fit, with bootstrap CIs and a plot."""
+    from trainer.eval_config import load_eval_config
+    from trainer.robustness import load_accuracy_table
+    from trainer.robustness_report import report_robustness
+
+    if not baseline:
+        raise typer.BadParameter("at least one --baseline table is needed to fit the baseline line")
+    cfg = load_eval_config(config, overrides or [])
+    with _input_errors():
+        report = report_robustness(
+            load_accuracy_table(results),
+            load_accuracy_table(baseline),
+            out,
+            id_dataset,
+            shift,
+            cfg.bootstrap.as_config(),
+            svg=cfg.svg,
+        )
+    typer.echo(report.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    typer.echo(str(out / "effective_robustness.png"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+    app.command("robustness")(robustness)

@@ -1,0 +1,74 @@
+"""``curate hardmatch``: label captions with the one class they name (the YFCC-hardmatch recipe)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, console, finish, print_funnel
+from curation.config import CONF_DIR, build, load_config
+from curation.hardmatch import HardmatchConfig, run_hardmatch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = CONF_DIR / "hardmatch" / "imagenet.yaml"
+
+InputArg = Annotated[
+    Path, typer.Argument(help="A pool, a parquet file, or a folder of parquet files with uid + caption/text.")
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+ClassesOpt = Annotated[
+    str | None, typer.Option(help="'imagenet' (open_clip's 1,000 names) or a file with one class per line.")
+]
+SynonymsOpt = Annotated[
+    Path | None, typer.Option(help="YAML: class name -> [synonyms].", exists=True, dir_okay=False)
+]
+AmbiguousOpt = Annotated[str | None, typer.Option(help="Captions naming several classes: drop or first.")]
+GroundTruthOpt = Annotated[
+    Path | None,
+    typer.Option(help="Parquet with uid, class_name, caption_names_class: adds precision and recall."),
+]
+OverwriteOpt = Annotated[bool, typer.Option(help="Discard the matches of an earlier run in OUT.")]
+
+
+def hardmatch_command(
+    input_path: InputArg,
+    out: OutOpt,
+    classes: ClassesOpt = None,
+    synonyms: SynonymsOpt = None,
+    ambiguous: AmbiguousOpt = None,
+    ground_truth: GroundTruthOpt = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    overrides: SetOpt = None,
+    engine: EngineOpt = "local",
+    workers: WorkersOpt = 1,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write OUT/hardmatch.npy (subset), OUT/labels.parquet (uid, label, class_name), OUT/report.{json,md}.
+
+    The shipped ImageNet synonyms belong to the ImageNet names: with --classes FILE they are not used
+    unless --synonyms is given.
+    """
+    cfg = load_config(HardmatchConfig, config, overrides or [])
+    updates: dict[str, object] = {}
+    if classes is not None and classes != cfg.classes:
+        updates["classes"] = classes
+        if synonyms is None and cfg.synonyms is not None:
+            log.info("--classes %s: the synonyms of %s are not used (add --synonyms)", classes, config)
+            updates["synonyms"] = None
+    if synonyms is not None:
+        updates["synonyms"] = synonyms
+    if ambiguous is not None:
+        updates["ambiguous"] = ambiguous
+    cfg = build(HardmatchConfig, {**cfg.model_dump(), **updates}, source="command line")
+    job_report, _ = run_hardmatch(input_path, cfg, out, engine, workers, ground_truth, overwrite)
+    print_funnel(job_report)
+    finish(job_report)
+    console.print((out / "report.md").read_text())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("hardmatch")(hardmatch_command)

@@ -1,0 +1,360 @@
+"""YFCC-hardmatch: whole-word class matching, ambiguity, outputs, report, accuracy, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from curation.classvocab import Vocabulary, load_class_names, load_synonyms
+from curation.cli import app
+from curation.config import ConfigError
+from curation.engines import run_job
+from curation.hardmatch import (
+    ClassMatcher,
+    HardmatchConfig,
+    HardmatchError,
+    HardmatchJob,
+    decide,
+    run_hardmatch,
+)
+from curation.plurals import word_plurals
+from curation.rowsource import RowSource
+from curation.stats import Funnel
+from curation.subset import Subset
+from curation.uid import compute_uid
+
+CLASSES = ["circle", "star", "tree", "house", "fish", "mouse", "snow leopard", "leopard", "cup"]
+SYNONYMS = {"tree": ["pine", "fir tree"], "cup": ["mug"], "star": ["starburst"]}
+NAMING = [
+    "a photo of a {x}",
+    "{X} clipart free download",
+    "Close-up of two {xs} on a white background",
+    "my drawing of a {x} lol",
+    "{x}, vector illustration (2019)",
+    "Beautiful {X}!!! #art",
+    "look at this {x}-shaped thing",
+]
+MULTI = ["a {x} next to a {y}", "{X} and {y} icons"]
+JUNK = ["IMG_1234.JPG", "click here to buy now", "untitled image 0042", "hotdogs and starfishes", ""]
+FOREIGN = ["Voici un joli dessin pour les enfants", "Ein Bild von meinem Urlaub"]
+
+
+def _plural(name: str) -> str:
+    return {"mouse": "mice", "fish": "fish", "snow leopard": "snow leopards"}.get(name, name + "s")
+
+
+def write_crawl(root: Path, n: int = 3000, seed: int = 0) -> dict[str, Path]:
+    """A crawl table with ground truth, shaped like the synthetic crawl's (uid, text, source)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows, truth = [], []
+    for i in range(n):
+        cls = int(rng.integers(len(CLASSES)))
+        name = CLASSES[cls]
+        word = rng.choice(SYNONYMS[name]) if name in SYNONYMS and rng.random() < 0.2 else name
+        kind = rng.choice(
+            ["name", "multi", "mismatched", "junk", "foreign"], p=[0.74, 0.05, 0.04, 0.12, 0.05]
+        )
+        caption_class = name if kind in ("name", "multi") else None
+        if kind == "name":
+            t = str(rng.choice(NAMING))
+            text = t.format(x=word, X=word.upper() if rng.random() < 0.3 else word.title(), xs=_plural(word))
+        elif kind == "multi":
+            other = CLASSES[(cls + 1 + int(rng.integers(len(CLASSES) - 1))) % len(CLASSES)]
+            if {name, other} == {"snow leopard", "leopard"}:
+                other = "cup"
+            text = str(rng.choice(MULTI)).format(x=word, X=word.title(), y=other)
+        elif kind == "mismatched":  # the caption of another picture: names a class the image does not show
+            caption_class = "cup" if name != "cup" else "house"
+            text = f"a photo of a {caption_class}"
+        else:
+            text = str(rng.choice(JUNK if kind == "junk" else FOREIGN))
+        url = f"http://127.0.0.1/img/{i}.jpg"
+        uid = compute_uid(url, text)
+        rows.append({"url": url, "text": text, "uid": uid, "source": ["photo", "forum"][i % 2]})
+        truth.append(
+            {
+                "uid": uid,
+                "class_name": name,
+                "label": cls,
+                "caption_class": caption_class,
+                "caption_names_class": kind in ("name", "multi"),
+            }
+        )
+    pq.write_table(pa.Table.from_pylist(rows), root / "crawl.parquet", row_group_size=700)
+    pq.write_table(pa.Table.from_pylist(truth), root / "ground_truth.parquet")
+    (root / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
+    import yaml
+
+    (root / "synonyms.yaml").write_text(yaml.safe_dump(SYNONYMS))
+    return {k: root / f for k, f in [("crawl", "crawl.parquet"), ("gt", "ground_truth.parquet")]} | {
+        "classes": root / "classnames.txt",
+        "synonyms": root / "synonyms.yaml",
+    }
+
+
+@pytest.fixture(scope="module")
+def crawl(tmp_path_factory) -> dict[str, Path]:
+    return write_crawl(tmp_path_factory.mktemp("crawl"))
+
+
+def _cfg(crawl, **kw) -> HardmatchConfig:
+    return HardmatchConfig(classes=str(crawl["classes"]), synonyms=crawl["synonyms"], **kw)
+
+
+def _matcher(names, synonyms=None) -> ClassMatcher:
+    return ClassMatcher(Vocabulary.build(names, synonyms or {}))
+
+
+def _labels(matcher: ClassMatcher, captions: list[str | None], policy: str = "drop") -> list[str | None]:
+    m = matcher.match(pa.array(captions, pa.string()))
+    label, _ = decide(m, policy)
+    return [matcher.vocab.class_names[x] if x >= 0 else None for x in label]
+
+
+# ------------------------------------------------------------------------------- matching rules
+
+
+def test_whole_words_case_folded_with_plurals_and_synonyms():
+    m = _matcher(["dog", "mouse", "goose", "T-shirt", "potter's wheel", "box"], {"dog": ["puppy"]})
+    caps = [
+        "A DOG in the park",
+        "hotdog stand",  # not a whole word
+        "dogs",
+        "three mice",
+        "Geese flying",
+        "my new t-shirts",
+        "Potters Wheel for sale",
+        "potter’s wheel",
+        "two boxes",
+        "puppies!",
+        "dogged determination",
+        "dog\nnewline",
+        None,
+    ]
+    assert _labels(m, caps) == [
+        "dog", None, "dog", "mouse", "goose", "T-shirt", "potter's wheel", "potter's wheel", "box", "dog",
+        None, "dog", None,
+    ]  # fmt: skip
+
+
+def test_longest_name_wins_and_several_classes_are_ambiguous():
+    m = _matcher(["snow leopard", "leopard", "cat", "dog"])
+    caps = ["a snow leopard", "snow-leopards", "a leopard", "leopard and snow leopard", "cat dog", "cat cat"]
+    assert _labels(m, caps) == ["snow leopard", "snow leopard", "leopard", None, None, "cat"]
+    assert _labels(m, caps, "first") == ["snow leopard", "snow leopard", "leopard", "leopard", "cat", "cat"]
+    res = m.match(pa.array(caps))
+    _, reason = decide(res, "drop")
+    assert reason.to_pylist() == [None, None, None, "ambiguous", "ambiguous", None]
+    assert res.matched.to_pylist()[3] == [0, 1]
+
+
+def test_unicode_and_odd_characters():
+    m = _matcher(["café", "dog"])
+    caps = ["CAFÉ de Paris", "Cafe", "ｄｏｇ (full width)", "x\x00dog", "dog—cat", "…", ""]
+    m_res = m.match(pa.array(caps))
+    label, reason = decide(m_res, "drop")
+    names = [m.vocab.class_names[x] if x >= 0 else None for x in label]
+    assert names == ["café", None, "dog", "dog", "dog", None, None]
+    assert reason.to_pylist()[-2:] == ["empty_caption", "empty_caption"]
+
+
+def test_plural_rules():
+    assert word_plurals("bus") == ["buses"]
+    assert word_plurals("fly") == ["flies"] and word_plurals("toy") == ["toys"]
+    assert "wolves" in word_plurals("wolf") and "knives" in word_plurals("knife")
+    assert "potatoes" in word_plurals("potato")
+    assert word_plurals("mouse") == ["mice"] and word_plurals("sheep") == ["sheep"]
+    assert set(word_plurals("goldfish")) == {"goldfish", "goldfishes"}
+
+
+def test_imagenet_class_list_homonyms_and_nesting():
+    names = load_class_names("imagenet")
+    assert len(names) == 1000 and names[0] == "tench"
+    vocab = Vocabulary.build(names, load_synonyms("conf/hardmatch/imagenet_synonyms.yaml", names))
+    homonyms = {h["form"]: h["classes"] for h in vocab.homonyms()}
+    assert homonyms["crane"] == ["crane bird", "construction crane"]
+    assert "missile" in homonyms
+    nested = {(r["form"], r["inside"]) for r in vocab.nested()}
+    assert ("leopard", "snow leopard") in nested
+    m = ClassMatcher(vocab)
+    caps = ["my golden retriever, 3 months old", "a crane over the lake", "kite flying", "Saint Bernard pup"]
+    assert _labels(m, caps) == ["Golden Retriever", None, "kite (bird of prey)", "St. Bernard"]
+
+
+def test_synonyms_must_name_known_classes(tmp_path):
+    bad = tmp_path / "syn.yaml"
+    bad.write_text("not a class: [x]\n")
+    with pytest.raises(ConfigError, match="unknown classes"):
+        load_synonyms(bad, ["dog"])
+
+
+# ------------------------------------------------------------------------------------- the job
+
+
+def test_run_writes_subset_labels_and_a_balanced_report(crawl, tmp_path):
+    out = tmp_path / "hm"
+    job_report, report = run_hardmatch(crawl["crawl"], _cfg(crawl), out, ground_truth=crawl["gt"])
+    assert not job_report.failed and report is not None
+    Funnel(job_report.stats).check()
+    stage = job_report.stats[0]
+    assert stage.total.seen == 3000
+    assert set(stage.total.dropped) <= {"no_class_match", "ambiguous", "empty_caption"}
+    assert stage.total.dropped["ambiguous"] > 0 and stage.total.dropped["no_class_match"] > 0
+    assert set(stage.by_source) == {"photo", "forum"}
+
+    labels = pq.read_table(out / "labels.parquet")
+    subset = Subset.load(out / "hardmatch.npy")
+    assert labels.column_names == ["uid", "label", "class_name", "source", "form"]
+    assert labels["uid"].to_pylist() == subset.hex()  # same uids, same (sorted) order
+    assert len(subset) == stage.total.kept
+    names = (out / "classnames.txt").read_text().split("\n")[:-1]
+    assert names == CLASSES
+    assert all(
+        names[lbl] == c
+        for lbl, c in zip(labels["label"].to_pylist(), labels["class_name"].to_pylist(), strict=True)
+    )
+
+    gt = report["ground_truth"]
+    assert gt["precision"] >= 0.95 and gt["recall"] >= 0.9, gt
+    assert gt["precision_vs_caption_class"] == 1.0  # the matcher is right about what captions say
+    truth = pq.read_table(crawl["gt"]).to_pandas().set_index("uid")
+    lab = labels.to_pandas().set_index("uid")
+    expected_image_precision = (lab["class_name"] == truth.loc[lab.index, "class_name"]).mean()
+    assert gt["precision_vs_image_class"] == pytest.approx(expected_image_precision, abs=1e-6)
+    assert gt["precision_vs_image_class"] < 1.0  # mismatched captions: labelled as what they say
+    assert gt["naming_own_class_but_ambiguous"] > 0  # the multi-class captions
+    assert gt["recall_single_class_captions"] == 1.0  # every caption naming only its class is found
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["labelled"] == stage.total.kept
+    per_class = {r["class_name"]: r for r in saved["per_class"]}
+    assert sum(r["labelled"] for r in per_class.values()) == stage.total.kept
+    assert saved["ambiguous_captions"] == stage.total.dropped["ambiguous"]
+    assert saved["most_ambiguous_classes"] and saved["most_cooccurring_pairs"]
+    assert {
+        "form": "leopard",
+        "class": "leopard",
+        "inside": "snow leopard",
+        "inside_class": "snow leopard",
+    } in saved["nested_names"]
+    assert saved["throughput"]["captions_per_s"] > 0
+    md = (out / "report.md").read_text()
+    assert "precision" in md and "Most ambiguous classes" in md
+
+
+def test_labels_agree_with_ground_truth_caption_by_caption(crawl, tmp_path):
+    out = tmp_path / "hm"
+    run_hardmatch(crawl["crawl"], _cfg(crawl), out)
+    labels = dict(
+        zip(
+            *pq.read_table(out / "labels.parquet", columns=["uid", "class_name"]).to_pydict().values(),
+            strict=True,
+        )
+    )
+    gt = pq.read_table(crawl["gt"]).to_pylist()
+    crawl_rows = {r["uid"]: r["text"] for r in pq.read_table(crawl["crawl"]).to_pylist()}
+    for row in gt:
+        text = crawl_rows[row["uid"]]
+        if row["uid"] in labels:
+            assert labels[row["uid"]] == row["caption_class"], text
+        elif row["caption_names_class"]:
+            assert " and " in text or "next to" in text, text  # only multi-class captions are dropped
+
+
+def test_first_policy_keeps_ambiguous_captions(crawl, tmp_path):
+    _, drop = run_hardmatch(crawl["crawl"], _cfg(crawl), tmp_path / "drop")
+    _, first = run_hardmatch(crawl["crawl"], _cfg(crawl, ambiguous="first"), tmp_path / "first")
+    assert first["labelled"] == drop["labelled"] + drop["dropped"]["ambiguous"]
+    assert "ambiguous" not in first["dropped"]
+
+
+def test_pool_input_counts_only_downloaded_samples(metadata_pool, tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("star\ncircle\nsquare\n")
+    _, report = run_hardmatch(metadata_pool, HardmatchConfig(classes=str(classes)), tmp_path / "out")
+    source = RowSource.open(metadata_pool)
+    n = sum(source.read(s).num_rows for s in source.shards())
+    assert report["input_captions"] == n
+    assert report["funnel"]["by_source"].keys() == {"photo", "forum"}
+
+
+def test_rerun_skips_shards_and_refuses_other_settings(crawl, tmp_path):
+    out = tmp_path / "hm"
+    run_hardmatch(crawl["crawl"], _cfg(crawl), out)
+    again, report = run_hardmatch(crawl["crawl"], _cfg(crawl), out)
+    assert {o.status for o in again.outcomes} == {"skipped"} and report["input_captions"] == 3000
+    with pytest.raises(HardmatchError, match="another input or config"):
+        run_hardmatch(crawl["crawl"], _cfg(crawl, ambiguous="first"), out)
+    _, first = run_hardmatch(crawl["crawl"], _cfg(crawl, ambiguous="first"), out, overwrite=True)
+    assert "ambiguous" not in first["dropped"]
+
+
+def test_two_workers_give_the_same_match_tables(crawl, tmp_path):
+    cfg = _cfg(crawl)
+    one = HardmatchJob(RowSource.open(crawl["crawl"]), cfg, tmp_path / "one")
+    two = HardmatchJob(RowSource.open(crawl["crawl"]), cfg, tmp_path / "two")
+    r1, r2 = run_job(one, "local"), run_job(two, "local", workers=2)
+    assert [s.to_dict()["by_source"] for s in r1.stats] == [s.to_dict()["by_source"] for s in r2.stats]
+    for shard in one.shards():
+        a = pq.read_table(tmp_path / "one" / "matches" / f"{shard}.parquet")
+        b = pq.read_table(tmp_path / "two" / "matches" / f"{shard}.parquet")
+        assert a.equals(b)
+
+
+def test_cli_with_a_class_file_and_ground_truth(crawl, tmp_path):
+    out = tmp_path / "cli"
+    args = ["hardmatch", str(crawl["crawl"]), "--classes", str(crawl["classes"]), "--out", str(out)]
+    result = CliRunner().invoke(
+        app, [*args, "--synonyms", str(crawl["synonyms"]), "--ground-truth", str(crawl["gt"])]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["synonyms"] == str(crawl["synonyms"])
+    assert report["ground_truth"]["precision"] >= 0.95
+    bad = CliRunner().invoke(app, [*args, "--ambiguous", "maybe", "--overwrite"])
+    assert bad.exit_code != 0
+
+
+def test_row_sources_read_pools_files_and_folders(tmp_path):
+    rows = pa.table(
+        {
+            "url": [f"http://127.0.0.1/{i}" for i in range(6)],
+            "caption": ["a dog", "two cats", None, "x", "y", "z"],
+            "status": ["success", "success", "success", "failed_to_download", "success", "success"],
+            "extra": list(range(6)),
+        }
+    )
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pq.write_table(rows, pool / "00000.parquet")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    pq.write_table(rows.slice(0, 3), folder / "part-a.parquet")
+    pq.write_table(rows.slice(3), folder / "part-b.parquet")
+    pq.write_table(
+        rows.rename_columns(["url", "text", "status", "extra"]), tmp_path / "t.parquet", row_group_size=2
+    )
+    expected_uids = [
+        compute_uid(u, c)
+        for u, c, s in zip(*[rows[k].to_pylist() for k in ("url", "caption", "status")], strict=True)
+        if s == "success"
+    ]
+    for path, kind, n_shards in (
+        (pool, "pool", 1),
+        (folder, "folder", 2),
+        (tmp_path / "t.parquet", "file", 3),
+    ):
+        src = RowSource.open(path)
+        assert (src.kind, len(src.shards())) == (kind, n_shards)
+        got = [u for s in src.shards() for u in src.read(s, ["uid", "caption"])["uid"].to_pylist()]
+        assert got == expected_uids  # derived from url + caption, failures left out
+        only_uid = src.read(src.shards()[0], ["uid"])
+        assert only_uid.column_names[-1] == "uid" and "extra" not in only_uid.column_names
+    with pytest.raises(ValueError, match="no parquet"):
+        RowSource.open(tmp_path / "empty_dir" if (tmp_path / "empty_dir").mkdir() is None else tmp_path)
