@@ -16,16 +16,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.config import ConfigModel
-from curation.global_view import ScoreRef, gather_shards, read_aligned
+from curation.global_view import DEFAULT_SCORE, AttributeRef, ScoreRef, gather_shards, read_aligned
 from curation.pool import Pool
 
 
-class EmbeddingRef(ConfigModel):
-    """Where the embeddings live: ``POOL/attributes/<attribute>/NNNNN.parquet``, list column ``column``."""
+class EmbeddingRef(AttributeRef):
+    """Where the embeddings live: ``POOL/attributes/<attribute>/NNNNN.parquet``, list column ``column``
+    (the score stage stores ``image_emb`` beside its score)."""
 
-    attribute: str = "score"
     column: str = "image_emb"
+    attribute: str | None = DEFAULT_SCORE
 
 
 def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +87,7 @@ def gather_embeddings(
             scores.append(pc.cast(score, pa.float64()).to_numpy(zero_copy_only=False))
     dims = {v.shape[1] for v, ok in zip(vectors, valid, strict=True) if ok.any()}
     if len(dims) > 1:
-        raise ValueError(f"{ref.attribute}/{ref.column}: embeddings of different sizes across shards: {dims}")
+        raise ValueError(f"{ref.stage}/{ref.column}: embeddings of different sizes across shards: {dims}")
     dim = dims.pop() if dims else 0
     vectors = [v if v.shape[1] == dim else np.zeros((len(v), dim), np.float32) for v in vectors]
     return PoolEmbeddings(

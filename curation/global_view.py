@@ -19,9 +19,9 @@ import logging
 import os
 import shutil
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,7 @@ from curation.stage import ConfiguredFilter, Filter, SideInput
 log = logging.getLogger(__name__)
 
 MARKER = "_done.json"
+T = TypeVar("T")
 
 
 class GlobalFilter(Filter):
@@ -68,11 +69,12 @@ def run_prepare(f: GlobalFilter, pool: Pool, out: Path) -> None:
     fingerprint = f.fingerprint(pool)
     marker = out / MARKER
     if marker.exists():
-        done = read_json(marker).get("fingerprint")
+        done = read_json(marker).get("fingerprint") or {}
         if done != fingerprint:
             raise ConfigError(
                 f"filter {f.name!r}: {out} was prepared with a different config or pool "
-                f"({done} != {fingerprint}); delete that folder or use another job name"
+                f"(config then: {done.get('config')}, now: {fingerprint['config']}); "
+                "delete that folder or use another job name"
             )
         log.info("filter %s: reusing phase 1 in %s", f.name, out)
         return
@@ -104,10 +106,15 @@ def join_side_inputs(table: pa.Table, shard: str, filters: Sequence[Filter], poo
             if absent:
                 raise ValueError(f"filter {f.name!r}: {path} lacks columns {absent} (has {names})")
             lookup = pq.read_table(path, columns=["uid", *side.columns])
-            index = pc.index_in(uids, value_set=pc.utf8_lower(lookup["uid"]).combine_chunks())
+            index = lookup_index(uids, lookup["uid"])
             for col in side.columns:
                 table = table.append_column(f.input_column(col), lookup[col].take(index))
     return table
+
+
+def lookup_index(uids: pa.Array | pa.ChunkedArray, lookup_uids: pa.ChunkedArray) -> pa.Array:
+    """Row of each uid in ``lookup_uids`` (null where absent; the first row if repeated), case-blind."""
+    return pc.index_in(uids, value_set=pc.utf8_lower(lookup_uids).combine_chunks())
 
 
 def uid_keys(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -118,9 +125,7 @@ def uid_keys(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.frombuffer(fixed.buffers()[1], dtype="S32", count=len(fixed), offset=fixed.offset * 32)
 
 
-def gather_shards(
-    pool: Pool, read: Callable[[str], pa.Table], description: str
-) -> Iterable[tuple[int, str, pa.Table]]:
+def gather_shards(pool: Pool, read: Callable[[str], T], description: str) -> Iterator[tuple[int, str, T]]:
     """Yield ``(index, shard, read(shard))`` over all shards with a progress bar (one shard in memory)."""
     shards = pool.shard_ids()
     with shard_progress(description, len(shards)) as advance:
@@ -160,18 +165,36 @@ def write_shard_lookups(
     flush_until(len(shards))
 
 
-class ScoreRef(ConfigModel):
-    """A per-sample score in another stage's attribute table, e.g. to keep the best of a duplicate group."""
-
-    attribute: str = "score"
-    column: str = "clip_score"
+DEFAULT_SCORE = "clip_score_vit_b_32"  # the score stage's column (and folder) for OpenAI-style ViT-B/32
 
 
-def read_aligned(pool: Pool, shard: str, ref: ScoreRef, uids: pa.Array | pa.ChunkedArray) -> pa.Array:
+class AttributeRef(ConfigModel):
+    """A column of another stage's attribute table, ``POOL/attributes/<attribute>/NNNNN.parquet``.
+
+    ``attribute`` defaults to the column's own name: the score stage writes its score column
+    ``clip_score_<model>`` into the folder of the same name.
+    """
+
+    column: str
+    attribute: str | None = None
+
+    @property
+    def stage(self) -> str:
+        return self.attribute or self.column
+
+
+class ScoreRef(AttributeRef):
+    """A per-sample score, e.g. to keep the best member of a duplicate group."""
+
+    column: str = DEFAULT_SCORE
+
+
+def read_aligned(pool: Pool, shard: str, ref: AttributeRef, uids: pa.Array | pa.ChunkedArray) -> pa.Array:
     """``ref``'s column for ``uids`` of one shard (null where the table has no row for a uid)."""
-    path = pool.attributes_dir(ref.attribute) / f"{shard}.parquet"
+    path = pool.attributes_dir(ref.stage) / f"{shard}.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run the {ref.attribute!r} stage first")
+        raise FileNotFoundError(f"{path} not found; run the stage that writes {ref.stage!r} first")
+    if ref.column not in pq.read_schema(path).names:
+        raise ValueError(f"{path} has no column {ref.column!r}")
     table = pq.read_table(path, columns=["uid", ref.column])
-    index = pc.index_in(uids, value_set=pc.utf8_lower(table["uid"]).combine_chunks())
-    return table[ref.column].combine_chunks().take(index)
+    return table[ref.column].combine_chunks().take(lookup_index(uids, table["uid"]))

@@ -26,6 +26,7 @@ DATA = Path(__file__).parent / "data"
 CONF = Path(__file__).resolve().parent.parent / "conf" / "filters"
 DIM = 32
 N_SHARDS, PER_SHARD = 3, 60
+SCORE = "clip_score_vit_b_32"  # the score stage writes this column into attributes/<same name>/
 
 
 def multilingual() -> pa.Table:
@@ -102,7 +103,7 @@ def write_pool(root: Path, seed: int = 0) -> dict[str, dict]:
         pq.write_table(pa.Table.from_pylist(rows), root / f"{s:05d}.parquet")
         shards.append(embs)
     root.mkdir(parents=True, exist_ok=True)
-    score_dir = root / "attributes" / "score"
+    score_dir = root / "attributes" / SCORE
     score_dir.mkdir(parents=True)
     for s, embs in enumerate(shards):
         embs = embs[:-1]  # the scorer could not decode the last image of every shard: no row at all
@@ -110,7 +111,7 @@ def write_pool(root: Path, seed: int = 0) -> dict[str, dict]:
             {
                 "uid": [e[0] for e in embs],
                 "image_emb": emb_list(np.stack([e[1] for e in embs])),
-                "clip_score": pa.array(
+                SCORE: pa.array(
                     [np.nan if k == 0 else e[2] for k, e in enumerate(embs)], pa.float32()
                 ),
             }
@@ -247,13 +248,13 @@ def test_clip_score_from_an_attribute_table_with_missing_and_nan_scores(pool):
     root, truth = pool
     table, _ = run(root, [{"kind": "clip_score", "min_score": 0.25}])
     scores = pc.fill_null(
-        pq.read_table(root / "attributes" / "score" / "00000.parquet")["clip_score"], np.nan
+        pq.read_table(root / "attributes" / SCORE / "00000.parquet")[SCORE], np.nan
     ).to_numpy()
     reasons = table["clip_score_reason"].to_pylist()
     assert table.num_rows == len(truth)
     assert reasons.count("missing_score") == 2 * N_SHARDS  # one NaN and one absent row per shard
     by_uid = verdicts(table, "clip_score")
-    attr = pq.read_table(root / "attributes" / "score" / "00000.parquet")
+    attr = pq.read_table(root / "attributes" / SCORE / "00000.parquet")
     for uid, s in zip(attr["uid"].to_pylist(), scores, strict=True):
         keep, reason = by_uid[uid]
         expected = "missing_score" if np.isnan(s) else ("low_clip_score" if s < 0.25 else None)
@@ -263,7 +264,7 @@ def test_clip_score_from_an_attribute_table_with_missing_and_nan_scores(pool):
 def test_clip_score_on_a_pool_column_and_a_missing_attribute_is_a_clear_failure(pool):
     root, _ = pool
     out = apply(
-        {"kind": "clip_score", "attribute": None, "column": "clip_b32_similarity_score"},
+        {"kind": "clip_score", "from_pool": True, "column": "clip_b32_similarity_score"},
         {"clip_b32_similarity_score": pa.array([0.3, 0.2, None, float("nan")], pa.float64())},
     )
     assert out["clip_score_reason"].to_pylist() == [None, "low_clip_score", "missing_score", "missing_score"]
@@ -303,13 +304,13 @@ def test_exact_dedup_finds_every_duplicate_with_a_deterministic_representative(p
 
 def test_exact_dedup_can_prefer_the_best_scored_copy(tmp_path):
     root = tmp_path / "p"
-    (root / "attributes" / "score").mkdir(parents=True)
+    (root / "attributes" / SCORE).mkdir(parents=True)
     uids = [f"{i:032x}" for i in range(8)]
     hashes = ["a", "a", "a", "a", "b", "b", "c", None]  # group a: NaN, 0.3, 0.5, no score row
     pq.write_table(pa.table({"uid": uids, "caption": ["x"] * 8, "sha256": hashes}), root / "00000.parquet")
-    scores = pa.table({"uid": uids[:3] + uids[4:], "clip_score": [np.nan, 0.3, 0.5, 0.2, 0.2, 0.9, 0.9]})
-    pq.write_table(scores, root / "attributes" / "score" / "00000.parquet")
-    table, _ = run(root, [{"kind": "exact_dup", "prefer": {"attribute": "score", "column": "clip_score"}}])
+    scores = pa.table({"uid": uids[:3] + uids[4:], SCORE: [np.nan, 0.3, 0.5, 0.2, 0.2, 0.9, 0.9]})
+    pq.write_table(scores, root / "attributes" / SCORE / "00000.parquet")
+    table, _ = run(root, [{"kind": "exact_dup", "prefer": {"column": SCORE}}])
     assert table["exact_dup_keep"].to_pylist() == [False, False, True, False, True, False, True, False]
     assert table["exact_dup_of"].to_pylist() == [uids[2], uids[2], None, uids[2], None, uids[4], None, None]
     assert table["exact_dup_group_size"].to_pylist() == [4, 4, 4, 4, 2, 2, 1, None]
@@ -364,9 +365,9 @@ def test_nan_and_missing_embeddings_get_a_reason(tmp_path):
     vecs = unit(np.random.default_rng(0), 6)
     vecs[1] = np.nan
     vecs[2] = 0.0
-    (root / "attributes" / "score").mkdir(parents=True)
+    (root / "attributes" / SCORE).mkdir(parents=True)
     emb = pa.array([*emb_list(vecs).to_pylist()[:4], None, [1.0, 2.0]], pa.list_(pa.float16()))
-    pq.write_table(pa.table({"uid": uids, "image_emb": emb}), root / "attributes" / "score" / "00000.parquet")
+    pq.write_table(pa.table({"uid": uids, "image_emb": emb}), root / "attributes" / SCORE / "00000.parquet")
     table, _ = run(root, [{"kind": "near_dup"}])
     assert table["near_dup_reason"].to_pylist() == [
         None,
@@ -383,7 +384,7 @@ def test_image_clustering_keeps_the_target_clusters(tmp_path):
     rng = np.random.default_rng(3)
     centres = unit(rng, 6)
     root = tmp_path / "p"
-    (root / "attributes" / "score").mkdir(parents=True)
+    (root / "attributes" / SCORE).mkdir(parents=True)
     labels = {}
     for s in range(2):
         cluster = rng.integers(0, 6, size=120)
@@ -392,7 +393,7 @@ def test_image_clustering_keeps_the_target_clusters(tmp_path):
         labels.update(zip(uids, cluster.tolist(), strict=True))
         pq.write_table(pa.table({"uid": uids, "caption": ["c"] * 120}), root / f"{s:05d}.parquet")
         table = pa.table({"uid": uids[:-1], "image_emb": emb_list(vecs[:-1])})  # last one: no embedding
-        pq.write_table(table, root / "attributes" / "score" / f"{s:05d}.parquet")
+        pq.write_table(table, root / "attributes" / SCORE / f"{s:05d}.parquet")
     target = centres[[1, 4]].repeat(10, axis=0) + rng.normal(scale=0.05, size=(20, DIM))
     np.save(tmp_path / "target.npy", target.astype(np.float32))
     spec = {"kind": "image_cluster", "target": str(tmp_path / "target.npy"), "k": 6, "seed": 0, "niter": 25}
@@ -471,7 +472,7 @@ def test_write_shard_lookups_writes_every_shard_and_refuses_disorder(tmp_path):
         write_shard_lookups(tmp_path / "x", ["00000", "00002"], rows.take([1, 0]).to_batches(), schema)
 
 
-@pytest.mark.parametrize("name", ["datacomp_basic", "synthetic"])
+@pytest.mark.parametrize("name", ["datacomp_basic", "synthetic", "synthetic_scored"])
 def test_shipped_configs_build(name, pool):
     cfg = load_config(FilterJobConfig, CONF / f"{name}.yaml")
     job = FilterJob(pool[0], cfg.filters, cfg.name)
@@ -498,8 +499,8 @@ def test_a_shard_where_every_download_failed_goes_through_every_filter(pool):
     pq.write_table(
         failed.set_column(failed.schema.get_field_index("status"), "status", status), root / "00003.parquet"
     )
-    attr = pq.read_table(root / "attributes" / "score" / "00000.parquet").slice(0, 0)
-    pq.write_table(attr, root / "attributes" / "score" / "00003.parquet")
+    attr = pq.read_table(root / "attributes" / SCORE / "00000.parquet").slice(0, 0)
+    pq.write_table(attr, root / "attributes" / SCORE / "00003.parquet")
     table, funnel = run(root, ALL)
     assert table.num_rows == len(truth) == funnel.stages[0].total.seen
     assert pq.read_table(root / "attributes" / "filters" / "00003.parquet").num_rows == 0
