@@ -35,7 +35,8 @@ class Subset:
     def __post_init__(self) -> None:
         if self.uids.dtype != UID_DTYPE:
             raise SubsetError(f"subset dtype is {self.uids.dtype}, expected {UID_DTYPE}")
-        self.uids = np.sort(self.uids, kind="stable")
+        if not _is_sorted(self.uids):
+            self.uids = np.sort(self.uids, kind="stable")
 
     @classmethod
     def from_hex(cls, uids: Sequence[str], manifest: dict[str, Any] | None = None) -> Subset:
@@ -48,11 +49,14 @@ class Subset:
         return array_to_uids(self.uids)
 
     def unique_count(self) -> int:
-        return len(np.unique(self.uids))
+        return len(self.counts()[1])
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct uids (sorted) and how many times each is to be written."""
-        return np.unique(self.uids, return_counts=True)
+        """Distinct uids (sorted) and how many times each is to be written (O(n): uids are sorted)."""
+        if len(self.uids) == 0:
+            return self.uids[:0], np.zeros(0, dtype=np.int64)
+        starts = np.r_[0, np.flatnonzero(self.uids[1:] != self.uids[:-1]) + 1]
+        return self.uids[starts], np.diff(np.r_[starts, len(self.uids)])
 
     def contains(self, uids: np.ndarray) -> np.ndarray:
         """Membership mask for a ``u8,u8`` array of uids (vectorised, sorted search)."""
@@ -95,6 +99,12 @@ class Subset:
         mpath = manifest_path(path)
         manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
         return cls(arr, manifest)
+
+
+def _is_sorted(uids: np.ndarray) -> bool:
+    """O(n) check; numpy's structured sort is slow even on sorted input (a generic compare per pair)."""
+    h, lo = uids["f0"], uids["f1"]
+    return bool(((h[1:] > h[:-1]) | ((h[1:] == h[:-1]) & (lo[1:] >= lo[:-1]))).all())
 
 
 def manifest_path(npy_path: Path) -> Path:

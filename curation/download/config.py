@@ -1,0 +1,117 @@
+"""Settings of ``curate download``: how to read the crawl, which urls to fetch, how img2dataset runs.
+
+Only ``downloader`` settings may change between runs into the same pool (they change how fast and
+how patiently urls are fetched, not how the pool is laid out or what an image looks like);
+everything else is part of the pool's fingerprint (see :mod:`curation.download.plan`), so a rerun
+with other columns, url policy, shard size or image settings is refused instead of mixing pools.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from curation.config import ConfigModel
+from curation.urlpolicy import UrlPolicy
+
+# Column names img2dataset writes itself; a carried crawl column may not shadow them.
+IMG2DATASET_COLUMNS = frozenset(
+    {"key", "caption", "url", "width", "height", "original_width", "original_height", "status",
+     "error_message", "exif", "md5", "sha256", "sha512", "uid", "source"}
+)  # fmt: skip
+
+
+class CrawlColumns(ConfigModel):
+    """Where the crawl keeps each field; the pool always calls them url, caption, uid and source."""
+
+    url: str = "url"
+    caption: str | None = Field(None, description="None: 'caption' if present, else 'text'.")
+    uid: str = Field("uid", description="Optional in the data: missing or null uids are derived.")
+    source: str = Field("source", description="Optional in the data: else default_source.")
+    default_source: str = "unknown"
+    carry: list[str] = Field(
+        default_factory=list, description="Further crawl columns copied into the pool parquet."
+    )
+
+    bbox: str | None = Field(
+        None, description="Boxes to blur (img2dataset's bbox_col), e.g. DataComp's face_bboxes."
+    )
+
+    @field_validator("carry")
+    @classmethod
+    def _not_reserved(cls, value: list[str]) -> list[str]:
+        clash = sorted(set(value) & IMG2DATASET_COLUMNS)
+        if clash:
+            raise ValueError(f"cannot carry {clash}: the pool writes these columns itself")
+        return value
+
+    def extra_columns(self) -> list[str]:
+        """Crawl columns copied as they are into the pool (img2dataset appends ``bbox`` itself)."""
+        return [*self.carry, *([self.bbox] if self.bbox and self.bbox not in self.carry else [])]
+
+
+class UrlPolicyConfig(ConfigModel):
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Names, addresses or CIDR networks exempt from the block rules (e.g. 127.0.0.1).",
+    )
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _parsable(cls, value: list[str]) -> list[str]:
+        UrlPolicy(value)  # raises ValueError naming a bad entry
+        return value
+
+
+class ImageConfig(ConfigModel):
+    """img2dataset's resize and encode options (the same names), and its size/aspect limits."""
+
+    image_size: int = Field(512, gt=0)
+    resize_mode: Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"] = (
+        "keep_ratio_largest"
+    )
+    resize_only_if_bigger: bool = True
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=0, le=100)
+    skip_reencode: bool = True
+    min_image_size: int = Field(0, ge=0)
+    max_image_area: float = Field(math.inf, gt=0)
+    max_aspect_ratio: float = Field(math.inf, gt=0)
+    extract_exif: bool = False
+
+
+class DownloaderConfig(ConfigModel):
+    """How img2dataset fetches: parallelism, patience, shard size, politeness."""
+
+    distributor: Literal["multiprocessing"] = "multiprocessing"  # pyspark: a later issue
+    processes_count: int = Field(2, ge=1)
+    thread_count: int = Field(64, ge=1)
+    timeout: int = Field(10, ge=1)
+    retries: int = Field(0, ge=0)
+    max_shard_retry: int = Field(1, ge=0)
+    user_agent_token: str | None = None
+    disallowed_header_directives: list[str] = Field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"],
+        description="X-Robots-Tag directives that opt an image out (img2dataset's default).",
+    )
+    output: Literal["file", "terminal"] = Field(
+        "file", description="img2dataset's own prints: to POOL/_download/img2dataset.log, or as they come."
+    )
+
+
+class DownloadConfig(ConfigModel):
+    number_sample_per_shard: int = Field(10_000, ge=10, description="Input urls per pool shard.")
+    columns: CrawlColumns = Field(default_factory=CrawlColumns)
+    url_policy: UrlPolicyConfig = Field(default_factory=UrlPolicyConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    downloader: DownloaderConfig = Field(default_factory=DownloaderConfig)
+
+    @model_validator(mode="after")
+    def _blurring_needs_reencoding(self) -> DownloadConfig:
+        # img2dataset blurs the decoded image but, with skip_reencode, stores the original bytes of a
+        # jpg that needs no resize: the boxes would silently stay unblurred.
+        if self.columns.bbox and self.image.skip_reencode:
+            raise ValueError("columns.bbox (blurring) needs image.skip_reencode=false")
+        return self

@@ -1,0 +1,233 @@
+"""Running img2dataset: the one place it is called, offline, with readable output and a progress view.
+
+img2dataset's worker processes print a line per shard, tqdm bars and the occasional traceback; with
+``downloader.output: file`` all of that goes to ``POOL/_download/img2dataset.log`` (file
+descriptors 1 and 2 are redirected, so spawned workers inherit the redirect) and the terminal shows
+one progress bar, or one line per finished shard when it is not a terminal. ``distributor`` is a
+pass-through switch: adding img2dataset's pyspark distributor changes nothing here but the value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from curation.download.config import DownloadConfig
+
+log = logging.getLogger(__name__)
+
+# img2dataset imports albumentations (which asks PyPI for a newer version unless told not to) and
+# wandb (off unless enabled); spawned workers inherit the environment.
+OFFLINE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true"}
+OOM_SHARD_COUNT = 5  # NNNNN shard names
+
+
+def img2dataset_arguments(input_folder: Path, pool: Path, cfg: DownloadConfig) -> dict[str, Any]:
+    """Keyword arguments of ``img2dataset.download`` for this config."""
+    d = cfg.downloader
+    return {
+        "url_list": str(input_folder),
+        "output_folder": str(pool),
+        "input_format": "parquet",
+        "output_format": "webdataset",
+        "url_col": "url",
+        "caption_col": "caption",
+        "save_additional_columns": [
+            "uid",
+            "source",
+            *(c for c in cfg.columns.carry if c != cfg.columns.bbox),
+        ],
+        "bbox_col": cfg.columns.bbox,
+        "number_sample_per_shard": cfg.number_sample_per_shard,
+        "oom_shard_count": OOM_SHARD_COUNT,
+        "distributor": d.distributor,
+        "processes_count": d.processes_count,
+        "thread_count": d.thread_count,
+        "timeout": d.timeout,
+        "retries": d.retries,
+        "max_shard_retry": d.max_shard_retry,
+        "user_agent_token": d.user_agent_token,
+        "disallowed_header_directives": list(d.disallowed_header_directives),
+        "compute_hash": "sha256",
+        "incremental_mode": "incremental",
+        "enable_wandb": False,
+        **cfg.image.model_dump(),
+    }
+
+
+@dataclass
+class ShardCounts:
+    """What img2dataset's ``NNNNN_stats.json`` files say about newly finished shards."""
+
+    shards: int = 0
+    urls: int = 0
+    successes: int = 0
+    start: float = float("inf")
+    end: float = float("-inf")
+
+    def add(self, stats: dict[str, Any]) -> None:
+        self.shards += 1
+        self.urls += int(stats["count"])
+        self.successes += int(stats["successes"])
+        self.start = min(self.start, float(stats["start_time"]))
+        self.end = max(self.end, float(stats["end_time"]))
+
+
+def img2dataset_download() -> Callable[..., None]:
+    """``img2dataset.download``, imported offline (heavy: torch via webdataset; only when needed)."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    from img2dataset import download
+
+    return download
+
+
+def run_img2dataset(arguments: dict[str, Any], pending: dict[str, int], log_file: Path | None) -> ShardCounts:
+    """Download the ``pending`` shards (id -> url count); img2dataset itself skips finished ones."""
+    download = img2dataset_download()
+    pool = Path(arguments["output_folder"])
+    counts = ShardCounts()
+    previous_sigint = signal.getsignal(signal.SIGINT)  # img2dataset installs one that exits 0
+    started = time.perf_counter()
+    try:
+        with contextlib.ExitStack() as stack:
+            if log_file is not None:
+                terminal = stack.enter_context(output_to_file(log_file))
+                on_shard = stack.enter_context(_terminal_view(terminal, pending))
+            else:
+                on_shard = _log_line(len(pending))
+            stack.enter_context(_watch_shards(pool, set(pending), counts, on_shard))
+            download(**arguments)
+    except SystemExit as exc:  # img2dataset's Ctrl-C handler exits with status 0: not a success
+        raise KeyboardInterrupt("download interrupted; rerun the same command to resume") from exc
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
+    _log_throughput(counts, time.perf_counter() - started, log_file)
+    return counts
+
+
+@contextlib.contextmanager
+def output_to_file(path: Path) -> Iterator[TextIO]:
+    """Send file descriptors 1 and 2 (and so every spawned worker's output) to ``path``.
+
+    Yields a stream on the original stderr for what the user should still see.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    try:
+        with open(path, "a", buffering=1) as log_stream:
+            os.dup2(log_stream.fileno(), 1)
+            os.dup2(log_stream.fileno(), 2)
+            try:  # Python-level streams too, in case they are not fds 1 and 2 (pytest, CliRunner)
+                with contextlib.redirect_stdout(log_stream), contextlib.redirect_stderr(log_stream):
+                    yield terminal
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        terminal.close()
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+ShardCallback = Callable[[str, dict[str, Any], ShardCounts], None]
+
+
+@contextlib.contextmanager
+def _watch_shards(
+    pool: Path, pending: set[str], counts: ShardCounts, on_shard: ShardCallback
+) -> Iterator[None]:
+    """Poll for img2dataset's per-shard stats files (written when a shard is complete)."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        remaining = set(pending)
+        while remaining:
+            final = stop.wait(0.5)  # set once img2dataset has returned: one last sweep
+            for shard in sorted(remaining):
+                try:
+                    stats = json.loads((pool / f"{shard}_stats.json").read_text())
+                except (FileNotFoundError, json.JSONDecodeError):  # not there yet, or being written
+                    continue
+                remaining.discard(shard)
+                counts.add(stats)
+                on_shard(shard, stats, counts)
+            if final:
+                return
+
+    thread = threading.Thread(target=poll, name="shard-watcher", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def _terminal_view(terminal: TextIO, pending: dict[str, int]) -> Iterator[ShardCallback]:
+    """A progress bar over urls when ``terminal`` is a terminal, else one line per finished shard."""
+    console = Console(file=terminal)
+    if not console.is_terminal:
+        yield _print_line(console, len(pending))
+        return
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task("img2dataset", total=sum(pending.values()))
+        yield lambda _shard, stats, _counts: progress.advance(task, int(stats["count"]))
+
+
+def _shard_line(shard: str, stats: dict[str, Any], counts: ShardCounts, total: int) -> str:
+    return (
+        f"shard {shard}: {stats['successes']}/{stats['count']} images in {stats['duration']:.1f} s "
+        f"({counts.shards}/{total} shards, {counts.urls} urls done)"
+    )
+
+
+def _print_line(console: Console, total: int) -> ShardCallback:
+    return lambda shard, stats, counts: console.print(
+        _shard_line(shard, stats, counts, total), highlight=False
+    )
+
+
+def _log_line(total: int) -> ShardCallback:
+    return lambda shard, stats, counts: log.info(_shard_line(shard, stats, counts, total))
+
+
+def _log_throughput(counts: ShardCounts, wall: float, log_file: Path | None) -> None:
+    if not counts.shards:
+        log.warning("img2dataset finished no shard%s", f"; see {log_file}" if log_file else "")
+        return
+    busy = max(counts.end - counts.start, 1e-9)
+    log.info(
+        "img2dataset: %d urls in %.1f s (%.0f urls/s while downloading, %.0f urls/s with startup), "
+        "%d images%s",
+        counts.urls, busy, counts.urls / busy, counts.urls / max(wall, 1e-9), counts.successes,
+        f"; its output is in {log_file}" if log_file else "",
+    )  # fmt: skip

@@ -1,0 +1,261 @@
+"""The download plan: the crawl normalised, policy-checked and laid out into img2dataset shards.
+
+For every crawl file ``i`` (sorted), the rows that pass the checks go to
+``POOL/_download/input/<i>.parquet`` (columns url, caption, uid, source, carried columns; one
+row group per pool shard) and the rows that do not to ``POOL/_download/rejected/<i>.parquet``
+with their reason (``invalid_url``, ``blocked_url``, ``invalid_uid``) and detail. img2dataset
+reads the input folder in the same sorted order and numbers shards consecutively, so input file
+``i`` becomes pool shards ``first_shard .. first_shard + n_shards - 1`` and row group ``j`` of it is
+shard ``first_shard + j``. ``POOL/_download/plan.json`` is written last; it records this layout and
+a fingerprint of the crawl and the settings that shape the pool, so a rerun reuses the plan (and
+img2dataset resumes) while a rerun with another crawl or settings is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation.download.config import CrawlColumns, DownloadConfig
+from curation.io import atomic_path, atomic_write_json, read_json
+from curation.uid import compute_uids
+from curation.urlpolicy import UrlPolicy
+
+log = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+INVALID_UID = "invalid_uid"
+POOL_COLUMNS = ("url", "caption", "uid", "source")
+CAPTION_CANDIDATES = ("caption", "text")
+
+
+class CrawlError(ValueError):
+    """A crawl that cannot be read as url/caption rows; the message names the file and column."""
+
+
+class PlanMismatch(ValueError):
+    """The pool was planned from another crawl or with other settings."""
+
+
+@dataclass
+class CrawlPart:
+    """One crawl file and the pool shards its downloadable rows became."""
+
+    index: int
+    file: str
+    rows: int
+    to_download: int
+    rejected: int
+    first_shard: int
+    n_shards: int
+
+
+@dataclass
+class DownloadPlan:
+    number_sample_per_shard: int
+    fingerprint: dict[str, Any]
+    parts: list[CrawlPart] = field(default_factory=list)
+
+    def shard_ids(self) -> list[str]:
+        return [shard_name(p.first_shard + j) for p in self.parts for j in range(p.n_shards)]
+
+    def locate(self, shard: str) -> tuple[CrawlPart, int]:
+        """The crawl part holding ``shard`` and the shard's row group in that part's input file."""
+        number = int(shard)
+        for p in self.parts:
+            if p.first_shard <= number < p.first_shard + p.n_shards:
+                return p, number - p.first_shard
+        raise KeyError(f"shard {shard} is not in the download plan")
+
+    def shard_rows(self, shard: str) -> int:
+        part, group = self.locate(shard)
+        return min(self.number_sample_per_shard, part.to_download - group * self.number_sample_per_shard)
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": PLAN_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DownloadPlan:
+        return cls(d["number_sample_per_shard"], d["fingerprint"], [CrawlPart(**p) for p in d["parts"]])
+
+
+def shard_name(number: int) -> str:
+    return f"{number:05d}"  # img2dataset's oom_shard_count=5
+
+
+def download_dir(pool: Path) -> Path:
+    return pool / "_download"
+
+
+def input_dir(pool: Path) -> Path:
+    return download_dir(pool) / "input"
+
+
+def rejected_path(pool: Path, index: int) -> Path:
+    return download_dir(pool) / "rejected" / f"{index:05d}.parquet"
+
+
+def plan_path(pool: Path) -> Path:
+    return download_dir(pool) / "plan.json"
+
+
+def crawl_files(crawl: Path) -> list[Path]:
+    """A parquet file, or the parquet files of a directory in sorted order."""
+    if crawl.is_dir():
+        files = sorted(crawl.glob("*.parquet"))
+        if not files:
+            raise CrawlError(f"{crawl}: no .parquet files in this directory")
+        return files
+    if not crawl.exists():
+        raise CrawlError(f"crawl not found: {crawl}")
+    return [crawl]
+
+
+def fingerprint(files: list[Path], cfg: DownloadConfig) -> dict[str, Any]:
+    """What determines the pool's layout and content: the crawl files and the shaping settings."""
+    crawl = [{"name": f.name, "bytes": f.stat().st_size, "rows": pq.read_metadata(f).num_rows} for f in files]
+    settings = cfg.model_dump(
+        mode="json", include={"columns", "url_policy", "image", "number_sample_per_shard"}
+    )
+    return {"crawl": crawl, "settings": settings}
+
+
+def prepare_plan(crawl: Path, pool: Path, cfg: DownloadConfig) -> DownloadPlan:
+    """Reuse the pool's plan if it was made from the same crawl and settings, else make it."""
+    files = crawl_files(crawl)
+    fp = fingerprint(files, cfg)
+    path = plan_path(pool)
+    if path.exists():
+        plan = DownloadPlan.from_dict(read_json(path))
+        if plan.fingerprint != fp:
+            raise PlanMismatch(
+                f"{pool} was downloaded from another crawl or with other settings "
+                f"({', '.join(_differences(plan.fingerprint, fp))}); use a new --out or the same settings"
+            )
+        log.info(
+            "reusing the download plan in %s (%d rows, %d shards)", path, plan.rows, len(plan.shard_ids())
+        )
+        return plan
+    if any(pool.glob("[0-9]*.parquet")):
+        raise PlanMismatch(f"{pool} already holds pool shards that curate download did not plan")
+    plan = DownloadPlan(cfg.number_sample_per_shard, fp)
+    policy = UrlPolicy(cfg.url_policy.allow_hosts)
+    next_shard = 0
+    for index, file in enumerate(files):
+        part = _plan_file(index, file, pool, cfg, policy, next_shard)
+        plan.parts.append(part)
+        next_shard += part.n_shards
+    atomic_write_json(path, plan.to_dict())
+    return plan
+
+
+def _plan_file(
+    index: int, file: Path, pool: Path, cfg: DownloadConfig, policy: UrlPolicy, first_shard: int
+) -> CrawlPart:
+    table = read_crawl(file, cfg.columns)
+    reasons, details = policy.classify(table["url"])
+    table, uid_reasons, uid_details = resolve_uids(table)
+    ok = pc.and_(pc.is_null(reasons), pc.is_null(uid_reasons))
+    n_ok = pc.sum(ok.cast(pa.int64())).as_py() or 0
+    keep = table.filter(ok)
+    with atomic_path(input_dir(pool) / f"{index:05d}.parquet") as tmp:
+        pq.write_table(keep, tmp, row_group_size=cfg.number_sample_per_shard, compression="zstd")
+    rejected = table.append_column("reason", pc.coalesce(reasons, uid_reasons))
+    rejected = rejected.append_column("detail", pc.coalesce(details, uid_details)).filter(pc.invert(ok))
+    if rejected.num_rows:
+        with atomic_path(rejected_path(pool, index)) as tmp:
+            pq.write_table(rejected, tmp, compression="zstd")
+    n_shards = math.ceil(n_ok / cfg.number_sample_per_shard)
+    log.info(
+        "%s: %d rows, %d to download in %d shards, %d rejected by the url/uid checks",
+        file.name, table.num_rows, n_ok, n_shards, rejected.num_rows,
+    )  # fmt: skip
+    return CrawlPart(
+        index, str(file.resolve()), table.num_rows, n_ok, rejected.num_rows, first_shard, n_shards
+    )
+
+
+def read_crawl(file: Path, columns: CrawlColumns) -> pa.Table:
+    """The crawl's rows as url, caption, uid (possibly null), source and carried columns."""
+    try:
+        names = pq.read_schema(file).names
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise CrawlError(f"{file}: not a readable parquet file ({exc})") from exc
+    caption_col = columns.caption or next((c for c in CAPTION_CANDIDATES if c in names), None)
+    wanted = {"url": columns.url, "caption": caption_col} | {c: c for c in columns.extra_columns()}
+    for role, name in wanted.items():
+        if name is None or name not in names:
+            looked = repr(name) if name else " or ".join(repr(c) for c in CAPTION_CANDIDATES)
+            required = role in ("url", "caption")
+            setting = f"columns.{role}" if required else "columns.carry / columns.bbox"
+            raise CrawlError(
+                f"{file}: no {role if required else 'carried'} column {looked} "
+                f"(columns: {', '.join(names)}); set {setting} to the right name"
+            )
+    optional = {"uid": columns.uid, "source": columns.source}
+    read = [*dict.fromkeys([*wanted.values(), *(c for c in optional.values() if c in names)])]
+    raw = pq.read_table(file, columns=read)
+    n = raw.num_rows
+    out = {
+        "url": _as_string(raw[columns.url], file, columns.url),
+        "caption": _as_string(raw[caption_col], file, caption_col),
+        "uid": _as_string(raw[columns.uid], file, columns.uid)
+        if columns.uid in names
+        else pa.nulls(n, pa.string()),
+        "source": (
+            _as_string(raw[columns.source], file, columns.source).fill_null(columns.default_source)
+            if columns.source in names
+            else pa.array(np.full(n, columns.default_source, dtype=object), pa.string())
+        ),
+    }
+    out.update({c: raw[c] for c in columns.extra_columns()})
+    return pa.table(out)
+
+
+def resolve_uids(table: pa.Table) -> tuple[pa.Table, pa.Array, pa.Array]:
+    """Lower-case source uids, derive missing ones; malformed ones become ``invalid_uid`` rejections."""
+    given = pc.utf8_lower(pc.utf8_trim_whitespace(table["uid"])).combine_chunks()
+    valid = pc.match_substring_regex(given, r"^[0-9a-f]{32}$")
+    bad = valid.fill_null(False).to_numpy(zero_copy_only=False) == False  # noqa: E712
+    bad &= ~pc.is_null(given).to_numpy(zero_copy_only=False)
+    missing = np.flatnonzero(pc.is_null(given).to_numpy(zero_copy_only=False))
+    uids = given.to_numpy(zero_copy_only=False).astype(object)
+    if len(missing):
+        rows = table.take(pa.array(missing, pa.int64()))
+        uids[missing] = compute_uids(rows["url"].to_pylist(), rows["caption"].to_pylist())
+    reasons = np.where(bad, INVALID_UID, None)
+    details = np.full(len(uids), None, dtype=object)
+    details[bad] = [f"uid {u!r} is not 32 hex characters" for u in uids[bad]]
+    table = table.set_column(table.schema.get_field_index("uid"), "uid", pa.array(uids, pa.string()))
+    return table, pa.array(reasons, pa.string()), pa.array(details, pa.string())
+
+
+def _as_string(column: pa.ChunkedArray, file: Path, name: str) -> pa.Array:
+    try:
+        return column.combine_chunks().cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise CrawlError(f"{file}: column {name!r} of type {column.type} is not text ({exc})") from exc
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out or ["unknown"]

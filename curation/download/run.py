@@ -1,0 +1,70 @@
+"""``download_crawl``: plan, fetch what is missing with img2dataset, account for every crawl row.
+
+Safe to rerun at any point: the plan is reused, img2dataset's incremental mode skips finished
+shards (and the call is skipped entirely when none is missing), and the accounting units' markers
+return the stats already on disk, so a rerun downloads nothing new and reports identical numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from curation.download.accounting import UNIT_PREFIX, DownloadAccounting, unit_name
+from curation.download.config import DownloadConfig
+from curation.download.fetch import img2dataset_arguments, run_img2dataset
+from curation.download.plan import DownloadPlan, download_dir, input_dir, prepare_plan
+from curation.engines import JobReport, run_job
+from curation.io import read_json
+from curation.runner import marker_path
+from curation.stats import Funnel, FunnelError, StageStats, merge
+
+log = logging.getLogger(__name__)
+
+
+def stats_files(pool: Path) -> list[Path]:
+    """The download's per-unit stats (runner layout, ``{"stages": [StageStats]}``) in the pool."""
+    return sorted((Path(pool) / "_stats").glob(f"{UNIT_PREFIX}*.json"))
+
+
+def download_stats(pool: Path) -> StageStats:
+    """The download funnel of a pool: its per-unit stats merged."""
+    stages = merge(StageStats.from_dict(d) for p in stats_files(pool) for d in read_json(p)["stages"])
+    if not stages:
+        raise FileNotFoundError(
+            f"{pool}: no download stats (_stats/{UNIT_PREFIX}*.json); run curate download"
+        )
+    return stages[0]
+
+
+def download_crawl(crawl: Path, pool: Path, cfg: DownloadConfig) -> JobReport:
+    """Download ``crawl`` (a parquet file or folder) into ``pool``; returns the accounting report."""
+    pool = Path(pool)
+    pool.mkdir(parents=True, exist_ok=True)
+    plan = prepare_plan(Path(crawl), pool, cfg)
+    pending = {s: plan.shard_rows(s) for s in plan.shard_ids() if not (pool / f"{s}_stats.json").exists()}
+    job = DownloadAccounting(pool, plan)
+    for shard in pending:  # a shard img2dataset (re)downloads must be accounted for again
+        marker_path(job.output_dir(), unit_name(shard)).unlink(missing_ok=True)
+    if pending:
+        d = cfg.downloader
+        log.info(
+            "downloading %d urls in %d shards with img2dataset (%d processes x %d threads)",
+            sum(pending.values()), len(pending), d.processes_count, d.thread_count,
+        )  # fmt: skip
+        log_file = download_dir(pool) / "img2dataset.log" if d.output == "file" else None
+        run_img2dataset(img2dataset_arguments(input_dir(pool), pool, cfg), pending, log_file)
+    else:
+        log.info("all %d shards of %s are downloaded already; nothing to fetch", len(plan.shard_ids()), pool)
+    report = run_job(job, "local", retries=0, workers=1)
+    if not report.failed:
+        _check_every_row_counted(report, plan)
+    return report
+
+
+def _check_every_row_counted(report: JobReport, plan: DownloadPlan) -> None:
+    funnel = Funnel(report.stats)
+    funnel.check()
+    seen = sum(s.total.seen for s in funnel.stages)
+    if seen != plan.rows:
+        raise FunnelError(f"the crawl has {plan.rows} rows but the download accounted for {seen}")

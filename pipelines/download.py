@@ -1,0 +1,41 @@
+"""``curate download``: fetch a crawl's images with img2dataset into a pool, and account for every row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curation.cliutil import ConfigOpt, SetOpt, console, finish, print_funnel
+from curation.config import CONF_DIR, load_config
+from curation.download import CrawlError, DownloadConfig, PlanMismatch, download_crawl
+
+
+def download_command(
+    urls: Annotated[
+        Path,
+        typer.Argument(
+            help="Crawl: a parquet file or a folder of them (url, caption or text, optional uid, source)."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Pool folder to write (img2dataset webdataset layout).")
+    ],
+    config: ConfigOpt = CONF_DIR / "download" / "default.yaml",
+    overrides: SetOpt = None,
+) -> None:
+    """Download a crawl into a pool; rerun the same command to resume (finished shards are skipped)."""
+    cfg = load_config(DownloadConfig, config, overrides or [])
+    try:
+        report = download_crawl(urls, out, cfg)
+    except (CrawlError, PlanMismatch) as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from exc
+    print_funnel(report)
+    finish(report)
+    console.print(f"pool: {out}\nfunnel: {out}/_stats/download-*.json", soft_wrap=True, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("download")(download_command)

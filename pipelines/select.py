@@ -1,0 +1,89 @@
+"""``curate select``: a subset (DataComp .npy + manifest + funnel) from scores, verdicts and set ops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.table import Table
+
+from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, console
+from curation.config import ConfigError, apply_overrides, build, read_yaml
+from curation.selection import SelectSpec, clean_work_dir, run_selection, save_selection
+from curation.stats import Funnel
+
+StepOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--step",
+        help="A step as inline YAML, appended to the config's steps (repeatable), e.g. "
+        "--step 'topk: {score: clip_l14_similarity_score, fraction: 0.3}'.",
+    ),
+]
+
+
+def load_spec(config: Path | None, steps: list[str], overrides: list[str]) -> SelectSpec:
+    """The config file (if any), plus inline steps, plus ``--set`` overrides, validated."""
+    data = read_yaml(config) if config else {}
+    if steps:
+        parsed = []
+        for s in steps:
+            try:
+                parsed.append(yaml.safe_load(s))
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"--step {s!r} is not valid YAML: {exc}") from exc
+        data["steps"] = [*data.get("steps", []), *parsed]
+    data = apply_overrides(data, overrides)
+    return build(SelectSpec, data, source=str(config) if config else "--step")
+
+
+def print_funnel(title: str, funnel: Funnel) -> None:
+    table = Table(title=title)
+    rows = funnel.rows()
+    reasons = sorted({k for r in rows for k in r if k.startswith("dropped_")})
+    for col in ["stage", "source", "seen", "kept", *reasons]:
+        table.add_column(
+            col.removeprefix("dropped_"), justify="left" if col in ("stage", "source") else "right"
+        )
+    for r in rows:
+        table.add_row(*(str(r.get(c, 0)) for c in ["stage", "source", "seen", "kept", *reasons]))
+    console.print(table)
+
+
+def select_command(
+    pool: Annotated[Path, typer.Argument(help="Pool directory (img2dataset layout or DataComp metadata).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Subset to write (.npy; manifest .json beside it).")
+    ],
+    config: ConfigOpt = None,
+    step: StepOpt = None,
+    overrides: SetOpt = None,
+    engine: EngineOpt = "local",
+    workers: WorkersOpt = 1,
+    keep_work: Annotated[bool, typer.Option(help="Keep gathered columns and DuckDB spill files.")] = False,
+) -> None:
+    """Select a subset: exact top-k% by any score, thresholds, filters, random controls, set operations."""
+    spec = load_spec(config, step or [], overrides or [])
+    if out.suffix != ".npy":
+        out = out.with_suffix(".npy")
+    work = out.parent / f".{out.stem}.select-work"
+    result = run_selection(pool, spec, work_dir=work, engine=engine, workers=workers)
+    path = save_selection(result, out)
+    if not keep_work:
+        clean_work_dir(work)
+    print_funnel(f"select {spec.name}", result.funnel)
+    for d in result.decisions:
+        cut = d.get("cut", {})
+        console.print(
+            f"{d['step']}: kept {cut.get('k', '')} of {cut.get('candidates', '')} "
+            f"(cut at {cut.get('value')!r}, boundary uid {cut.get('boundary_uid')})"
+            if cut
+            else f"{d['step']}: {d}"
+        )
+    console.print(f"wrote {path} ({len(result.subset)} uids, {result.subset.unique_count()} distinct)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("select")(select_command)

@@ -1,0 +1,27 @@
+"""Entry point of the training subprocess: open_clip_train's ``main`` with the project's additions.
+
+``python -m trainer.openclip_entry <open_clip_train arguments>`` (or under ``torchrun``) registers
+the project's model configs (``conf/models``) and seeds the data order (:mod:`trainer.seeding`),
+then hands every argument to ``open_clip_train.main.main`` unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from open_clip_train import main as oc_main
+from open_clip_train.params import parse_args
+
+from trainer import seeding
+from trainer.models import register_project_models
+
+
+def main(argv: list[str]) -> int:
+    register_project_models()
+    seeding.install(parse_args(argv).seed)
+    result = oc_main.main(argv)
+    return result if isinstance(result, int) and result != 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main(sys.argv[1:]) else 0)
