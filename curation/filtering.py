@@ -3,6 +3,9 @@
 Each shard's samples (pool parquet rows that downloaded, with uid and caption) go through every
 filter; all verdicts are written to ``POOL/attributes/<name>/NNNNN.parquet`` keyed by uid, and the
 shard's funnel stats (each filter seeing only what earlier ones kept) to the runner's stats.
+Filters that read other stages' attributes get them joined by uid (their side inputs); filters
+that need the whole pool (:class:`curation.global_view.GlobalFilter`) run their phase 1 once in
+``prepare`` and are joined to its per-shard lookups the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import pyarrow as pa
 
 import filters as filters_pkg
 from curation.config import ConfigError, build
+from curation.global_view import GlobalFilter, join_side_inputs, run_prepare
 from curation.io import atomic_write_parquet
 from curation.pool import Pool
-from curation.runner import ShardJob
+from curation.runner import ShardJob, is_done
 from curation.stage import FILTERS, Filter, funnel_stats
 from curation.stats import StageStats
 
@@ -52,6 +56,11 @@ class FilterJob(ShardJob):
         names = [f.name for f in self.filters]
         if len(set(names)) != len(names):
             raise ConfigError(f"filters: names must be unique, got {names}")
+        for f in self.global_filters():
+            f.prepared_dir = self.output_dir() / "_prepared" / f.name
+
+    def global_filters(self) -> list[GlobalFilter]:
+        return [f for f in self.filters if isinstance(f, GlobalFilter)]
 
     def shards(self) -> list[str]:
         return self.pool.shard_ids()
@@ -59,12 +68,20 @@ class FilterJob(ShardJob):
     def output_dir(self) -> Path:
         return self.pool.attributes_dir(self.name)
 
+    def prepare(self) -> None:
+        """Phase 1 of every global filter, unless every shard is already done."""
+        if all(is_done(self.output_dir(), s) for s in self.shards()):
+            return
+        for f in self.global_filters():
+            assert f.prepared_dir is not None
+            run_prepare(f, self.pool, f.prepared_dir)
+
     def setup(self) -> None:
         for f in self.filters:
             f.setup()
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
-        table = self.pool.read_samples(shard)
+        table = join_side_inputs(self.pool.read_samples(shard), shard, self.filters, self.pool)
         batches = []
         for batch in table.to_batches(max_chunksize=8192) or [pa.RecordBatch.from_pylist([], table.schema)]:
             for f in self.filters:
@@ -72,6 +89,8 @@ class FilterJob(ShardJob):
             batches.append(batch)
         result = pa.Table.from_batches(batches)
         added = [c for c in result.column_names if c not in table.column_names]
+        if len(set(added)) != len(added):
+            raise ConfigError(f"filters write clashing column names: {sorted(added)}")
         keys = [c for c in KEY_COLUMNS if c in result.column_names]
         atomic_write_parquet(staging / f"{shard}.parquet", result.select(keys + added))
         return funnel_stats(result, self.filters)

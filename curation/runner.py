@@ -37,6 +37,9 @@ class ShardJob(ABC):
     def output_dir(self) -> Path:
         """Where outputs, stats and markers go (must be on storage every worker sees)."""
 
+    def prepare(self) -> None:
+        """Driver-side work over all shards, once, before any shard runs (phase 1 of a global view)."""
+
     def setup(self) -> None:
         """Per-worker initialisation (load a model once, not once per shard)."""
 

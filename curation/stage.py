@@ -11,13 +11,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from curation.config import ConfigModel
 from curation.stats import StageStats
+
+if TYPE_CHECKING:
+    from curation.pool import Pool
 
 
 @dataclass
@@ -34,6 +38,18 @@ class Verdict:
         for name, failed in rules:
             reason[np.asarray(failed, dtype=bool) & (reason == None)] = name  # noqa: E711
         return cls(keep=reason == None, reason=reason)  # noqa: E711
+
+
+@dataclass(frozen=True)
+class SideInput:
+    """Columns of a per-shard table keyed by uid (``directory/NNNNN.parquet``) that a filter reads.
+
+    The filter job joins them onto each shard's samples by uid, under the names
+    :meth:`Filter.input_column` gives; a sample missing from the table gets nulls.
+    """
+
+    directory: Path
+    columns: tuple[str, ...]
 
 
 class Stage(ABC):
@@ -70,6 +86,14 @@ class Filter(Stage):
     def extra_columns(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
         """Attributes worth keeping beside the verdict (e.g. the detected language)."""
         return {}
+
+    def side_inputs(self, pool: Pool) -> list[SideInput]:
+        """Other stages' attribute tables this filter reads (e.g. a CLIP score); none by default."""
+        return []
+
+    def input_column(self, column: str) -> str:
+        """Name under which a side-input column appears in this filter's batches (namespaced per filter)."""
+        return f"{self.name}:{column}"
 
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         v = self.verdict(batch)

@@ -81,11 +81,12 @@ class JobReport:
 def run_job(
     job: ShardJob, engine: Engine | str = "local", retries: int = 1, **engine_options: Any
 ) -> JobReport:
-    """Run every shard of ``job`` with a progress bar; failed shards are reported, not raised."""
+    """Run ``job.prepare()`` once, then every shard with a progress bar; failed shards are reported."""
     eng = get_engine(engine, **engine_options) if isinstance(engine, str) else engine
-    shards = job.shards()
     report = JobReport(job.name)
     try:
+        job.prepare()
+        shards = job.shards()
         with shard_progress(job.name, len(shards)) as advance:
             for outcome in eng.map_shards(job, shards, retries):
                 report.outcomes.append(outcome)

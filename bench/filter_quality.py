@@ -1,0 +1,254 @@
+"""Measure the quality filters against the synthetic crawl's ground truth; prints figures, asserts nothing.
+
+    python bench/filter_quality.py --synth SYNTH_OUT --pool POOL [--emb-stage STAGE | --model tiny-vit
+        --pretrained CKPT] [--threshold 0.95]
+
+``SYNTH_OUT`` is what ``curate synth`` wrote (``ground_truth.parquet``). ``POOL`` is its
+download; if it does not exist, the crawl is served on 127.0.0.1 and downloaded with img2dataset
+into it. Near-duplicate detection needs image embeddings: ``--emb-stage`` names an attribute stage
+with ``image_emb`` (what ``curate score`` writes); otherwise they are computed here with
+``--model`` / ``--pretrained`` through open_clip (random init when no checkpoint is given), in the
+scoring stage's layout, under ``attributes/<emb-stage>/``.
+
+Figures: language (share of foreign captions dropped, of English ones dropped), exact dedup (every
+copy found, one deterministic representative per group), near dedup (share of copies found,
+false merges) with a threshold sweep, image size rules per junk kind, and the funnel per source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from curation.dedup import SearchParams, near_duplicate_groups
+from curation.embeddings import EmbeddingRef, gather_embeddings
+from curation.engines import run_job
+from curation.filtering import FilterJob
+from curation.global_view import uid_keys
+from curation.pool import Pool
+
+log = logging.getLogger("filter_quality")
+
+
+def download(synth: Path, pool: Path) -> None:
+    """Serve the synthetic crawl on 127.0.0.1 and download it with img2dataset (webdataset + parquet)."""
+    from curation.synth import rebase_urls, serve
+    from img2dataset import download as img2dataset
+
+    with serve(synth) as server:
+        crawl = rebase_urls(pq.read_table(synth / "crawl.parquet"), server.base_url)
+        urls = pool.parent / f".{pool.name}-urls.parquet"
+        pq.write_table(crawl, urls)
+        img2dataset(
+            url_list=str(urls),
+            input_format="parquet",
+            url_col="url",
+            caption_col="text",
+            save_additional_columns=["uid", "source"],
+            output_format="webdataset",
+            output_folder=str(pool),
+            image_size=128,
+            resize_mode="keep_ratio",
+            resize_only_if_bigger=True,
+            compute_hash="sha256",
+            processes_count=2,
+            thread_count=16,
+            number_sample_per_shard=2000,
+            timeout=5,
+            retries=0,
+        )
+        urls.unlink()
+
+
+def embed(pool: Pool, stage: str, model: str, pretrained: str | None) -> None:
+    """Image embeddings of every pool sample in the scoring stage's layout (float16 fixed-size lists)."""
+    import torch
+    from PIL import Image
+
+    from trainer.models import load_clip
+
+    clip = load_clip(model, pretrained, device="cpu")
+    out = pool.attributes_dir(stage)
+    out.mkdir(parents=True, exist_ok=True)
+    for shard in pool.shard_ids():
+        uids, images = [], []
+        for sample in pool.iter_tar(shard):
+            data = sample.files.get("jpg") or sample.files.get("png") or sample.files.get("webp")
+            if data is not None:
+                uids.append(sample.meta()["uid"])
+                images.append(clip.preprocess(Image.open(io.BytesIO(data)).convert("RGB")))
+        with torch.no_grad():
+            chunks = [
+                clip.model.encode_image(torch.stack(images[i : i + 256]), normalize=True).half().numpy()
+                for i in range(0, len(images), 256)
+            ]
+        matrix = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float16)
+        flat = pa.array(matrix.ravel(), pa.float16())
+        table = pa.table({"uid": uids, "image_emb": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])})
+        pq.write_table(table, out / f"{shard}.parquet")
+
+
+def family_of(gt: pa.Table) -> dict[str, str]:
+    """Each uid's duplicate family: the uid of the original its copies point to (itself if none)."""
+    return {u: d or u for u, d in zip(gt["uid"].to_pylist(), gt["dup_of"].to_pylist(), strict=True)}
+
+
+def share(mask: np.ndarray) -> float:
+    return round(float(mask.mean()), 4) if len(mask) else float("nan")
+
+
+def language_figures(table: pa.Table, kinds: np.ndarray, langs: np.ndarray) -> dict:
+    """Foreign captions dropped; English ones dropped, overall and by the ground truth's junk kind."""
+    dropped = ~np.array(table["language_keep"].to_pylist())
+    foreign, english = kinds == "foreign", langs == "en"
+    by_kind = {
+        k: f"{int(dropped[english & (kinds == k)].sum())}/{int((english & (kinds == k)).sum())}"
+        for k in np.unique(kinds[english])
+    }
+    return {
+        "foreign": int(foreign.sum()),
+        "foreign_dropped": share(dropped[foreign]),
+        "english": int(english.sum()),
+        "english_dropped": share(dropped[english]),
+        "english_dropped_by_junk_kind": by_kind,
+    }
+
+
+def exact_figures(table: pa.Table, kinds: np.ndarray, fam: dict[str, str]) -> dict:
+    """Every byte-identical copy grouped with its original; one kept per group; smallest uid kept."""
+    uids = table["uid"].to_pylist()
+    rep = {u: r or u for u, r in zip(uids, table["exact_dup_of"].to_pylist(), strict=True)}
+    keep = dict(zip(uids, table["exact_dup_keep"].to_pylist(), strict=True))
+    groups: dict[str, list[str]] = {}
+    for u in uids:
+        groups.setdefault(rep[u], []).append(u)
+    copies = [u for u, k in zip(uids, kinds, strict=True) if k == "exact_dup"]
+    wrong = [u for u in uids if not keep[u] and fam[u] != fam[rep[u]]]
+    return {
+        "copies": len(copies),
+        "found": sum(rep[u] == rep.get(fam[u]) and (not keep[u] or not keep[fam[u]]) for u in copies),
+        "groups_of_2+": sum(len(g) > 1 for g in groups.values()),
+        "groups_with_one_kept": sum(sum(keep[m] for m in g) == 1 for g in groups.values()) == len(groups),
+        "representative_is_smallest_uid": all(r == min(g) for r, g in groups.items()),
+        "wrongly_dropped": len(wrong),
+    }
+
+
+def near_dup_figures(
+    uids: list[str], rep: list[str | None], junk: dict[str, str], fam: dict[str, str]
+) -> dict:
+    """Share of near copies grouped with their original, and samples merged into another family."""
+    rep_of = dict(zip(uids, rep, strict=True))
+    copies = [u for u in uids if junk.get(u) == "near_dup" and fam[u] in rep_of]
+    found = sum(rep_of[u] is not None and rep_of[u] == rep_of[fam[u]] for u in copies)
+    wrong = sum(r is not None and r != u and fam[r] != fam[u] for u, r in rep_of.items())
+    return {
+        "near_copies": len(copies),
+        "found": found,
+        "recall": round(found / max(1, len(copies)), 4),
+        "false_merges": wrong,
+        "false_merge_rate": round(wrong / max(1, len(uids)), 4),
+    }
+
+
+def near_dup_sweep(pool: Pool, stage: str, junk: dict[str, str], fam: dict[str, str]) -> list[dict]:
+    """Recall and false merges over thresholds, on the same embeddings, without re-running the job."""
+    emb = gather_embeddings(pool, EmbeddingRef(attribute=stage), "sweep")
+    rows = emb.valid_rows()
+    uids = emb.uids.take(pa.array(rows, pa.int64()))
+    out = []
+    for thr in (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999):
+        groups = near_duplicate_groups(emb.vectors[rows], uid_keys(uids), SearchParams(threshold=thr))
+        reps = uids.take(pa.array(groups.rep, pa.int64())).to_pylist()
+        out.append({"threshold": thr, **near_dup_figures(uids.to_pylist(), reps, junk, fam)})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--synth", type=Path, required=True)
+    ap.add_argument("--pool", type=Path, required=True)
+    ap.add_argument("--emb-stage", default="bench_emb")
+    ap.add_argument("--model", default="tiny-vit")
+    ap.add_argument("--pretrained", default=None)
+    ap.add_argument("--threshold", type=float, default=0.95)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    if not args.pool.exists():
+        t = time.perf_counter()
+        download(args.synth, args.pool)
+        print(f"downloaded the crawl into {args.pool} in {time.perf_counter() - t:.0f} s")
+    pool = Pool(args.pool)
+    if not pool.attributes_dir(args.emb_stage).exists():
+        t = time.perf_counter()
+        embed(pool, args.emb_stage, args.model, args.pretrained)
+        weights = args.pretrained or "random init"
+        print(f"embedded the pool with {args.model} ({weights}) in {time.perf_counter() - t:.0f} s")
+
+    gt = pq.read_table(args.synth / "ground_truth.parquet")
+    junk = dict(zip(gt["uid"].to_pylist(), gt["junk"].to_pylist(), strict=True))
+    lang = dict(zip(gt["uid"].to_pylist(), gt["lang"].to_pylist(), strict=True))
+    fam = family_of(gt)
+    specs = [
+        {"kind": "caption_length", "name": "caption"},
+        {"kind": "image_size", "min_side": 32, "max_aspect": 3.0},
+        {"kind": "language"},
+        {"kind": "exact_dup"},
+        {
+            "kind": "near_dup",
+            "embeddings": {"attribute": args.emb_stage, "column": "image_emb"},
+            "threshold": args.threshold,
+        },
+    ]
+    name = f"bench_run_{time.strftime('%Y%m%d_%H%M%S')}"
+    t = time.perf_counter()
+    report = run_job(FilterJob(args.pool, specs, name), "local", workers=args.workers)
+    seconds = time.perf_counter() - t
+    funnel = report.funnel()
+    funnel.check()  # raises unless every stage balances, overall and per source
+    table = pool.read_attributes(name)
+    uids = table["uid"].to_pylist()
+    kinds = np.array([junk.get(u, "unknown") for u in uids])
+    langs = np.array([lang.get(u, "?") for u in uids])
+    size_dropped = ~np.array(table["image_size_keep"].to_pylist())
+    near_rep = [
+        None if reason == "missing_embedding" else (r or u)
+        for u, r, reason in zip(
+            uids, table["near_dup_of"].to_pylist(), table["near_dup_reason"].to_pylist(), strict=True
+        )
+    ]
+    figures = {
+        "samples": len(uids),
+        "filter_seconds": round(seconds, 1),
+        "funnel_balanced": True,
+        "language": language_figures(table, kinds, langs),
+        "image_size_dropped": {
+            k: share(size_dropped[kinds == k]) for k in ("tiny", "extreme_aspect", "clean")
+        },
+        "exact_dup": exact_figures(table, kinds, fam),
+        "near_dup": {"threshold": args.threshold, **near_dup_figures(uids, near_rep, junk, fam)},
+        "near_dup_sweep": near_dup_sweep(pool, args.emb_stage, junk, fam),
+    }
+    print(json.dumps(figures, indent=1))
+    for row in funnel.rows():
+        print(row)
+    if args.json:
+        args.json.write_text(json.dumps({**figures, "funnel": funnel.rows()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
