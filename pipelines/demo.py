@@ -1,0 +1,30 @@
+"""``curate demo``: the embedded default end to end (no internet, no GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curation.cliutil import console
+
+
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where everything is written.")] = Path("demo_out"),
+    pairs: Annotated[int, typer.Option("--pairs", min=500, help="Size of the synthetic crawl.")] = 10_000,
+) -> None:
+    """Generate, serve, download, score, filter, select, train, evaluate and report: the whole pipeline.
+
+    Rerunning into the same OUT skips finished steps and finished ablation cells.
+    """
+    from curation.demo import run_demo, write_cards
+
+    timings = run_demo(out, pairs)
+    timings.update(write_cards(out))
+    console.print("[bold]stage times (s)[/bold]: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    console.print(f"report: {out / 'ablation' / 'report.html'}\ncards:  {out / 'cards'}/*/card.html")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_command)
