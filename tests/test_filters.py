@@ -510,3 +510,15 @@ def test_a_shard_where_every_download_failed_goes_through_every_filter(pool):
     table, funnel = run(root, ALL)
     assert table.num_rows == len(truth) == funnel.stages[0].total.seen
     assert pq.read_table(root / "attributes" / "filters" / "00003.parquet").num_rows == 0
+
+
+def test_the_same_kind_twice_with_two_thresholds(pool):
+    root, _ = pool
+    specs = [
+        {"kind": "image_size", "name": "size_dc"},
+        {"kind": "image_size", "name": "size_small", "min_side": 32},
+    ]
+    table, _ = run(root, specs)
+    assert table.column_names.count("image_aspect") == 1
+    strict, loose = table["size_dc_keep"].to_numpy(), table["size_small_keep"].to_numpy()
+    assert (loose | ~strict).all() and strict.sum() < loose.sum()
