@@ -4,11 +4,13 @@
         --pretrained CKPT] [--threshold 0.95]
 
 ``SYNTH_OUT`` is what ``curate synth`` wrote (``ground_truth.parquet``). ``POOL`` is its
-download; if it does not exist, the crawl is served on 127.0.0.1 and downloaded with img2dataset
-into it. Near-duplicate detection needs image embeddings: ``--emb-stage`` names an attribute stage
-with ``image_emb`` (what ``curate score`` writes); otherwise they are computed here with
-``--model`` / ``--pretrained`` through open_clip (random init when no checkpoint is given), in the
-scoring stage's layout, under ``attributes/<emb-stage>/``.
+download; if it does not exist, the crawl is served on 127.0.0.1 and downloaded into it with
+``curate download``'s synthetic config. Near-duplicate detection needs image embeddings:
+``--emb-stage`` names an attribute stage with ``image_emb`` (what ``curate score`` writes);
+if it does not exist they are computed here with ``--model`` / ``--pretrained`` through open_clip
+(random init when no checkpoint is given), in the score stage's layout.
+
+``--embed thumb`` embeds with a 16x16 RGB thumbnail descriptor instead, for comparison.
 
 Figures: language (share of foreign captions dropped, of English ones dropped), exact dedup (every
 copy found, one deterministic representative per group), near dedup (share of copies found,
@@ -23,6 +25,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,49 +39,63 @@ from curation.embeddings import EmbeddingRef, gather_embeddings
 from curation.engines import run_job
 from curation.filtering import FilterJob
 from curation.global_view import uid_keys
-from curation.pool import Pool
+from curation.pool import Pool, iter_tar_samples
 
 log = logging.getLogger("filter_quality")
+Encoder = Callable[[list], np.ndarray]  # PIL images -> (n, d) L2-normalised rows
 
 
 def download(synth: Path, pool: Path) -> None:
-    """Serve the synthetic crawl on 127.0.0.1 and download it with img2dataset (webdataset + parquet)."""
+    """Serve the synthetic crawl on 127.0.0.1 and download it with ``curate download``'s synthetic config."""
+    from curation.config import CONF_DIR, load_config
+    from curation.download import DownloadConfig, download_crawl
     from curation.synth import rebase_urls, serve
-    from img2dataset import download as img2dataset
 
+    cfg = load_config(DownloadConfig, CONF_DIR / "download" / "synthetic.yaml")
+    crawl = pool.parent / f".{pool.name}-crawl.parquet"
     with serve(synth) as server:
-        crawl = rebase_urls(pq.read_table(synth / "crawl.parquet"), server.base_url)
-        urls = pool.parent / f".{pool.name}-urls.parquet"
-        pq.write_table(crawl, urls)
-        img2dataset(
-            url_list=str(urls),
-            input_format="parquet",
-            url_col="url",
-            caption_col="text",
-            save_additional_columns=["uid", "source"],
-            output_format="webdataset",
-            output_folder=str(pool),
-            image_size=128,
-            resize_mode="keep_ratio",
-            resize_only_if_bigger=True,
-            compute_hash="sha256",
-            processes_count=2,
-            thread_count=16,
-            number_sample_per_shard=2000,
-            timeout=5,
-            retries=0,
-        )
-        urls.unlink()
+        pq.write_table(rebase_urls(pq.read_table(synth / "crawl.parquet"), server.base_url), crawl)
+        report = download_crawl(crawl, pool, cfg)
+    crawl.unlink()
+    if report.failed:
+        raise RuntimeError(f"download failed for shards {[o.shard for o in report.failed]}")
 
 
-def embed(pool: Pool, stage: str, model: str, pretrained: str | None) -> None:
-    """Image embeddings of every pool sample in the scoring stage's layout (float16 fixed-size lists)."""
+def clip_encoder(model: str, pretrained: str | None) -> Encoder:
+    """open_clip image embeddings, L2-normalised (what the score stage stores as ``image_emb``)."""
     import torch
-    from PIL import Image
 
     from trainer.models import load_clip
 
     clip = load_clip(model, pretrained, device="cpu")
+
+    def encode(images: list) -> np.ndarray:
+        with torch.no_grad():
+            batch = torch.stack([clip.preprocess(im) for im in images])
+            return clip.model.encode_image(batch, normalize=True).numpy()
+
+    return encode
+
+
+def thumbnail_encoder(size: int = 16) -> Encoder:
+    """A pixel descriptor for comparison: RGB ``size`` x ``size`` box-filtered thumbnail, mean-centred."""
+    from PIL import Image
+
+    def encode(images: list) -> np.ndarray:
+        thumbs = [
+            np.asarray(im.resize((size, size), Image.Resampling.BOX), np.float32).ravel() for im in images
+        ]
+        x = np.stack(thumbs)
+        x -= x.mean(axis=1, keepdims=True)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+
+    return encode
+
+
+def embed(pool: Pool, stage: str, encode: Encoder) -> None:
+    """Image embeddings of every pool sample in the score stage's layout (float16 fixed-size lists)."""
+    from PIL import Image
+
     out = pool.attributes_dir(stage)
     out.mkdir(parents=True, exist_ok=True)
     for shard in pool.shard_ids():
@@ -87,12 +104,8 @@ def embed(pool: Pool, stage: str, model: str, pretrained: str | None) -> None:
             data = sample.files.get("jpg") or sample.files.get("png") or sample.files.get("webp")
             if data is not None:
                 uids.append(sample.meta()["uid"])
-                images.append(clip.preprocess(Image.open(io.BytesIO(data)).convert("RGB")))
-        with torch.no_grad():
-            chunks = [
-                clip.model.encode_image(torch.stack(images[i : i + 256]), normalize=True).half().numpy()
-                for i in range(0, len(images), 256)
-            ]
+                images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+        chunks = [encode(images[i : i + 256]).astype(np.float16) for i in range(0, len(images), 256)]
         matrix = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float16)
         flat = pa.array(matrix.ravel(), pa.float16())
         table = pa.table({"uid": uids, "image_emb": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])})
@@ -168,11 +181,51 @@ def near_dup_sweep(pool: Pool, stage: str, junk: dict[str, str], fam: dict[str, 
     rows = emb.valid_rows()
     uids = emb.uids.take(pa.array(rows, pa.int64()))
     out = []
-    for thr in (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999):
+    for thr in (0.9, 0.92, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999):
         groups = near_duplicate_groups(emb.vectors[rows], uid_keys(uids), SearchParams(threshold=thr))
         reps = uids.take(pa.array(groups.rep, pa.int64())).to_pylist()
         out.append({"threshold": thr, **near_dup_figures(uids.to_pylist(), reps, junk, fam)})
     return out
+
+
+def cluster_figures(args: argparse.Namespace, pool: Pool, encode: Encoder, gt: pa.Table) -> dict:
+    """DataComp's image-based filter with the synthetic ImageNet analogue of a few classes as target:
+    how many pool samples of the target classes are kept, and how many of the other classes."""
+    from PIL import Image
+
+    classes = args.cluster_classes.split(",")
+    names = (args.synth / "classnames.txt").read_text().split("\n")
+    wanted = {names.index(c) for c in classes}
+    images = []
+    for path in sorted((args.synth / "imagenet" / "train").glob("*.tar")):
+        for sample in iter_tar_samples(path):
+            if int(sample.files["cls"]) in wanted:
+                images.append(Image.open(io.BytesIO(sample.files["jpg"])).convert("RGB"))
+    target = args.pool.parent / f".{args.pool.name}-target.npy"
+    np.save(target, encode(images))
+    spec = {
+        "kind": "image_cluster",
+        "embeddings": {"attribute": args.emb_stage, "column": "image_emb"},
+        "target": str(target),
+        "k": args.cluster_k,
+    }
+    name = f"bench_cluster_{time.strftime('%Y%m%d_%H%M%S')}"
+    report = run_job(FilterJob(args.pool, [spec], name), "local")
+    report.funnel().check()
+    table = pool.read_attributes(name)
+    cls = dict(zip(gt["uid"].to_pylist(), gt["class_name"].to_pylist(), strict=True))
+    clean = {u for u, k in zip(gt["uid"].to_pylist(), gt["junk"].to_pylist(), strict=True) if k == "clean"}
+    keep = dict(zip(table["uid"].to_pylist(), table["image_cluster_keep"].to_pylist(), strict=True))
+    in_t = np.array([keep[u] for u in keep if u in clean and cls[u] in classes])
+    out_t = np.array([keep[u] for u in keep if u in clean and cls[u] not in classes])
+    return {
+        "target_classes": classes,
+        "target_images": len(images),
+        "k": args.cluster_k,
+        "clean_target_class_kept": share(in_t),
+        "clean_other_class_kept": share(out_t),
+        "precision_of_kept_clean": round(float(in_t.sum() / max(1, in_t.sum() + out_t.sum())), 4),
+    }
 
 
 def main() -> None:
@@ -180,10 +233,13 @@ def main() -> None:
     ap.add_argument("--synth", type=Path, required=True)
     ap.add_argument("--pool", type=Path, required=True)
     ap.add_argument("--emb-stage", default="bench_emb")
+    ap.add_argument("--embed", choices=["clip", "thumb"], default="clip", help="how to embed if needed")
     ap.add_argument("--model", default="tiny-vit")
     ap.add_argument("--pretrained", default=None)
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cluster-classes", default=None, help="e.g. circle,star,fish,cup: run image_cluster")
+    ap.add_argument("--cluster-k", type=int, default=64)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -193,11 +249,17 @@ def main() -> None:
         download(args.synth, args.pool)
         print(f"downloaded the crawl into {args.pool} in {time.perf_counter() - t:.0f} s")
     pool = Pool(args.pool)
+    if args.embed == "clip":
+        encode, what = (
+            clip_encoder(args.model, args.pretrained),
+            f"{args.model} ({args.pretrained or 'random'})",
+        )
+    else:
+        encode, what = thumbnail_encoder(), "16x16 RGB thumbnails"
     if not pool.attributes_dir(args.emb_stage).exists():
         t = time.perf_counter()
-        embed(pool, args.emb_stage, args.model, args.pretrained)
-        weights = args.pretrained or "random init"
-        print(f"embedded the pool with {args.model} ({weights}) in {time.perf_counter() - t:.0f} s")
+        embed(pool, args.emb_stage, encode)
+        print(f"embedded the pool with {what} in {time.perf_counter() - t:.0f} s")
 
     gt = pq.read_table(args.synth / "ground_truth.parquet")
     junk = dict(zip(gt["uid"].to_pylist(), gt["junk"].to_pylist(), strict=True))
@@ -243,6 +305,8 @@ def main() -> None:
         "near_dup": {"threshold": args.threshold, **near_dup_figures(uids, near_rep, junk, fam)},
         "near_dup_sweep": near_dup_sweep(pool, args.emb_stage, junk, fam),
     }
+    if args.cluster_classes:
+        figures["image_cluster"] = cluster_figures(args, pool, encode, gt)
     print(json.dumps(figures, indent=1))
     for row in funnel.rows():
         print(row)

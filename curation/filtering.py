@@ -45,6 +45,20 @@ def build_filter(spec: dict[str, Any]) -> Filter:
     return cls(build(config_cls, spec, source=f"filter {spec.get('name') or kind}"))
 
 
+def drop_repeated_columns(table: pa.Table) -> pa.Table:
+    """Keep one copy of an attribute two filters both wrote (the same kind run with two thresholds
+    writes the same ``lang`` or ``image_aspect``); differing copies are a configuration error."""
+    keep: list[int] = []
+    first: dict[str, int] = {}
+    for i, name in enumerate(table.column_names):
+        if name not in first:
+            first[name] = i
+            keep.append(i)
+        elif not table.column(i).equals(table.column(first[name])):
+            raise ConfigError(f"two filters write different values into column {name!r}; rename one")
+    return table.select(keep)
+
+
 class FilterJob(ShardJob):
     """Verdicts of ``filter_specs`` for every sample of ``pool``."""
 
@@ -87,10 +101,8 @@ class FilterJob(ShardJob):
             for f in self.filters:
                 batch = f.apply(batch)
             batches.append(batch)
-        result = pa.Table.from_batches(batches)
+        result = drop_repeated_columns(pa.Table.from_batches(batches))
         added = [c for c in result.column_names if c not in table.column_names]
-        if len(set(added)) != len(added):
-            raise ConfigError(f"filters write clashing column names: {sorted(added)}")
         keys = [c for c in KEY_COLUMNS if c in result.column_names]
         atomic_write_parquet(staging / f"{shard}.parquet", result.select(keys + added))
         return funnel_stats(result, self.filters)

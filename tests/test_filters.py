@@ -111,9 +111,7 @@ def write_pool(root: Path, seed: int = 0) -> dict[str, dict]:
             {
                 "uid": [e[0] for e in embs],
                 "image_emb": emb_list(np.stack([e[1] for e in embs])),
-                SCORE: pa.array(
-                    [np.nan if k == 0 else e[2] for k, e in enumerate(embs)], pa.float32()
-                ),
+                SCORE: pa.array([np.nan if k == 0 else e[2] for k, e in enumerate(embs)], pa.float32()),
             }
         )
         pq.write_table(table, score_dir / f"{s:05d}.parquet")
@@ -472,11 +470,19 @@ def test_write_shard_lookups_writes_every_shard_and_refuses_disorder(tmp_path):
         write_shard_lookups(tmp_path / "x", ["00000", "00002"], rows.take([1, 0]).to_batches(), schema)
 
 
-@pytest.mark.parametrize("name", ["datacomp_basic", "synthetic", "synthetic_scored"])
+@pytest.mark.parametrize("name", ["datacomp_basic", "synthetic", "synthetic_scored", "dedup"])
 def test_shipped_configs_build(name, pool):
     cfg = load_config(FilterJobConfig, CONF / f"{name}.yaml")
     job = FilterJob(pool[0], cfg.filters, cfg.name)
-    assert {"caption_length", "image_size", "language"} <= {f.kind for f in job.filters}
+    assert [f.kind for f in job.filters] == [spec["kind"] for spec in cfg.filters]
+
+
+def test_datacomp_basic_config_has_datacomps_values(pool):
+    cfg = load_config(FilterJobConfig, CONF / "datacomp_basic.yaml")
+    f = {f.kind: f.cfg for f in FilterJob(pool[0], cfg.filters, cfg.name).filters}
+    assert (f["caption_length"].min_words, f["caption_length"].min_chars) == (3, 6)
+    assert (f["image_size"].min_side, f["image_size"].max_aspect) == (200, 3.0)
+    assert (f["language"].keep, f["language"].min_score) == (["en"], 0.0)
 
 
 @pytest.mark.slow
@@ -504,3 +510,15 @@ def test_a_shard_where_every_download_failed_goes_through_every_filter(pool):
     table, funnel = run(root, ALL)
     assert table.num_rows == len(truth) == funnel.stages[0].total.seen
     assert pq.read_table(root / "attributes" / "filters" / "00003.parquet").num_rows == 0
+
+
+def test_the_same_kind_twice_with_two_thresholds(pool):
+    root, _ = pool
+    specs = [
+        {"kind": "image_size", "name": "size_dc"},
+        {"kind": "image_size", "name": "size_small", "min_side": 32},
+    ]
+    table, _ = run(root, specs)
+    assert table.column_names.count("image_aspect") == 1
+    strict, loose = table["size_dc_keep"].to_numpy(), table["size_small_keep"].to_numpy()
+    assert (loose | ~strict).all() and strict.sum() < loose.sum()
