@@ -24,7 +24,7 @@ def score_command(
     pretrained: Annotated[
         str | None, Opt("--pretrained", "-p", help="open_clip pretrained tag or checkpoint path.")
     ] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda (all GPUs) | cuda:N.")] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda (all GPUs) | cuda:N | cuda:0,cuda:2.")] = None,
     precision: Annotated[str | None, Opt(help="auto | fp32 | fp16 | bf16 (autocast).")] = None,
     batch_size: Annotated[int | None, Opt("--batch-size", "-b", min=1)] = None,
     workers: Annotated[

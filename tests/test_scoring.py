@@ -141,6 +141,19 @@ def test_fast_decode_scores_large_jpegs_close_to_the_exact_path(tmp_path, ckpt):
     np.testing.assert_allclose(fast, exact, atol=0.02)  # a 4x DCT-domain downscale instead of bicubic
 
 
+def test_bf16_autocast_on_cpu_scores_close_to_fp32(pool, ckpt):
+    score_pool(pool, config(ckpt, embeddings=False))
+    score_pool(pool, config(ckpt, embeddings=False, precision="bf16", column="bf16"))
+    p = Pool(pool)
+    fp32, bf16 = p.read_attributes(COLUMN)[COLUMN].to_numpy(), p.read_attributes("bf16")["bf16"].to_numpy()
+    np.testing.assert_allclose(bf16, fp32, atol=0.03)
+    assert not np.array_equal(bf16, fp32)  # autocast really ran in bf16
+    meta = json.loads(
+        pq.read_schema(pool / "attributes" / "bf16" / "00000.parquet").metadata[b"curation.score"]
+    )
+    assert meta["precision"] == "bf16"
+
+
 def test_checkpoint_loaded_by_path_scores_like_the_model_in_memory(pool, tmp_path):
     torch.manual_seed(7)
     register_project_models()
@@ -271,7 +284,7 @@ def test_engine_workers_get_distinct_slots_that_pick_devices(monkeypatch, ckpt, 
         _init_worker(probe, counter, 3)
         slots.append(probe.slot)
     assert slots == [WorkerSlot(0, 3), WorkerSlot(1, 3), WorkerSlot(2, 3)]
-    devices = resolve_devices(["cpu", "meta"])
+    devices = resolve_devices(config(ckpt, device="cpu,meta").device)  # as --device cpu,meta
     assert [str(devices[s.rank % len(devices)]) for s in slots] == ["cpu", "meta", "cpu"]
 
 
