@@ -309,6 +309,8 @@ def test_cli_scores_a_pool(pool, ckpt):
         app, ["score", str(pool), "-m", "tiny-vit", "-p", "no-such-tag", "--device", "cpu"]
     )
     assert bad.exit_code == 2 and "neither an existing checkpoint" in bad.output
+    no_weights = CliRunner().invoke(app, ["score", str(pool), "-c", "conf/score/tiny.yaml"])
+    assert isinstance(no_weights.exception, ConfigError) and "pass --pretrained" in str(no_weights.exception)
 
 
 @pytest.mark.slow
