@@ -61,6 +61,7 @@ class Timing:
     pairs: int
     wall: float
     cpu: float
+    cpu_children: float
     waited: float = 0.0
 
     @property
@@ -69,18 +70,21 @@ class Timing:
 
     @property
     def cpu_ms(self) -> float:
-        return 1000 * self.cpu / self.pairs
+        return 1000 * (self.cpu + self.cpu_children) / self.pairs
+
+
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 @contextlib.contextmanager
 def timed(pairs: int) -> Iterator[Timing]:
-    def cpu() -> float:
-        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-    t = Timing(pairs, time.perf_counter(), cpu())
+    t = Timing(pairs, time.perf_counter(), _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN))
     yield t
-    t.wall, t.cpu = time.perf_counter() - t.wall, cpu() - t.cpu
+    t.wall = time.perf_counter() - t.wall
+    t.cpu = _cpu(resource.RUSAGE_SELF) - t.cpu
+    t.cpu_children = _cpu(resource.RUSAGE_CHILDREN) - t.cpu_children
 
 
 def bare_forward(job: ScoreJob, pairs: int, batch_size: int) -> Timing:
@@ -161,11 +165,15 @@ def main() -> None:
             )
         b, b_all, f = (statistics.median(x.rate for x in xs) for xs in (same, every, full))
         cpu_b, cpu_f = (statistics.median(x.cpu_ms for x in xs) for xs in (same, full))
+        cpu_loaders = statistics.median(1000 * x.cpu_children / x.pairs for x in full)
         print(f"bare forward   {b:8.1f} pairs/s   with the stage's {stage_threads} thread(s)")
         print(f"bare forward   {b_all:8.1f} pairs/s   with all {all_cores} cores")
         print(f"full stage     {f:8.1f} pairs/s")
         print(f"ratio          {f / max(b, b_all):8.3f}   full / best bare forward (wall clock)")
-        print(f"cpu per pair   {cpu_b:8.2f} ms bare, {cpu_f:.2f} ms full (model + loaders)")
+        print(
+            f"cpu per pair   {cpu_b:8.2f} ms bare, {cpu_f:.2f} ms full "
+            f"(model process {cpu_f - cpu_loaders:.2f} + decode processes {cpu_loaders:.2f})"
+        )
         print(f"cpu ratio      {cpu_b / cpu_f:8.3f}   bare / full CPU time per pair (robust to machine load)")
         print(f"load avg       {os.getloadavg()[0]:8.1f}   (1 min, at the end; {all_cores} cores)")
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, console, finish, print_funnel
-from curation.config import CONF_DIR, apply_overrides, build, read_yaml
+from curation.config import CONF_DIR, ConfigError, apply_overrides, build, read_yaml
 from curation.pool import PoolError
 from curation.scoring import ModelLoadError, ScoreConfig, score_pool
 from curation.scoring.model import resolve_devices
@@ -24,7 +24,7 @@ def score_command(
     pretrained: Annotated[
         str | None, Opt("--pretrained", "-p", help="open_clip pretrained tag or checkpoint path.")
     ] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda (all GPUs) | cuda:N.")] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda (all GPUs) | cuda:N | cuda:0,cuda:2.")] = None,
     precision: Annotated[str | None, Opt(help="auto | fp32 | fp16 | bf16 (autocast).")] = None,
     batch_size: Annotated[int | None, Opt("--batch-size", "-b", min=1)] = None,
     workers: Annotated[
@@ -69,6 +69,11 @@ def load_score_config(path: Path | None, overrides: list[str], flags: dict[str, 
     """YAML file, then ``--set`` overrides, then explicit flags (the most specific wins)."""
     data = apply_overrides(read_yaml(path) if path else {}, overrides)
     data.update(flags)
+    if "pretrained" not in data:
+        raise ConfigError(
+            f"{path or 'flags'}: no weights given; pass --pretrained with an open_clip tag of the model "
+            "or a checkpoint path (the demo's reference model: the trainer's checkpoint)"
+        )
     return build(ScoreConfig, data, source=str(path) if path else "flags")
 
 

@@ -50,6 +50,14 @@ def save_tiny_checkpoint(path: Path, seed: int) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A job's setup() sets the process's torch threads (it owns its worker); undo that per test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=0)
@@ -121,6 +129,29 @@ def test_batched_tensor_steps_equal_the_model_preprocess_exactly():
     assert torch.equal(prep.to_model_input(batch), torch.stack([preprocess(im) for im in images]))
     with pytest.raises(PreprocessError, match="expected"):
         ImagePrep.from_preprocess(Compose([ToTensor()]), (64, 64))
+
+
+def test_fast_decode_scores_large_jpegs_close_to_the_exact_path(tmp_path, ckpt):
+    root = write_image_pool(tmp_path / "pool", n_shards=1, per_shard=6, image_size=256)
+    score_pool(root, config(ckpt, embeddings=False))
+    exact = Pool(root).read_attributes(COLUMN)[COLUMN].to_numpy()
+    score_pool(root, config(ckpt, embeddings=False, fast_decode=True, column="fast"))
+    fast = Pool(root).read_attributes("fast")["fast"].to_numpy()
+    assert not np.isnan(fast).any()
+    np.testing.assert_allclose(fast, exact, atol=0.02)  # a 4x DCT-domain downscale instead of bicubic
+
+
+def test_bf16_autocast_on_cpu_scores_close_to_fp32(pool, ckpt):
+    score_pool(pool, config(ckpt, embeddings=False))
+    score_pool(pool, config(ckpt, embeddings=False, precision="bf16", column="bf16"))
+    p = Pool(pool)
+    fp32, bf16 = p.read_attributes(COLUMN)[COLUMN].to_numpy(), p.read_attributes("bf16")["bf16"].to_numpy()
+    np.testing.assert_allclose(bf16, fp32, atol=0.03)
+    assert not np.array_equal(bf16, fp32)  # autocast really ran in bf16
+    meta = json.loads(
+        pq.read_schema(pool / "attributes" / "bf16" / "00000.parquet").metadata[b"curation.score"]
+    )
+    assert meta["precision"] == "bf16"
 
 
 def test_checkpoint_loaded_by_path_scores_like_the_model_in_memory(pool, tmp_path):
@@ -253,7 +284,7 @@ def test_engine_workers_get_distinct_slots_that_pick_devices(monkeypatch, ckpt, 
         _init_worker(probe, counter, 3)
         slots.append(probe.slot)
     assert slots == [WorkerSlot(0, 3), WorkerSlot(1, 3), WorkerSlot(2, 3)]
-    devices = resolve_devices(["cpu", "meta"])
+    devices = resolve_devices(config(ckpt, device="cpu,meta").device)  # as --device cpu,meta
     assert [str(devices[s.rank % len(devices)]) for s in slots] == ["cpu", "meta", "cpu"]
 
 
@@ -278,6 +309,8 @@ def test_cli_scores_a_pool(pool, ckpt):
         app, ["score", str(pool), "-m", "tiny-vit", "-p", "no-such-tag", "--device", "cpu"]
     )
     assert bad.exit_code == 2 and "neither an existing checkpoint" in bad.output
+    no_weights = CliRunner().invoke(app, ["score", str(pool), "-c", "conf/score/tiny.yaml"])
+    assert isinstance(no_weights.exception, ConfigError) and "pass --pretrained" in str(no_weights.exception)
 
 
 @pytest.mark.slow
@@ -287,7 +320,7 @@ def test_two_engine_workers_give_the_same_scores(pool, ckpt, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(pool, copy)
     score_pool(pool, config(ckpt, embeddings=False))
-    report = score_pool(copy, config(ckpt, embeddings=False, threads=1), workers=2)
+    report = score_pool(copy, config(ckpt, embeddings=False, threads=1, loader_workers=0), workers=2)
     assert not report.failed
     a, b = Pool(pool).read_attributes(COLUMN), Pool(copy).read_attributes(COLUMN)
     np.testing.assert_allclose(a[COLUMN].to_numpy(), b[COLUMN].to_numpy(), atol=1e-6)

@@ -44,6 +44,12 @@ class ScoreConfig(ConfigModel):
         description="let libjpeg decode at a reduced scale close to the model's input (faster, not exact)",
     )
 
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_list(cls, v: object) -> object:
+        """``cuda:0,cuda:2`` on the command line means a list of devices."""
+        return [d.strip() for d in v.split(",")] if isinstance(v, str) and "," in v else v
+
     @field_validator("column")
     @classmethod
     def _column_name(cls, v: str | None) -> str | None:

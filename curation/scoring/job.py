@@ -140,9 +140,8 @@ class ScoreJob(ShardJob):
         tar = self.pool.tar_path(shard)
         if rows.num_rows and not tar.exists():
             raise PoolError(f"{tar} is missing but its parquet lists {rows.num_rows} downloaded samples")
-        encoded = encode_batches(
-            w.encoder, pair_loader(tar, w.decoder, w.collate, w.loader), self.cfg.embeddings
-        )
+        batches = pair_loader(tar, w.decoder, w.collate, w.loader) if tar.exists() else []
+        encoded = encode_batches(w.encoder, batches, self.cfg.embeddings)
         table, verdict = attribute_table(rows, encoded, self.column)
         meta = {"curation.score": json.dumps({"column": self.column, **w.describe})}
         atomic_write_parquet(staging / f"{shard}.parquet", table.replace_schema_metadata(meta))

@@ -28,6 +28,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 from torchvision.transforms import Compose, Normalize, ToTensor
+from webdataset.tariterators import base_plus_ext
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class NthSample:
         self.key: str | None = None
 
     def __call__(self, fname: str) -> bool:
-        key = fname.rsplit("/", 1)[-1].split(".", 1)[0]
+        key, _ = base_plus_ext(fname)  # the key webdataset groups members by
         if key != self.key:
             self.key, self.index = key, self.index + 1
         return self.index % self.n == self.k

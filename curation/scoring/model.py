@@ -98,7 +98,7 @@ class ModelSpec:
             )
         try:
             return load_clip(self.model, self.pretrained, device=str(device), precision="fp32")
-        except RuntimeError as exc:
+        except Exception as exc:  # torch.load and open_clip raise many types for a bad file or download
             if self.checkpoint_path() is not None:
                 raise ModelLoadError(
                     f"cannot load checkpoint {self.pretrained} into {self.model}: {exc}"
