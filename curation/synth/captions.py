@@ -59,7 +59,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "an image of {a_desc} with a {bg} background",
         "this is {a_desc}, drawn {pos} of the picture",
         "{A_desc} on a {bg} background, {year}",
-        "there is {a_desc} {pos} of this image",
+        "you can see {a_desc} {pos} of this image",
     ),
 }
 

@@ -93,6 +93,7 @@ def _other(rng: np.random.Generator, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def make_plan(cfg: SynthConfig) -> CrawlPlan:
+    """Decide every pair's source, junk kind, classes, language, format and original (no rendering)."""
     rng = plan_rng(cfg.seed, STREAM_PLAN)
     n, k = cfg.n_pairs, len(cfg.classes)
     names = list(cfg.sources)

@@ -63,15 +63,15 @@ class Style:
 STYLES: dict[str, Style] = {
     s.name: s
     for s in [
-        Style("photo", "texture", "shaded", clutter=(1, 4), noise=(5, 12), blur=0.3, quality=(70, 92),
-              side=(96, 128), aspect=(0.75, 1.34), scale=(0.5, 0.85), multi_count=0.12),
+        Style("photo", "texture", "shaded", clutter=(0, 3), noise=(4, 10), blur=0.3, quality=(70, 92),
+              side=(96, 128), aspect=(0.75, 1.34), scale=(0.55, 0.88), multi_count=0.06),
         Style("clipart", "flat", "flat", outline=(2, 4), quality=(88, 96), side=(64, 128),
-              scale=(0.55, 0.9), rotation=15.0, multi_count=0.1),
-        Style("forum", "noisy", "shaded", outline=(0, 2), clutter=(2, 6), noise=(10, 24), blur=0.3,
-              quality=(30, 65), side=(64, 112), aspect=(0.6, 1.6), scale=(0.42, 0.8), rotation=35.0),
+              scale=(0.6, 0.92), rotation=15.0, multi_count=0.06),
+        Style("forum", "noisy", "shaded", outline=(0, 2), clutter=(1, 5), noise=(8, 20), blur=0.3,
+              quality=(30, 65), side=(64, 112), aspect=(0.6, 1.6), scale=(0.48, 0.82), rotation=35.0),
         Style("sketch", "paper", "none", outline=(1, 2), noise=(2, 5), quality=(85, 95), side=(80, 128),
               scale=(0.5, 0.85), jitter=0.035, grayscale=True),
-        Style("pattern", "pattern", "pattern", outline=(0, 2), clutter=(0, 2), noise=(0, 6),
+        Style("pattern", "pattern", "pattern", outline=(1, 2), clutter=(0, 2), noise=(0, 6),
               quality=(80, 95), side=(80, 128), aspect=(0.8, 1.25), scale=(0.5, 0.85)),
     ]
 }  # fmt: skip
@@ -128,7 +128,7 @@ def _contrasting(rng: np.random.Generator, fg: np.ndarray, pastel: bool) -> np.n
     """A background colour far enough from the object colour that the silhouette stays visible."""
     for _ in range(20):
         c = rng.uniform(150, 255, 3) if pastel else rng.uniform(0, 255, 3)
-        if np.abs(c - fg).sum() > 170:
+        if np.abs(c - fg).sum() > 220:
             return c.astype(np.float32)
     return (255 - fg).astype(np.float32)
 
@@ -173,11 +173,11 @@ def _background(rng: np.random.Generator, style: Style, w: int, h: int, fg: np.n
     if kind == "paper":
         v = int(rng.uniform(225, 250))
         return Image.new("RGB", (w, h), (v, v, v))
-    if kind == "pattern":
-        c1 = _contrasting(rng, fg, pastel=False)
-        c2 = np.clip(c1 * rng.uniform(0.55, 0.8), 0, 255)
+    if kind == "pattern":  # a faint wallpaper: the patterned object must stay the figure
+        c1 = _contrasting(rng, fg, pastel=True)
+        c2 = np.clip(c1 * rng.uniform(0.82, 0.92), 0, 255)
         return _pattern(rng, w, h, c1, c2)
-    spread = 60.0 if kind == "texture" else 110.0
+    spread = 45.0 if kind == "texture" else 75.0
     return _field(rng, w, h, _contrasting(rng, fg, pastel=False), spread)
 
 
@@ -349,7 +349,7 @@ def render(
     lo, hi = style.clutter
     if hi:
         _clutter(rng, canvas, int(rng.integers(lo, hi + 1)))
-    count = int(rng.integers(2, 4)) if second is None and rng.random() < style.multi_count else 1
+    count = (2 if rng.random() < 0.75 else 3) if second is None and rng.random() < style.multi_count else 1
     objects = [concept] * count if second is None else [concept, second]
     boxes, half = _layout(rng, style, w, h, len(objects))
     order = list(range(len(objects)))

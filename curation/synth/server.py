@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class _Handler(SimpleHTTPRequestHandler):
     """Static files plus the faults table; no directory listings, no access log."""
 
-    faults: Mapping[str, Mapping[str, Any]] = {}
+    faults: Mapping[str, Mapping[str, Any]]
     _content_type: str | None = None
 
     def __init__(self, *args: Any, faults: Mapping[str, Mapping[str, Any]], **kwargs: Any) -> None:

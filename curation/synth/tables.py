@@ -52,6 +52,7 @@ class CrawlTables:
 
 
 def crawl_tables(cfg: SynthConfig, plan: CrawlPlan, rendered: Rendered) -> CrawlTables:
+    """The crawl, its ground truth (same rows, same order) and the server's faults."""
     names = list(cfg.sources)
     kinds = [junk.KINDS[k] for k in plan.junk.tolist()]
     uids = [compute_uid(p, c) for p, c in zip(plan.paths, rendered.caption, strict=True)]
@@ -112,7 +113,8 @@ def rebase_urls(table: pa.Table, base_url: str, column: str = "url") -> pa.Table
     if not base.startswith(("http://", "https://")):
         raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
     urls = table.column(column)
-    bad = pc.sum(pc.invert(pc.match_substring_regex(urls, r"^https?://[^/]+/"))).as_py()
+    ok = pc.fill_null(pc.match_substring_regex(urls, r"^https?://[^/]+/"), False)
+    bad = len(urls) - pc.sum(ok).as_py() if len(urls) else 0
     if bad:
         raise ValueError(f"{bad} urls in column {column!r} are not absolute http(s) urls")
     rebased = pc.replace_substring_regex(
