@@ -35,7 +35,7 @@ from trainer.supervised import DROP_REASONS, ToExample, _count, load_supervised
 from trainer.train import TrainError, TrainRequest, make_plan, openclip_args, prepare_run_dir, train
 
 ROOT = Path(__file__).resolve().parent.parent
-# The fixture's budget: 4 chunks (resume points) of 768 samples, batch 128.
+# The fixture's budget: 4 chunks (resume points) of 768 samples, batch 64.
 BUDGET = ["--samples-seen", "3072"]
 CLIP_SAMPLES = 3072
 
@@ -91,7 +91,7 @@ def test_tiny_clip_learns_zero_shot(clip_run: Path, heldout: tuple[list, torch.T
     info = json.loads((clip_run / "run.json").read_text())
     assert info["kind"] == "clip" and info["preset"] == "tiny" and info["mode"] == "equal_samples"
     assert info["samples_seen"] == CLIP_SAMPLES and info["epochs"] == 4 and info["seed"] == 0
-    assert info["final_loss"] < 4.0 < torch.log(torch.tensor(128.0)).item()  # below the untrained ln(batch)
+    assert info["final_loss"] < 3.5 < torch.log(torch.tensor(64.0)).item()  # below the untrained ln(batch)
     assert info["data"] == str(Path(info["data"]).resolve()) and info["data_samples"] == 600
     assert info["wall_time_s"] > 0 and info["code_version"]
 
@@ -218,7 +218,7 @@ def test_budget_modes() -> None:
     with pytest.raises(BudgetError, match="one_epoch fixes"):
         plan_budget("one_epoch", 1000, p, samples_seen=5000)
     with pytest.raises(BudgetError, match="less than one batch"):
-        plan_budget("one_epoch", 100, p)
+        plan_budget("one_epoch", 50, p)
     with pytest.raises(BudgetError, match="unknown budget mode"):
         plan_budget("two_epochs", 1000, p)
 
@@ -247,7 +247,7 @@ def test_openclip_arguments_follow_preset_and_budget(shapes: Path, tmp_path: Pat
     plan = make_plan(tiny_request(shapes, tmp_path / "r", samples_seen=4096))
     args = openclip_args(plan)
     opt = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
-    assert opt["--train-num-samples"] == "1024" and opt["--epochs"] == "4" and opt["--batch-size"] == "128"
+    assert opt["--train-num-samples"] == "1024" and opt["--epochs"] == "4" and opt["--batch-size"] == "64"
     assert opt["--model"] == "tiny-vit-32" and opt["--resume"] == "latest" and opt["--seed"] == "0"
     assert "--dataset-resampled" in args and "--save-most-recent" in args
     one = openclip_args(make_plan(tiny_request(shapes, tmp_path / "r", mode="one_epoch", samples_seen=None)))

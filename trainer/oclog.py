@@ -30,6 +30,14 @@ class StepLine:
     loss_avg: float  # over the logged steps of this epoch
 
 
+def format_step(s: StepLine) -> str:
+    """A step line in open_clip_train's format, for loops of ours (the supervised baseline)."""
+    return (
+        f"Train Epoch: {s.epoch} [{s.done}/{s.total} ({100 * s.done / s.total:.0f}%)] "
+        f"{s.samples_per_s:#g}/s, LR: {s.lr:f} Loss: {s.loss:#.5g} ({s.loss_avg:#.5g})"
+    )
+
+
 def parse_line(line: str) -> StepLine | None:
     m = TRAIN_LINE.search(line)
     if m is None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,18 +31,11 @@ from open_clip_train import data as ocd
 from open_clip_train.precision import get_autocast
 from open_clip_train.scheduler import cosine_lr
 from PIL import Image
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import nn
 
-from curation.io import atomic_path
+from curation.io import atomic_path, atomic_write_json, read_json
 from trainer.models import register_project_models
+from trainer.oclog import StepLine, format_step
 from trainer.runs import CHECKPOINT_FILE, RunError, load_run, save_checkpoint
 from trainer.seeding import EpochSeededShuffle, WorkerSeed
 
@@ -185,7 +180,11 @@ def _image_size(preprocess: Any) -> tuple[int, int]:
 
 
 def train_supervised(plan: RunPlan) -> dict[str, Any]:
-    """Train the classifier to the end of the budget (resuming a saved chunk); run.json fields."""
+    """Train the classifier to the end of the budget (resuming a saved chunk); run.json fields.
+
+    Runs in the training process (``python -m trainer.supervised RUN``); logs step lines in
+    open_clip_train's format, which the parent turns into the progress bar.
+    """
     req, p, budget = plan.request, plan.request.preset, plan.budget
     classnames: list[str] = plan.extra["classnames"]
     device = torch.device(plan.device)
@@ -207,31 +206,34 @@ def train_supervised(plan: RunPlan) -> dict[str, Any]:
     state = _load_state(state_path, model, optimizer, scaler)
     counts: Counter[str] = Counter(state.get("counts", {}))
     last_loss = state.get("last_loss")
-    progress = _progress()
-    task = progress.add_task("train", total=steps_per_chunk * budget.chunks * p.batch_size, loss="-")
-    with progress:
-        progress.update(task, completed=counts["seen"])
-        for chunk in range(state.get("chunk", 0), budget.chunks):
-            model.train()
-            loader = labelled_loader(plan, chunk, to_example, p.batch_size, p.workers)
-            for i, (images, labels) in enumerate(loader):
-                if i >= steps_per_chunk:
-                    break
-                scheduler(chunk * steps_per_chunk + i)
-                loss = _step(
-                    model, optimizer, scaler, autocast, images.to(device, input_dtype), labels, device, p
-                )
-                _count(counts, labels)
-                if loss is not None:
-                    last_loss = loss
-                progress.update(task, completed=counts["seen"], loss=f"{last_loss:.4f}" if last_loss else "-")
-                if (i + 1) % p.log_every_n_steps == 0 or i + 1 == steps_per_chunk:
-                    log.info(
-                        "chunk %d/%d  step %d/%d  loss %.4f  lr %.3g",
-                        chunk + 1, budget.chunks, i + 1, steps_per_chunk, last_loss or float("nan"),
-                        optimizer.param_groups[0]["lr"],
-                    )  # fmt: skip
-            _save_state(state_path, model, optimizer, scaler, chunk + 1, counts, last_loss)
+    for chunk in range(state.get("chunk", 0), budget.chunks):
+        model.train()
+        losses: list[float] = []
+        tick, done_at_tick = time.perf_counter(), 0
+        loader = labelled_loader(plan, chunk, to_example, p.batch_size, p.workers)
+        for i, (images, labels) in enumerate(loader):
+            if i >= steps_per_chunk:
+                break
+            scheduler(chunk * steps_per_chunk + i)
+            loss = _step(
+                model, optimizer, scaler, autocast, images.to(device, input_dtype), labels, device, p
+            )
+            _count(counts, labels)
+            if loss is not None:
+                last_loss = loss
+                losses.append(loss)
+            if i % p.log_every_n_steps == 0 or i + 1 == steps_per_chunk:
+                done = (i + 1) * p.batch_size
+                now = time.perf_counter()
+                rate = (done - done_at_tick) / max(now - tick, 1e-9)
+                tick, done_at_tick = now, done
+                nan = float("nan")
+                line = StepLine(
+                    chunk, done, steps_per_chunk * p.batch_size, rate, optimizer.param_groups[0]["lr"],
+                    last_loss if last_loss is not None else nan, sum(losses) / len(losses) if losses else nan,
+                )  # fmt: skip
+                log.info(format_step(line))
+        _save_state(state_path, model, optimizer, scaler, chunk + 1, counts, last_loss)
     return _finish(plan, model, classnames, counts, last_loss)
 
 
@@ -334,16 +336,34 @@ def _finish(
     }
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]supervised[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("samples  loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
+RESULT_FILE = "result.json"
+
+
+def run_supervised(plan: RunPlan) -> dict[str, Any]:
+    """Parent side: run the loop in a training process on RUN/plan.json; its run.json fields."""
+    from trainer.train import run_training_subprocess
+
+    state_dir = plan.request.out / STATE_DIR
+    (state_dir / RESULT_FILE).unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "trainer.supervised", str(plan.request.out), "--device", plan.device]
+    run_training_subprocess(cmd, state_dir, plan.budget, "supervised")
+    return read_json(state_dir / RESULT_FILE)
+
+
+def main(argv: list[str]) -> None:
+    """Training process: ``python -m trainer.supervised RUN --device DEV``."""
+    from trainer.train import plan_from_file
+
+    run_dir, device = Path(argv[0]), argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
+    (run_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s | %(levelname)s | %(message)s",
+        datefmt="%Y-%m-%d,%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / STATE_DIR / "out.log")],
     )
+    fields = train_supervised(plan_from_file(run_dir, device))
+    atomic_write_json(run_dir / STATE_DIR / RESULT_FILE, fields)
 
 
 def load_supervised(path_or_run: str | Path) -> tuple[nn.Module, Any, list[str]]:
@@ -356,3 +376,7 @@ def load_supervised(path_or_run: str | Path) -> tuple[nn.Module, Any, list[str]]
     model, _, preprocess = build_classifier(ckpt["model"], len(classnames), ckpt.get("model_kwargs"))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), preprocess, classnames
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +43,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from curation.config import build
 from curation.io import atomic_write_json, read_json
 from trainer.budget import Budget, plan_budget
 from trainer.oclog import StepLine, parse_line, summarize_file
@@ -142,6 +145,25 @@ def make_plan(req: TrainRequest) -> RunPlan:
     return RunPlan(req, shards, budget, resolve_train_device(req.device))
 
 
+def plan_from_file(run_dir: Path, device: str) -> RunPlan:
+    """The plan a run started with (``RUN/plan.json``), for the training process to rebuild."""
+    d = read_json(run_dir / PLAN_FILE)
+    req = TrainRequest(
+        shards=Path(d["data"]),
+        out=run_dir,
+        preset=build(Preset, d["preset"], source=str(run_dir / PLAN_FILE)),
+        mode=d["budget"]["mode"],
+        samples_seen=d["budget"]["samples_seen"],
+        seed=d["seed"],
+        device=device,
+        gpus=d["gpus"],
+        supervised=d["kind"] == "supervised",
+    )
+    plan = make_plan(req)
+    plan.extra.update({k: v for k, v in d.items() if k not in plan.to_dict()})
+    return plan
+
+
 def prepare_run_dir(plan: RunPlan) -> bool:
     """Create RUN or check that it holds the same unfinished run; True when resuming."""
     out = plan.request.out
@@ -173,8 +195,6 @@ def prepare_run_dir(plan: RunPlan) -> bool:
 
 def _clear_run(out: Path) -> None:
     """Remove what a previous run of this trainer wrote (only its own files)."""
-    import shutil
-
     for name in (RUN_FILE, PLAN_FILE, ATTEMPTS_FILE, CHECKPOINT_FILE):
         (out / name).unlink(missing_ok=True)
     for sub in (OPENCLIP_NAME, "supervised"):
@@ -301,16 +321,18 @@ class ProgressReporter:
         )  # fmt: skip
 
 
-def run_openclip(plan: RunPlan) -> None:
-    """Run open_clip_train to the end of the budget, streaming its output; raise on failure."""
-    cmd = subprocess_command(plan)
-    log_dir = plan.request.out / OPENCLIP_NAME
+def run_training_subprocess(cmd: list[str], log_dir: Path, budget: Budget, what: str) -> None:
+    """Run a training process to its end, streaming its step lines to the progress bar; raise on failure.
+
+    Training always runs in a child process: it gets its own environment (``subprocess_env``), the
+    same launch works under torchrun, and a crash of the training cannot take the CLI with it.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
-    log.info("open_clip_train: %s", " ".join(cmd[1:]))
+    log.info("%s: %s", what, shlex.join(cmd[1:]))
     tail: deque[str] = deque(maxlen=40)
     with (
         open(log_dir / "console.log", "a", encoding="utf-8") as console,
-        ProgressReporter(plan.budget) as reporter,
+        ProgressReporter(budget) as reporter,
         subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -329,14 +351,14 @@ def run_openclip(plan: RunPlan) -> None:
                 if step is not None:
                     reporter.step(step)
                 elif ("| WARNING |" in line or "| ERROR |" in line) and EXPECTED_WARNING not in line:
-                    log.warning("open_clip_train: %s", line.split("| ", 2)[-1].strip())
+                    log.warning("%s: %s", what, line.split("| ", 2)[-1].strip())
         except BaseException:
             proc.terminate()
             raise
         rc = proc.wait()
     if rc != 0:
         raise TrainError(
-            f"open_clip_train exited with status {rc}; last output:\n" + "\n".join(tail)
+            f"{what} exited with status {rc}; last output:\n" + "\n".join(tail)
             + f"\n(full output: {log_dir / 'console.log'})"
         )  # fmt: skip
 
@@ -373,7 +395,8 @@ def trained_epochs(plan: RunPlan) -> int:
 def train_clip(plan: RunPlan) -> dict[str, Any]:
     """Train (unless a launch elsewhere already finished) and return the CLIP fields of run.json."""
     if trained_epochs(plan) < plan.budget.chunks:
-        run_openclip(plan)
+        cmd = subprocess_command(plan)
+        run_training_subprocess(cmd, plan.request.out / OPENCLIP_NAME, plan.budget, "open_clip_train")
     else:
         log.info("training state is already at the last epoch: exporting only")
     checkpoint, epochs = export_clip_checkpoint(plan)
@@ -397,11 +420,11 @@ def train(req: TrainRequest) -> RunInfo:
     """Plan, train (resuming an unfinished RUN), and write RUN/run.json; returns the finished run."""
     plan = make_plan(req)
     if req.supervised:
-        from trainer.supervised import prepare_supervised, train_supervised
+        from trainer.supervised import prepare_supervised, run_supervised
 
         prepare_supervised(plan)
         resumed = prepare_run_dir(plan)
-        runner = train_supervised
+        runner = run_supervised
     else:
         resumed = prepare_run_dir(plan)
         runner = train_clip
