@@ -32,7 +32,15 @@ from trainer.runs import RunError, load_run
 from trainer.seeding import EpochSeededShuffle
 from trainer.shards import ShardError, open_shards
 from trainer.supervised import DROP_REASONS, ToExample, _count, load_supervised
-from trainer.train import TrainError, TrainRequest, make_plan, openclip_args, prepare_run_dir, train
+from trainer.train import (
+    TrainError,
+    TrainRequest,
+    check_launchable,
+    make_plan,
+    openclip_args,
+    prepare_run_dir,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The fixture's budget: 4 chunks (resume points) of 768 samples, batch 64.
@@ -254,6 +262,8 @@ def test_openclip_arguments_follow_preset_and_budget(shapes: Path, tmp_path: Pat
     assert "--dataset-resampled" not in one and one[one.index("--train-num-samples") + 1] == "600"
     with pytest.raises(TrainError, match="split evenly"):
         make_plan(tiny_request(shapes, tmp_path / "r", gpus=3))
+    with pytest.raises(TrainError, match="needs CUDA"):
+        check_launchable(make_plan(tiny_request(shapes, tmp_path / "r", gpus=2)))
 
 
 def test_run_dir_refuses_other_plans(shapes: Path, tmp_path: Path) -> None:
@@ -363,11 +373,12 @@ def test_cli_print_command_and_bad_input(shapes: Path, tmp_path: Path) -> None:
     res = runner.invoke(
         app,
         ["train", str(shapes), "--out", str(tmp_path / "r"), "--preset", "small", "--mode", "equal_samples",
-         "--gpus", "8", "--device", "cpu", "--print-command"],
+         "--gpus", "8", "--print-command"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "torch.distributed.run" in res.output and "--nproc_per_node=8" in res.output
     assert "trainer.openclip_entry" in res.output and "--batch-size 512" in res.output
+    assert "--device cuda" in res.output
     assert "--train-num-samples 2560000" in res.output and "--local-loss" in res.output
     assert (tmp_path / "r" / "plan.json").exists() and not (tmp_path / "r" / "openclip").exists()
     bad = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r")])

@@ -341,8 +341,9 @@ RESULT_FILE = "result.json"
 
 def run_supervised(plan: RunPlan) -> dict[str, Any]:
     """Parent side: run the loop in a training process on RUN/plan.json; its run.json fields."""
-    from trainer.train import run_training_subprocess
+    from trainer.train import check_launchable, run_training_subprocess
 
+    check_launchable(plan)
     state_dir = plan.request.out / STATE_DIR
     (state_dir / RESULT_FILE).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "trainer.supervised", str(plan.request.out), "--device", plan.device]

@@ -116,18 +116,27 @@ class RunPlan:
         }
 
 
-def resolve_train_device(device: str) -> str:
-    """``auto`` is CUDA when present; asking for CUDA without one is an error, not a CPU run."""
+def resolve_train_device(device: str, gpus: int = 1) -> str:
+    """``auto`` is CUDA when present (or when several GPUs are asked for); else as given."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"--device {device}: CUDA is not available here (use --device cpu or auto)")
+        return "cuda" if gpus > 1 or torch.cuda.is_available() else "cpu"
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise TrainError(f"--device {device}: expected auto, cpu or cuda[:N]")
     return device
 
 
+def check_launchable(plan: RunPlan) -> None:
+    """Before starting training here: CUDA must exist when asked for; never a silent CPU run."""
+    if plan.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"device {plan.device}: CUDA is not available here (use --device cpu or auto)")
+    if plan.request.gpus > 1 and not plan.device.startswith("cuda"):
+        raise TrainError(f"--gpus {plan.request.gpus} needs CUDA (open_clip_train's DDP wraps CUDA devices)")
+
+
 def make_plan(req: TrainRequest) -> RunPlan:
+    """Check the request and fix the budget. Devices are checked only when training is launched here
+    (``check_launchable``): ``--print-command`` plans for other machines, and a run trained by a
+    cluster launch can be exported on a machine without GPUs."""
     shards = open_shards(req.shards)
     budget = plan_budget(req.mode, shards.num_samples, req.preset, req.samples_seen)
     if req.gpus < 1:
@@ -142,7 +151,7 @@ def make_plan(req: TrainRequest) -> RunPlan:
             f"one_epoch reads each shard once: {len(shards.tars)} shard(s) cannot feed {readers} loader "
             "workers; lower workers (--set workers=N) or reshard into more shards"
         )
-    return RunPlan(req, shards, budget, resolve_train_device(req.device))
+    return RunPlan(req, shards, budget, resolve_train_device(req.device, req.gpus))
 
 
 def plan_from_file(run_dir: Path, device: str) -> RunPlan:
@@ -395,6 +404,7 @@ def trained_epochs(plan: RunPlan) -> int:
 def train_clip(plan: RunPlan) -> dict[str, Any]:
     """Train (unless a launch elsewhere already finished) and return the CLIP fields of run.json."""
     if trained_epochs(plan) < plan.budget.chunks:
+        check_launchable(plan)
         cmd = subprocess_command(plan)
         run_training_subprocess(cmd, plan.request.out / OPENCLIP_NAME, plan.budget, "open_clip_train")
     else:
