@@ -185,7 +185,9 @@ def write_cards(out: Path) -> dict[str, float]:
     lay = DemoLayout(out)
     started = time.perf_counter()
     results = lay.ablation / "results.jsonl"
-    for subset in sorted((lay.ablation / "sets").glob("*/subset.npy")):
+    subsets = sorted((lay.ablation / "sets").glob("*/subset.npy")) + sorted(lay.sets.glob("*/*.npy"))
+    for subset in subsets:
+        name = subset.parent.name
         data = load_card_data(subset, lay.pool, results if results.exists() else None)
-        write_card(data, Pool(lay.pool), lay.cards / subset.parent.name)
+        write_card(data, Pool(lay.pool), lay.cards / name)
     return {"cards": round(time.perf_counter() - started, 1)}
