@@ -14,6 +14,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -193,11 +196,7 @@ def test_images_on_disk_match_their_junk_kind(crawl3k: tuple[Path, SynthConfig],
             same = _file_of(out, orig["url"], faults).read_bytes() == data
             assert same == (row.junk == "exact_dup")
         else:
-            assert 64 <= max(im.size) <= 160 and pd_isna(row.dup_of)
-
-
-def pd_isna(v: object) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v))
+            assert 64 <= max(im.size) <= 160 and pd.isna(row.dup_of)
 
 
 # ---------------------------------------------------------------- server
@@ -412,3 +411,36 @@ def test_cli_synth(tmp_path: Path) -> None:
     assert all(u.startswith("http://127.0.0.1:8123/") for u in urls)
     again = CliRunner().invoke(app, args)
     assert again.exit_code != 0 and "exists" in again.output
+
+
+@pytest.mark.slow
+def test_img2dataset_outcomes_match_ground_truth(
+    crawl3k: tuple[Path, SynthConfig], gt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ground truth's `downloadable` / `expected_error` are what img2dataset really reports."""
+    monkeypatch.setenv("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset -> albumentations: no update check
+    from img2dataset import download
+
+    out, _ = crawl3k
+    subset = gt.groupby("junk").head(6)
+    with serve(out) as server:
+        table = pq.read_table(out / "crawl.parquet")
+        table = rebase_urls(table.filter(pc.is_in(table["uid"], pa.array(subset["uid"]))), server.base_url)
+        pq.write_table(table, tmp_path / "in.parquet")
+        download(
+            url_list=str(tmp_path / "in.parquet"), input_format="parquet", url_col="url", caption_col="text",
+            save_additional_columns=["uid", "source"], output_folder=str(tmp_path / "pool"),
+            output_format="webdataset", processes_count=1, thread_count=8, image_size=64, timeout=5,
+            retries=0, enable_wandb=False, distributor="multiprocessing",
+        )  # fmt: skip
+    result = pd.concat(pq.read_table(p).to_pandas() for p in sorted((tmp_path / "pool").glob("*.parquet")))
+    merged = subset.merge(result[["uid", "status", "error_message"]], on="uid", validate="one_to_one")
+    assert len(merged) == len(subset)
+    assert ((merged["status"] == "success") == merged["downloadable"]).all()
+    messages = {
+        "http_404": "HTTP Error 404",
+        "http_500": "HTTP Error 500",
+        "decode_error": "Image decoding error",
+    }
+    for kind, msg in messages.items():
+        assert merged.loc[merged["expected_error"] == kind, "error_message"].str.contains(msg).all()
