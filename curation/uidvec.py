@@ -14,14 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.uid import UID_DTYPE, UID_HEX_LEN
+from curation.uid import UID_DTYPE, UID_HEX_LEN, array_to_hex_column
 
 _NIBBLE = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
     _NIBBLE[_c] = _i
 for _i, _c in enumerate(b"ABCDEF"):
     _NIBBLE[_c] = 10 + _i
-_HEX_CHARS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 def hex_to_uids(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,18 +64,7 @@ def hex_to_uids(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
     return out, valid
 
 
-def uids_to_hex_array(uids: np.ndarray) -> pa.Array:
-    """``u8,u8`` array -> Arrow string array of 32-char lower-case hex uids."""
-    n = len(uids)
-    halves = np.empty((n, 2), dtype=">u8")
-    halves[:, 0] = uids["f0"]
-    halves[:, 1] = uids["f1"]
-    raw = halves.view(np.uint8).reshape(n, 16)
-    chars = np.empty((n, UID_HEX_LEN), dtype=np.uint8)
-    chars[:, 0::2] = _HEX_CHARS[raw >> 4]
-    chars[:, 1::2] = _HEX_CHARS[raw & 0x0F]
-    offsets = np.arange(0, (n + 1) * UID_HEX_LEN, UID_HEX_LEN, dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes()))
+uids_to_hex_array = array_to_hex_column  # one implementation, in curation.uid
 
 
 def is_sorted(uids: np.ndarray) -> bool:
