@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curation.engines import JobReport
+from curation.stats import Funnel
 
 console = Console(stderr=True)
 
@@ -26,9 +27,13 @@ WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Paralle
 
 
 def print_funnel(report: JobReport) -> None:
-    """A readable funnel table: per stage and source, seen, kept and each drop reason."""
-    table = Table(title=f"{report.job} funnel")
-    rows = report.funnel().rows()
+    """A readable funnel table of a job: per stage and source, seen, kept and each drop reason."""
+    print_funnel_table(f"{report.job} funnel", report.funnel())
+
+
+def print_funnel_table(title: str, funnel: Funnel) -> None:
+    table = Table(title=title)
+    rows = funnel.rows()
     reasons = sorted({k for r in rows for k in r if k.startswith("dropped_")})
     for col in ["stage", "source", "seen", "kept", *reasons]:
         table.add_column(

@@ -7,12 +7,10 @@ from typing import Annotated
 
 import typer
 import yaml
-from rich.table import Table
 
-from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, console
+from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, console, print_funnel_table
 from curation.config import ConfigError, apply_overrides, build, read_yaml
 from curation.selection import SelectSpec, clean_work_dir, run_selection, save_selection
-from curation.stats import Funnel
 
 StepOpt = Annotated[
     list[str] | None,
@@ -39,19 +37,6 @@ def load_spec(config: Path | None, steps: list[str], overrides: list[str]) -> Se
     return build(SelectSpec, data, source=str(config) if config else "--step")
 
 
-def print_funnel(title: str, funnel: Funnel) -> None:
-    table = Table(title=title)
-    rows = funnel.rows()
-    reasons = sorted({k for r in rows for k in r if k.startswith("dropped_")})
-    for col in ["stage", "source", "seen", "kept", *reasons]:
-        table.add_column(
-            col.removeprefix("dropped_"), justify="left" if col in ("stage", "source") else "right"
-        )
-    for r in rows:
-        table.add_row(*(str(r.get(c, 0)) for c in ["stage", "source", "seen", "kept", *reasons]))
-    console.print(table)
-
-
 def select_command(
     pool: Annotated[Path, typer.Argument(help="Pool directory (img2dataset layout or DataComp metadata).")],
     out: Annotated[
@@ -73,7 +58,7 @@ def select_command(
     path = save_selection(result, out)
     if not keep_work:
         clean_work_dir(work)
-    print_funnel(f"select {spec.name}", result.funnel)
+    print_funnel_table(f"select {spec.name}", result.funnel)
     for d in result.decisions:
         cut = d.get("cut", {})
         console.print(
