@@ -113,4 +113,3 @@ def array_to_hex_column(arr: np.ndarray) -> pa.Array:
     chars[:, 1::2] = _HEX_DIGITS[raw & 0x0F]
     offsets = np.arange(0, (n + 1) * UID_HEX_LEN, UID_HEX_LEN, dtype=np.int32)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes()))
-
