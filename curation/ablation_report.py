@@ -23,7 +23,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import pandas as pd
 import yaml
@@ -34,12 +33,12 @@ from curation.ablation import AblationConfig, AblationResult
 from curation.ablation_results import Results, build_results
 from curation.io import atomic_write_json, atomic_write_text
 from curation.powerlaw import PowerLawError, PowerLawFit, fit_power_law
+from curation.templating import template_env
 from trainer.eval_config import load_eval_config
 from trainer.robustness import AVERAGE, RobustnessReport
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 KIND_STYLE = {  # colour, marker per kind of set
     "topk": ("#1f77b4", "o"),
     "random": ("#7f7f7f", "s"),
@@ -259,14 +258,7 @@ def table_for_html(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def render_html(context: dict[str, Any]) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return env.get_template("ablation.html.j2").render(**context)
+    return template_env(autoescape=True).get_template("ablation.html.j2").render(**context)
 
 
 def report_context(

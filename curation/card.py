@@ -24,8 +24,8 @@ from curation.card_data import CardData, reason_counts, size_category
 from curation.io import atomic_write_bytes, atomic_write_text
 from curation.pool import Pool
 from curation.stats import Funnel
+from curation.templating import template_env
 
-TEMPLATES = Path(__file__).parent / "templates"
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 
 
@@ -181,13 +181,7 @@ def card_context(data: CardData, pool: Pool, figures: dict[str, bytes]) -> dict[
 
 
 def _env(autoescape: bool) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=autoescape,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = template_env(autoescape)
     env.filters["md"] = md_escape
     return env
 
