@@ -19,6 +19,7 @@ import math
 import platform
 import subprocess
 from collections.abc import Sequence
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from matplotlib.figure import Figure
 
 from curation import __version__
 from curation.ablation import AblationConfig, AblationResult
-from curation.ablation_results import Results, build_results
+from curation.ablation_results import Results, build_results, headlines
 from curation.io import atomic_write_json, atomic_write_text
 from curation.powerlaw import PowerLawError, PowerLawFit, fit_power_law
 from curation.templating import template_env
@@ -308,6 +309,7 @@ def report_context(
             for k, v in fit_info.items()
         ],
         "notes": results.notes,
+        "headlines": [h.sentence() for h in headlines(table)],
         "failed": [{"cell": c.id, "error": c.error or ""} for c in result.failed],
         "columns": columns,
         "rows": rows,
@@ -330,6 +332,15 @@ def write_outputs(result: AblationResult, cfg: AblationConfig) -> Results:
             "id_dataset": results.id_dataset,
             "shifts": results.shifts,
             "notes": results.notes,
+            "headlines": [
+                {
+                    **asdict(h),
+                    "beats_full": h.beats_full,
+                    "beats_random": h.beats_random,
+                    "text": h.sentence(),
+                }
+                for h in headlines(results.table)
+            ],
             "robustness": results.robustness.to_dict() if results.robustness is not None else None,
             "cells": records,
         },

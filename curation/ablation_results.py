@@ -169,3 +169,81 @@ def build_results(cells: Sequence[CellRecord], boot: BootstrapConfig) -> Results
         rows.append(row)
     frame = pd.DataFrame(rows)
     return Results(frame, id_dataset, shifts, report, notes)
+
+
+@dataclass
+class Headline:
+    """The reference paper's claim on this grid: the best top-k beats the full pool and its random control."""
+
+    mode: str
+    best: str
+    best_acc: float
+    best_ci: tuple[float | None, float | None]
+    full: str | None
+    full_acc: float | None
+    random: str | None
+    random_acc: float | None
+
+    @property
+    def beats_full(self) -> bool | None:
+        return None if self.full_acc is None else self.best_acc > self.full_acc
+
+    @property
+    def beats_random(self) -> bool | None:
+        return None if self.random_acc is None else self.best_acc > self.random_acc
+
+    def sentence(self) -> str:
+        def vs(name: str | None, acc: float | None, beats: bool | None) -> str:
+            if name is None or acc is None:
+                return "no finished cell to compare with"
+            return f"{'beats' if beats else 'does not beat'} {name} ({100 * acc:.1f}%)"
+
+        lo, hi = self.best_ci
+        ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else ""
+        return (
+            f"{self.mode}: best top-k is {self.best} at {100 * self.best_acc:.1f}%{ci} in-distribution; it "
+            f"{vs(self.full, self.full_acc, self.beats_full)} and "
+            f"{vs(self.random, self.random_acc, self.beats_random)}"
+        )
+
+
+def headlines(table: pd.DataFrame) -> list[Headline]:
+    """Per budget mode (mean over seeds): best top-k below 100% against top-100 and its random control."""
+    if not len(table) or "acc_id" not in table:
+        return []
+    done = table[(table["status"] == "finished") & table["acc_id"].notna()]
+    out: list[Headline] = []
+    for mode, rows in done.groupby("mode", sort=False):
+        means = rows.groupby("set", sort=False).agg(
+            kind=("kind", "first"),
+            k=("k", "first"),
+            acc=("acc_id", "mean"),
+            lo=("acc_id_ci_low", "mean"),
+            hi=("acc_id_ci_high", "mean"),
+        )
+        topk = means[(means["kind"] == "topk") & (means["k"] < 100)]
+        if not len(topk):
+            continue
+        best = topk["acc"].idxmax()
+        full = means[(means["kind"] == "topk") & (means["k"] >= 100)]
+        rand = means[(means["kind"] == "random") & (means["k"] == means.loc[best, "k"])]
+
+        def first(frame: pd.DataFrame) -> tuple[str | None, float | None]:
+            return (str(frame.index[0]), float(frame["acc"].iloc[0])) if len(frame) else (None, None)
+
+        full_name, full_acc = first(full)
+        rand_name, rand_acc = first(rand)
+        lo, hi = means.loc[best, "lo"], means.loc[best, "hi"]
+        out.append(
+            Headline(
+                mode=str(mode),
+                best=str(best),
+                best_acc=float(means.loc[best, "acc"]),
+                best_ci=(None if pd.isna(lo) else float(lo), None if pd.isna(hi) else float(hi)),
+                full=full_name,
+                full_acc=full_acc,
+                random=rand_name,
+                random_acc=rand_acc,
+            )
+        )
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +36,9 @@ def ablate_command(
     sets = [f"parallel_cells={parallel_cells}"] if parallel_cells else []
     cfg = load_config(AblationConfig, config, [*(overrides or []), *sets])
     result = run_ablation(cfg, out)
+    summary = out / "results.json"
+    for line in json.loads(summary.read_text()).get("headlines", []) if summary.exists() else []:
+        console.print(line["text"])
     console.print(f"results: {out / 'results.csv'}\nreport:  {out / 'report.html'}")
     if result.failed:
         console.print(

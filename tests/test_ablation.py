@@ -460,3 +460,34 @@ def test_cli_writes_the_table_and_exits_non_zero_when_cells_fail(tmp_path):
     assert list(table["cell"]) == ["top50__one_epoch__s0", "ghost__one_epoch__s0"]
     assert (table["status"] == "failed").all() and table["error"].str.len().min() > 0
     assert (out / "report.html").exists() and (out / "cells" / "ghost__one_epoch__s0" / ERROR_FILE).exists()
+
+
+def _row(set_: str, kind: str, k: float | None, mode: str, acc: float) -> dict:
+    return {
+        "set": set_,
+        "kind": kind,
+        "k": k,
+        "mode": mode,
+        "status": "finished",
+        "acc_id": acc,
+        "acc_id_ci_low": acc - 0.02,
+        "acc_id_ci_high": acc + 0.02,
+    }
+
+
+def test_headline_compares_best_topk_with_full_pool_and_its_random_control() -> None:
+    from curation.ablation_results import headlines
+
+    rows = [
+        _row("top20", "topk", 20, "equal_samples", 0.30),
+        _row("top40", "topk", 40, "equal_samples", 0.40),
+        _row("top100", "topk", 100, "equal_samples", 0.35),
+        _row("random20", "random", 20, "equal_samples", 0.33),
+        _row("random40", "random", 40, "equal_samples", 0.42),
+        _row("top40", "topk", 40, "one_epoch", 0.20),
+    ]
+    (eq, one) = headlines(pd.DataFrame(rows))
+    assert (eq.best, eq.full, eq.random) == ("top40", "top100", "random40")
+    assert eq.beats_full is True and eq.beats_random is False
+    assert "does not beat random40 (42.0%)" in eq.sentence()
+    assert one.best == "top40" and one.full is None and one.beats_full is None
