@@ -18,6 +18,7 @@ from curation.runner import ShardJob, ShardOutcome, process_shard
 
 class SparkEngine(Engine):
     name = "spark"
+    distributor = "pyspark"  # img2dataset's pyspark distributor uses the session this engine started
 
     def __init__(
         self, workers: int = 2, master: str | None = None, conf: dict[str, Any] | None = None
@@ -58,6 +59,9 @@ class SparkEngine(Engine):
         self._spark.sparkContext.setLogLevel("ERROR")
         self._owned = True
         return self._spark
+
+    def start(self) -> None:
+        self.session()
 
     def map_shards(self, job: ShardJob, shards: Sequence[str], retries: int) -> Iterator[ShardOutcome]:
         if not shards:
