@@ -12,6 +12,7 @@ from curation.cliutil import AddressOpt, MasterOpt, SetOpt, console
 from curation.config import ConfigError
 from curation.engines import open_engine
 from curation.jobfile import StepFailed, load_job, run_job_file
+from curation.pool import PoolError
 
 
 def run_command(
@@ -44,7 +45,7 @@ def run_command(
             address or (e.address if same else None),
         ) as eng:
             runs = run_job_file(job, eng, skip or [])
-    except ConfigError as exc:
+    except (ConfigError, PoolError) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from exc
     except StepFailed as exc:
