@@ -85,7 +85,8 @@ class RayEngine(Engine):
         if not ray.is_initialized():
             env = {"env_vars": {"PYTHONPATH": worker_pythonpath()}}
             if self.address:
-                ray.init(address=self.address, runtime_env=env, **self.init_options)
+                # a cluster's workers get the code from the job (ray job submit --working-dir .)
+                ray.init(address=self.address, **self.init_options)
             else:
                 ray.init(
                     num_cpus=self.workers,

@@ -1,8 +1,9 @@
 """Spark engine: one task per shard, each calling the same shard runner as the local engine.
 
-Attach to an existing cluster with ``master="spark://host:7077"`` (or run under spark-submit,
-where the active session is reused); without one, a ``local[N]`` session bound to 127.0.0.1 is
-started and stopped by this engine.
+Attach to an existing cluster with ``master="spark://host:7077"`` (executors then need the
+project importable: a shared checkout named by ``spark.executorEnv.PYTHONPATH``, or ``--py-files``),
+or run under spark-submit, where its session and conf are used as they are; without either, a
+``local[N]`` session bound to 127.0.0.1 is started and stopped by this engine.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from curation.engines import Engine
 from curation.engines.cluster import LOOPBACK, worker_pythonpath
 from curation.runner import ShardJob, ShardOutcome, process_shard
+
+SUBMIT_GATEWAY_ENV = "PYSPARK_GATEWAY_PORT"  # set when spark-submit launched this Python driver
 
 
 class SparkEngine(Engine):
@@ -38,6 +41,11 @@ class SparkEngine(Engine):
         if active is not None and self.master is None:
             self._spark = active
             return active
+        if self.master is None and SUBMIT_GATEWAY_ENV in os.environ:
+            # started by spark-submit: master, executors and their PYTHONPATH come from its conf
+            self._spark = SparkSession.builder.appName("curate").getOrCreate()
+            self._owned = True
+            return self._spark
         os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
         os.environ["PYTHONPATH"] = worker_pythonpath()
         builder = (
