@@ -9,6 +9,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.cli import main  # noqa: E402
+from curation.cli import main
 
 main()

@@ -8,7 +8,9 @@ or run under spark-submit, where its session and conf are used as they are; with
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,6 +19,22 @@ from curation.engines.cluster import LOOPBACK, worker_pythonpath
 from curation.runner import ShardJob, ShardOutcome, process_shard
 
 SUBMIT_GATEWAY_ENV = "PYSPARK_GATEWAY_PORT"  # set when spark-submit launched this Python driver
+
+# Python workers outlive their tasks (spark.python.worker.reuse): a job whose setup loads a model
+# keeps it here, keyed by the job's pickled form, so each worker loads it once, not once per shard.
+_set_up_jobs: dict[bytes, ShardJob] = {}
+
+
+def _set_up(job: ShardJob) -> ShardJob:
+    if not job.costly_setup:
+        job.setup()
+        return job
+    key = hashlib.sha256(pickle.dumps(job)).digest()
+    if key not in _set_up_jobs:
+        _set_up_jobs.clear()  # one model per worker: drop the previous job's
+        job.setup()
+        _set_up_jobs[key] = job
+    return _set_up_jobs[key]
 
 
 class SparkEngine(Engine):
@@ -77,9 +95,9 @@ class SparkEngine(Engine):
         sc = self.session().sparkContext
 
         def run_partition(items: Iterator[str]) -> Iterator[ShardOutcome]:
-            job.setup()  # once per partition (a partition is a batch of shards on one worker)
+            ready = _set_up(job)  # per partition; a model once per Python worker
             for shard in items:
-                yield process_shard(job, shard, retries)
+                yield process_shard(ready, shard, retries)
 
         rdd = sc.parallelize(list(shards), numSlices=len(shards))
         yield from rdd.mapPartitions(run_partition).toLocalIterator()
