@@ -24,6 +24,7 @@ from curation.selsteps import round_half_up
 from curation.stats import StageStats
 from tests.image_pool import write_image_pool
 from tests.test_download import _url, server  # noqa: F401  (server: the 127.0.0.1 fixture)
+from tests.test_engines import _bound_address
 from tests.test_scoring import save_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -121,6 +122,7 @@ def test_download_is_the_same_on_every_engine(name, crawl, engines, local_downlo
         assert by_key(ours / part.name, "uid").equals(by_key(part, "uid"))
     again = download_crawl(crawl, pool, cfg, engine(engines, name))  # a rerun fetches nothing
     assert {o.status for o in again.outcomes} == {"skipped"}
+    assert _bound_address(engine(engines, name)) == "127.0.0.1"
 
 
 # -- the DataComp-small-like job: filter, score, top-k, reshard --------------------------------------

@@ -71,7 +71,7 @@ class RayEngine(Engine):
         **init_options: Any,
     ) -> None:
         self.workers = workers
-        self.address = address
+        self.address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
         self.num_gpus_per_task = num_gpus_per_task
         self.num_gpus_per_actor = num_gpus_per_actor  # None: 1 when the cluster has GPUs, else 0
         self.init_options = init_options

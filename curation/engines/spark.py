@@ -62,8 +62,7 @@ class SparkEngine(Engine):
         if self.master is None and SUBMIT_GATEWAY_ENV in os.environ:
             # started by spark-submit: master, executors and their PYTHONPATH come from its conf
             self._spark = SparkSession.builder.appName("curate").getOrCreate()
-            self._owned = True
-            return self._spark
+            return self._spark  # not ours to stop: later jobs of this driver reuse it
         os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
         os.environ["PYTHONPATH"] = worker_pythonpath()
         builder = (
