@@ -213,6 +213,19 @@ def step_marker(workdir: Path, step: PlannedStep) -> Path:
     return workdir / JOB_DIR / f"{step.index:02d}-{step.spec.label}.done.json"
 
 
+def pending_steps(job: JobSpec, workdir: Path | None = None) -> list[tuple[PlannedStep, bool]]:
+    """Every step, validated, with whether a rerun would skip it (finished with the same settings)."""
+    import curation.jobstages  # noqa: F401  (registers the stages)
+
+    root = Path(workdir or job.workdir).resolve()
+    out = []
+    for step in plan_steps(job, root):
+        marker = step_marker(root, step)
+        done = marker.exists() and read_json(marker).get("fingerprint") == step.fingerprint
+        out.append((step, done))
+    return out
+
+
 @dataclass
 class StepRun:
     label: str

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.table import Table
 
 from curation.cliutil import AddressOpt, MasterOpt, SetOpt, console
 from curation.config import ConfigError
 from curation.engines import open_engine
-from curation.jobfile import StepFailed, load_job, run_job_file
+from curation.jobfile import JobSpec, StepFailed, load_job, pending_steps, run_job_file
 from curation.pool import PoolError
 
 
@@ -31,10 +32,16 @@ def run_command(
     skip: Annotated[
         list[str] | None, typer.Option("--skip", help="Leave out this step (by name; repeatable).")
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and list the steps with their settings; run nothing.")
+    ] = False,
 ) -> None:
     """Run every step of JOB in order on one engine; a rerun skips finished steps and shards."""
     try:
         job = load_job(job_file, overrides or [])
+        if dry_run:
+            print_plan(job)
+            return
         e = job.engine
         name = engine or e.name
         same = name == e.name  # the file's attach settings belong to its own engine only
@@ -57,6 +64,13 @@ def run_command(
     for r in runs:
         table.add_row(r.label, r.status, f"{r.seconds:.1f}" if r.status == "done" else "")
     console.print(table)
+
+
+def print_plan(job: JobSpec) -> None:
+    for step, done in pending_steps(job):
+        state = "done (skipped on a run)" if done else "to run"
+        console.print(f"[bold]{step.spec.label}[/bold] ({step.spec.stage}): {state}", highlight=False)
+        console.print(yaml.safe_dump(step.settings.model_dump(mode="json"), sort_keys=False), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -133,6 +133,15 @@ def test_attach_options_belong_to_their_engine():
     assert engine_from_options("spark", 2, master="spark://h:7077").master == "spark://h:7077"  # type: ignore[attr-defined]
 
 
+def test_dry_run_lists_resolved_steps_and_runs_nothing(tmp_path):
+    args = ["run", str(DATACOMP), "--dry-run", "--set", f"workdir={tmp_path}", "--set", "vars.pool=/data/p"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "score (score): to run" in result.output
+    assert "pool: /data/p" in result.output and "conf/filters/datacomp_basic.yaml" in result.output
+    assert not (tmp_path / "_job").exists()
+
+
 def test_cli_reports_a_missing_pool_and_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["run", str(DATACOMP), "--set", f"workdir={tmp_path}", "--skip", "card"])
     assert result.exit_code == 2, result.output
