@@ -13,7 +13,6 @@ from curation.cliutil import (
     EngineOpt,
     MasterOpt,
     SetOpt,
-    WorkersOpt,
     console,
     finish,
     print_funnel,
@@ -36,7 +35,12 @@ def download_command(
     config: ConfigOpt = CONF_DIR / "download" / "default.yaml",
     overrides: SetOpt = None,
     engine: EngineOpt = "local",
-    workers: WorkersOpt = 2,  # Spark/Ray: size of a local cluster; local: img2dataset's own processes_count
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", "-w", min=1, help="Size of a local Spark/Ray (local: downloader.processes_count)."
+        ),
+    ] = 1,
     master: MasterOpt = None,
     address: AddressOpt = None,
 ) -> None:
