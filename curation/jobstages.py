@@ -91,6 +91,8 @@ def reference_model_stage(s: ReferenceModelSettings, ctx: JobContext) -> dict[st
     from trainer.presets import load_preset
     from trainer.train import TrainRequest, train
 
+    if s.settings:
+        raise ConfigError("reference_model: preset changes go in `config` (a partial preset YAML) or `set`")
     preset_file = ctx.config_path(s.config) if s.config else None
     req = TrainRequest(
         shards=ctx.path(s.seed),
