@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from curation.config import CONF_DIR, load_config
 from curation.download import DownloadConfig, download_crawl
@@ -152,6 +153,7 @@ def run_datacomp_small(image_pool: tuple[Path, Path], root: Path, eng: Engine) -
             ],
         ],
     )
+    (root / "job.yaml").write_text(yaml.safe_dump(job.model_dump(mode="json", by_alias=True)))
     runs = run_job_file(job, eng, skip=["card"])
     assert [r.status for r in runs] == ["done"] * 4 + ["left out"]
     return root
@@ -199,6 +201,17 @@ def test_filter_score_topk_and_reshard_are_identical_on_every_engine(
     # the selection kept the exact top 30% of what the filters kept
     (decision,) = [d for d in _marker(root, "02-select")["summary"]["decisions"] if d["kind"] == "topk"]
     assert decision["cut"]["k"] == round_half_up(0.3 * decision["candidates"])
+
+    # a worker died while scoring shard 00001: the rerun on this engine redoes that shard only
+    scores = root / "pool" / "attributes" / "clip_score"
+    untouched = {p: p.stat().st_mtime_ns for p in (scores / "00000.parquet", scores / "00002.parquet")}
+    (scores / "00001.parquet").unlink()
+    (scores / "_done" / "00001.done").unlink()
+    (root / "_job" / "01-score.done.json").unlink()
+    again = run_job_file(load_job(root / "job.yaml"), engine(engines, name), skip=["card"])
+    assert [r.status for r in again] == ["skipped", "done", "skipped", "skipped", "left out"]
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    assert job_outputs(root) == ref
 
 
 def _marker(root: Path, name: str) -> dict:
