@@ -146,3 +146,19 @@ def test_cli_reports_a_missing_pool_and_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["run", str(DATACOMP), "--set", f"workdir={tmp_path}", "--skip", "card"])
     assert result.exit_code == 2, result.output
     assert "pool directory not found" in result.output
+
+
+def test_download_distributor_follows_the_engine():
+    from curation.download import CrawlError, DownloadConfig
+    from curation.download.run import with_distributor
+
+    cfg = DownloadConfig()
+    got = {
+        name: with_distributor(cfg, get_engine(name).distributor).downloader.distributor
+        for name in ("local", "spark", "ray")
+    }
+    assert got == {"local": "multiprocessing", "spark": "pyspark", "ray": "ray"}
+    pinned = DownloadConfig.model_validate({"downloader": {"distributor": "pyspark"}})
+    assert with_distributor(pinned, "pyspark").downloader.distributor == "pyspark"
+    with pytest.raises(CrawlError, match="choose the distributor with --engine"):
+        with_distributor(pinned, "multiprocessing")
