@@ -92,6 +92,7 @@ class AblationConfig(ConfigModel):
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
     reshard: dict[str, Any] = Field(default_factory=dict)  # curation.reshard_plan.ReshardConfig fields
     workers: int = Field(1, ge=1)  # shard workers of selection and resharding
+    engine: Literal["local", "spark", "ray"] = "local"  # where selection and resharding run their shards
     parallel_cells: int = Field(1, ge=1)  # cells trained at once (one tiny CPU training uses ~2 cores)
     device: str = "auto"
     power_law_offset: bool = False  # fit error = a * N^-b + c instead of a * N^-b
@@ -199,7 +200,7 @@ def prepare_set(spec: SetSpec, cfg: AblationConfig, out: Path) -> SetInfo:
     try:
         subset = _select(spec, cfg, out)
         size = len(Subset.load(subset))
-        shards = ops.reshard(Path(cfg.pool), subset, root / "shards", cfg.reshard, cfg.workers)
+        shards = ops.reshard(Path(cfg.pool), subset, root / "shards", cfg.reshard, cfg.workers, cfg.engine)
         info = SetInfo(spec.name, shards=str(shards), subset=str(subset), size=size)
         atomic_write_json(root / SET_FILE, asdict(info))
         log.info("set %s: %d samples -> %s", spec.name, size, shards)
@@ -221,14 +222,14 @@ def _select(spec: SetSpec, cfg: AblationConfig, out: Path) -> Path:
         return path
     if spec.kind == "topk":
         assert spec.k is not None
-        return ops.select_topk(pool, cfg.score, spec.k / 100, cfg.within, path, cfg.workers)
+        return ops.select_topk(pool, cfg.score, spec.k / 100, cfg.within, path, cfg.workers, cfg.engine)
     assert spec.control_of is not None
     target = set_dir(out, spec.control_of) / "subset.npy"
     if not target.exists():
         raise FileNotFoundError(
             f"{spec.name}: the top-k set it controls for ({spec.control_of}) was not made"
         )
-    return ops.select_random(pool, target, cfg.random_seed, cfg.within, path, cfg.workers)
+    return ops.select_random(pool, target, cfg.random_seed, cfg.within, path, cfg.workers, cfg.engine)
 
 
 def prepare_sets(cells: list[Cell], cfg: AblationConfig, out: Path) -> dict[str, SetInfo]:

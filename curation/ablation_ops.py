@@ -14,40 +14,57 @@ from typing import Any
 
 
 def select_topk(
-    pool: Path, score: str, fraction: float, within: str | None, out: Path, workers: int = 1
+    pool: Path,
+    score: str,
+    fraction: float,
+    within: str | None,
+    out: Path,
+    workers: int = 1,
+    engine: str = "local",
 ) -> Path:
     """The exact top ``fraction`` of the pool by ``score`` (ties by uid), optionally among a filter's kept."""
     steps: list[dict[str, Any]] = [{"filter": {"stage": within}}] if within else []
     steps.append({"topk": {"score": score, "fraction": fraction}})
-    return _select(pool, f"top {100 * fraction:g}% by {score}", steps, out, workers)
+    return _select(pool, f"top {100 * fraction:g}% by {score}", steps, out, workers, engine)
 
 
 def select_random(
-    pool: Path, size_of: Path, seed: int, within: str | None, out: Path, workers: int = 1
+    pool: Path,
+    size_of: Path,
+    seed: int,
+    within: str | None,
+    out: Path,
+    workers: int = 1,
+    engine: str = "local",
 ) -> Path:
     """A seeded uniform sample of the same candidates, exactly as large as the subset ``size_of``."""
     steps: list[dict[str, Any]] = [{"filter": {"stage": within}}] if within else []
     steps.append({"random": {"size_of": str(size_of), "seed": seed}})
-    return _select(pool, f"random control of the size of {size_of.name} (seed {seed})", steps, out, workers)
+    description = f"random control of the size of {size_of.name} (seed {seed})"
+    return _select(pool, description, steps, out, workers, engine)
 
 
-def _select(pool: Path, description: str, steps: list[dict[str, Any]], out: Path, workers: int) -> Path:
+def _select(
+    pool: Path, description: str, steps: list[dict[str, Any]], out: Path, workers: int, engine: str
+) -> Path:
     from curation.selection import SelectSpec, clean_work_dir, run_selection, save_selection
 
     spec = SelectSpec(name=out.stem, description=description, steps=steps)
     work = out.parent / f".{out.stem}.select-work"
-    result = run_selection(pool, spec, work_dir=work, workers=workers)
+    result = run_selection(pool, spec, work_dir=work, engine=engine, workers=workers)
     path = save_selection(result, out)
     clean_work_dir(work)
     return path
 
 
-def reshard(pool: Path, subset: Path, out: Path, settings: dict[str, Any], workers: int = 1) -> Path:
+def reshard(
+    pool: Path, subset: Path, out: Path, settings: dict[str, Any], workers: int = 1, engine: str = "local"
+) -> Path:
     """Write the subset's samples as training shards (tars + sizes.json); resumes an interrupted run."""
     from curation.reshard import ReshardError, run_reshard
     from curation.reshard_plan import ReshardConfig
 
-    result = run_reshard(pool, subset, out, ReshardConfig(**settings), workers=workers)
+    result = run_reshard(pool, subset, out, ReshardConfig(**settings), engine=engine, workers=workers)
     if not result.complete:
         failed = [o for r in result.reports for o in r.failed]
         raise ReshardError(

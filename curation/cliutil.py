@@ -23,6 +23,14 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config value: --set section.key=value (repeatable)."),
 ]
 EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Where shards run: local, spark or ray.")]
+MasterOpt = Annotated[
+    str | None,
+    typer.Option(help="Spark: attach to this master (spark://host:7077, yarn); default: local[WORKERS]."),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(help="Ray: attach to this cluster (auto, ray://host:10001); default: a local Ray."),
+]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Parallel shard workers.")]
 
 

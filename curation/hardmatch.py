@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from curation.captiontext import TextBlock, normalized_blocks
 from curation.classvocab import Vocabulary, load_class_names, load_synonyms
 from curation.config import ConfigModel
-from curation.engines import JobReport, run_job
+from curation.engines import Engine, JobReport, run_job
 from curation.hardmatch_eval import evaluate
 from curation.hardmatch_report import build_report, report_markdown
 from curation.io import atomic_write_json, atomic_write_parquet, atomic_write_text, read_json
@@ -308,7 +308,7 @@ def run_hardmatch(
     input_path: str | Path,
     cfg: HardmatchConfig,
     out: str | Path,
-    engine: str = "local",
+    engine: Engine | str = "local",
     workers: int = 1,
     ground_truth: str | Path | None = None,
     overwrite: bool = False,

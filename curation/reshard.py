@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from curation.engines import JobReport, merged_stats, run_job
+from curation.engines import Engine, JobReport, merged_stats, run_job
 from curation.io import atomic_write_json, read_json
 from curation.pool import Pool
 from curation.reshard_plan import (
@@ -130,7 +130,7 @@ def run_reshard(
     out: str | Path,
     cfg: ReshardConfig | None = None,
     labels: str | Path | None = None,
-    engine: str = "local",
+    engine: Engine | str = "local",
     workers: int = 1,
     overwrite: bool = False,
 ) -> ReshardResult:
@@ -157,7 +157,7 @@ def _ensure_plan(
     out: Path,
     cfg: ReshardConfig,
     labels: Path | None,
-    engine: str,
+    engine: Engine | str,
     workers: int,
 ) -> dict[str, Any]:
     fp = fingerprint(pool, subset_path, labels, cfg)

@@ -28,6 +28,7 @@ class ShardJob(ABC):
     """A picklable description of per-shard work. Stage code lives in ``run_shard``; no engine logic."""
 
     name: str = "job"
+    costly_setup: bool = False  # setup() loads a model: engines keep long-lived workers (Ray: actors)
 
     @abstractmethod
     def shards(self) -> list[str]:

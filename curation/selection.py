@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import ConfigError, ConfigModel
-from curation.engines import run_job
+from curation.engines import Engine, run_job
 from curation.io import atomic_write_json
 from curation.pool import Pool
 from curation.selframe import (
@@ -79,7 +79,7 @@ def run_selection(
     pool_root: str | Path,
     spec: SelectSpec,
     work_dir: str | Path | None = None,
-    engine: str = "local",
+    engine: Engine | str = "local",
     workers: int = 1,
 ) -> SelectionResult:
     """Evaluate ``spec`` on the pool; ``work_dir`` holds gathered columns and DuckDB spill files."""
@@ -92,7 +92,7 @@ def run_selection(
 
 
 def _run(
-    pool: Pool, spec: SelectSpec, steps: list[Step], work: Path, engine: str, workers: int
+    pool: Pool, spec: SelectSpec, steps: list[Step], work: Path, engine: Engine | str, workers: int
 ) -> SelectionResult:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,12 @@ def _manifest(
 
 
 def _gather_if_needed(
-    con: duckdb.DuckDBPyConnection, pool: Pool, refs: list[ColumnRef], work: Path, engine: str, workers: int
+    con: duckdb.DuckDBPyConnection,
+    pool: Pool,
+    refs: list[ColumnRef],
+    work: Path,
+    engine: Engine | str,
+    workers: int,
 ) -> list[str] | None:
     """Gathered shard files, or None when the pool parquet alone has every column and uid."""
     files = [str(pool.parquet_path(s)) for s in pool.shard_ids()]

@@ -7,9 +7,19 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import ConfigOpt, SetOpt, console, finish, print_funnel
+from curation.cliutil import (
+    AddressOpt,
+    ConfigOpt,
+    EngineOpt,
+    MasterOpt,
+    SetOpt,
+    console,
+    finish,
+    print_funnel,
+)
 from curation.config import CONF_DIR, load_config
 from curation.download import CrawlError, DownloadConfig, PlanMismatch, download_crawl
+from curation.engines import open_engine
 
 
 def download_command(
@@ -24,11 +34,21 @@ def download_command(
     ],
     config: ConfigOpt = CONF_DIR / "download" / "default.yaml",
     overrides: SetOpt = None,
+    engine: EngineOpt = "local",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", "-w", min=1, help="Size of a local Spark/Ray (local: downloader.processes_count)."
+        ),
+    ] = 1,
+    master: MasterOpt = None,
+    address: AddressOpt = None,
 ) -> None:
     """Download a crawl into a pool; rerun the same command to resume (finished shards are skipped)."""
     cfg = load_config(DownloadConfig, config, overrides or [])
     try:
-        report = download_crawl(urls, out, cfg)
+        with open_engine(engine, workers, master, address) as eng:
+            report = download_crawl(urls, out, cfg, eng)
     except (CrawlError, PlanMismatch) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from exc

@@ -7,9 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, finish, print_funnel
+from curation.cliutil import (
+    AddressOpt,
+    ConfigOpt,
+    EngineOpt,
+    MasterOpt,
+    SetOpt,
+    WorkersOpt,
+    finish,
+    print_funnel,
+)
 from curation.config import ConfigModel, load_config
-from curation.engines import run_job
+from curation.engines import open_engine, run_job
 from curation.filtering import FilterJob
 
 
@@ -24,10 +33,13 @@ def filter_command(
     overrides: SetOpt = None,
     engine: EngineOpt = "local",
     workers: WorkersOpt = 1,
+    master: MasterOpt = None,
+    address: AddressOpt = None,
 ) -> None:
     """Compute every filter's verdict for every sample; selection uses them later."""
     cfg = load_config(FilterJobConfig, config, overrides or [])
-    report = run_job(FilterJob(pool, cfg.filters, cfg.name), engine, workers=workers)
+    with open_engine(engine, workers, master, address) as eng:
+        report = run_job(FilterJob(pool, cfg.filters, cfg.name), eng)
     print_funnel(report)
     finish(report)
 

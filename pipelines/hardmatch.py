@@ -8,8 +8,19 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, console, finish, print_funnel
+from curation.cliutil import (
+    AddressOpt,
+    ConfigOpt,
+    EngineOpt,
+    MasterOpt,
+    SetOpt,
+    WorkersOpt,
+    console,
+    finish,
+    print_funnel,
+)
 from curation.config import CONF_DIR, build, load_config
+from curation.engines import open_engine
 from curation.hardmatch import HardmatchConfig, run_hardmatch
 
 log = logging.getLogger(__name__)
@@ -45,6 +56,8 @@ def hardmatch_command(
     overrides: SetOpt = None,
     engine: EngineOpt = "local",
     workers: WorkersOpt = 1,
+    master: MasterOpt = None,
+    address: AddressOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write OUT/hardmatch.npy (subset), OUT/labels.parquet (uid, label, class_name), OUT/report.{json,md}.
@@ -64,7 +77,10 @@ def hardmatch_command(
     if ambiguous is not None:
         updates["ambiguous"] = ambiguous
     cfg = build(HardmatchConfig, {**cfg.model_dump(), **updates}, source="command line")
-    job_report, _ = run_hardmatch(input_path, cfg, out, engine, workers, ground_truth, overwrite)
+    with open_engine(engine, workers, master, address) as eng:
+        job_report, _ = run_hardmatch(
+            input_path, cfg, out, eng, ground_truth=ground_truth, overwrite=overwrite
+        )
     print_funnel(job_report)
     finish(job_report)
     console.print((out / "report.md").read_text())

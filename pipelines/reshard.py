@@ -7,8 +7,18 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, console, finish
+from curation.cliutil import (
+    AddressOpt,
+    ConfigOpt,
+    EngineOpt,
+    MasterOpt,
+    SetOpt,
+    WorkersOpt,
+    console,
+    finish,
+)
 from curation.config import load_config
+from curation.engines import open_engine
 from curation.reshard import ReshardConfig, run_reshard
 
 
@@ -26,11 +36,14 @@ def reshard_command(
     ] = None,
     engine: EngineOpt = "local",
     workers: WorkersOpt = 1,
+    master: MasterOpt = None,
+    address: AddressOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a different reshard already in --out.")] = False,
 ) -> None:
     """Write the subset's samples (repeated ones as many times) into new shards; rerun to resume."""
     cfg = load_config(ReshardConfig, config, overrides or [])
-    result = run_reshard(pool, subset, out, cfg, labels, engine=engine, workers=workers, overwrite=overwrite)
+    with open_engine(engine, workers, master, address) as eng:
+        result = run_reshard(pool, subset, out, cfg, labels, engine=eng, overwrite=overwrite)
     for report in result.reports:
         finish(report)
     stats = result.plan["stats"]

@@ -7,8 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, console, finish, print_funnel
+from curation.cliutil import (
+    AddressOpt,
+    ConfigOpt,
+    EngineOpt,
+    MasterOpt,
+    SetOpt,
+    console,
+    finish,
+    print_funnel,
+)
 from curation.config import CONF_DIR, ConfigError, apply_overrides, build, read_yaml
+from curation.engines import open_engine
 from curation.pool import PoolError
 from curation.scoring import ModelLoadError, ScoreConfig, score_pool
 from curation.scoring.model import resolve_devices
@@ -40,6 +50,8 @@ def score_command(
         str | None, Opt(help="Score column and attribute folder (default clip_score_<model>).")
     ] = None,
     engine: EngineOpt = "local",
+    master: MasterOpt = None,
+    address: AddressOpt = None,
     config: ConfigOpt = CONF_DIR / "score" / "default.yaml",
     overrides: SetOpt = None,
 ) -> None:
@@ -57,7 +69,8 @@ def score_command(
     cfg = load_score_config(config, overrides or [], {k: v for k, v in flags.items() if v is not None})
     try:
         n_workers = workers or default_workers(cfg)
-        report = score_pool(pool, cfg, engine, workers=n_workers)
+        with open_engine(engine, n_workers, master, address) as eng:
+            report = score_pool(pool, cfg, eng)
     except (ModelLoadError, PoolError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

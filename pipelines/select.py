@@ -8,8 +8,18 @@ from typing import Annotated
 import typer
 import yaml
 
-from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, console, print_funnel_table
+from curation.cliutil import (
+    AddressOpt,
+    ConfigOpt,
+    EngineOpt,
+    MasterOpt,
+    SetOpt,
+    WorkersOpt,
+    console,
+    print_funnel_table,
+)
 from curation.config import ConfigError, apply_overrides, build, read_yaml
+from curation.engines import open_engine
 from curation.selection import SelectSpec, clean_work_dir, run_selection, save_selection
 
 StepOpt = Annotated[
@@ -47,6 +57,8 @@ def select_command(
     overrides: SetOpt = None,
     engine: EngineOpt = "local",
     workers: WorkersOpt = 1,
+    master: MasterOpt = None,
+    address: AddressOpt = None,
     keep_work: Annotated[bool, typer.Option(help="Keep gathered columns and DuckDB spill files.")] = False,
 ) -> None:
     """Select a subset: exact top-k% by any score, thresholds, filters, random controls, set operations."""
@@ -54,7 +66,8 @@ def select_command(
     if out.suffix != ".npy":
         out = out.with_suffix(".npy")
     work = out.parent / f".{out.stem}.select-work"
-    result = run_selection(pool, spec, work_dir=work, engine=engine, workers=workers)
+    with open_engine(engine, workers, master, address) as eng:
+        result = run_selection(pool, spec, work_dir=work, engine=eng)
     path = save_selection(result, out)
     if not keep_work:
         clean_work_dir(work)

@@ -85,7 +85,9 @@ class ImageConfig(ConfigModel):
 class DownloaderConfig(ConfigModel):
     """How img2dataset fetches: parallelism, patience, shard size, politeness."""
 
-    distributor: Literal["multiprocessing"] = "multiprocessing"  # pyspark: a later issue
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = Field(
+        "multiprocessing", description="Set by --engine (local, spark, ray); no need to set it here."
+    )
     processes_count: int = Field(2, ge=1)
     thread_count: int = Field(64, ge=1)
     timeout: int = Field(10, ge=1)

@@ -13,8 +13,8 @@ from pathlib import Path
 from curation.download.accounting import UNIT_PREFIX, DownloadAccounting, unit_name
 from curation.download.config import DownloadConfig
 from curation.download.fetch import img2dataset_arguments, run_img2dataset
-from curation.download.plan import DownloadPlan, download_dir, input_dir, prepare_plan
-from curation.engines import JobReport, run_job
+from curation.download.plan import CrawlError, DownloadPlan, download_dir, input_dir, prepare_plan
+from curation.engines import Engine, JobReport, get_engine, run_job
 from curation.io import read_json
 from curation.runner import marker_path
 from curation.stats import Funnel, FunnelError, StageStats, merge
@@ -37,9 +37,34 @@ def download_stats(pool: Path) -> StageStats:
     return stages[0]
 
 
-def download_crawl(crawl: Path, pool: Path, cfg: DownloadConfig) -> JobReport:
-    """Download ``crawl`` (a parquet file or folder) into ``pool``; returns the accounting report."""
-    pool = Path(pool)
+def download_crawl(crawl: Path, pool: Path, cfg: DownloadConfig, engine: Engine | str = "local") -> JobReport:
+    """Download ``crawl`` (a parquet file or folder) into ``pool``; returns the accounting report.
+
+    img2dataset distributes the shards itself; the engine picks its distributor (local:
+    multiprocessing, spark: pyspark, ray: ray) and starts the cluster session it runs on, so the
+    Spark or Ray that downloads is the one bound to 127.0.0.1 or attached to with --master/--address.
+    """
+    eng = get_engine(engine) if isinstance(engine, str) else engine
+    try:
+        return _download(Path(crawl), Path(pool), with_distributor(cfg, eng.distributor), eng)
+    finally:
+        if isinstance(engine, str):
+            eng.close()
+
+
+def with_distributor(cfg: DownloadConfig, distributor: str) -> DownloadConfig:
+    """``cfg`` with img2dataset's distributor of the engine; a config naming another one is an error."""
+    chosen = cfg.downloader.distributor
+    if "distributor" in cfg.downloader.model_fields_set and chosen != distributor:
+        raise CrawlError(
+            f"downloader.distributor is {chosen!r} but the engine runs {distributor!r}; "
+            "choose the distributor with --engine (local, spark, ray) and drop the setting"
+        )
+    downloader = cfg.downloader.model_copy(update={"distributor": distributor})
+    return cfg.model_copy(update={"downloader": downloader})
+
+
+def _download(crawl: Path, pool: Path, cfg: DownloadConfig, eng: Engine) -> JobReport:
     pool.mkdir(parents=True, exist_ok=True)
     plan = prepare_plan(Path(crawl), pool, cfg)
     pending = {s: plan.shard_rows(s) for s in plan.shard_ids() if not (pool / f"{s}_stats.json").exists()}
@@ -53,10 +78,11 @@ def download_crawl(crawl: Path, pool: Path, cfg: DownloadConfig) -> JobReport:
             sum(pending.values()), len(pending), d.processes_count, d.thread_count,
         )  # fmt: skip
         log_file = download_dir(pool) / "img2dataset.log" if d.output == "file" else None
+        eng.start()  # before output is redirected, and so img2dataset finds the session
         run_img2dataset(img2dataset_arguments(input_dir(pool), pool, cfg), pending, log_file)
     else:
         log.info("all %d shards of %s are downloaded already; nothing to fetch", len(plan.shard_ids()), pool)
-    report = run_job(job, "local", retries=0, workers=1)
+    report = run_job(job, eng, retries=0)
     if not report.failed:
         _check_every_row_counted(report, plan)
     return report

@@ -11,6 +11,7 @@ import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +24,14 @@ log = logging.getLogger(__name__)
 
 class Engine(ABC):
     name: str = ""
+    distributor: str = ""  # img2dataset's name for this way of running work (download uses it)
 
     @abstractmethod
     def map_shards(self, job: ShardJob, shards: Sequence[str], retries: int) -> Iterator[ShardOutcome]:
         """Run ``process_shard`` for every shard, yielding outcomes as they finish."""
+
+    def start(self) -> None:
+        """Start (or attach to) the cluster now, so tools that look for an active one find it."""
 
     def close(self) -> None:
         """Release cluster resources the engine started."""
@@ -37,6 +42,9 @@ ENGINES: dict[str, str] = {
     "spark": "curation.engines.spark:SparkEngine",
     "ray": "curation.engines.ray:RayEngine",
 }
+
+
+ATTACH_OPTION = {"spark": "master", "ray": "address"}  # how each cluster engine attaches to a cluster
 
 
 def get_engine(name: str, **options: Any) -> Engine:
@@ -50,6 +58,30 @@ def get_engine(name: str, **options: Any) -> Engine:
         raise ValueError(f"engine {name!r} is not available: {exc}") from exc
     cls: Callable[..., Engine] = getattr(module, cls_name)
     return cls(**options)
+
+
+def engine_from_options(
+    name: str, workers: int = 1, master: str | None = None, address: str | None = None
+) -> Engine:
+    """The engine a command line asks for: ``--master`` attaches Spark, ``--address`` attaches Ray."""
+    given = {k: v for k, v in {"master": master, "address": address}.items() if v}
+    wrong = sorted(k for k in given if ATTACH_OPTION.get(name) != k)
+    if wrong:
+        owner = {v: k for k, v in ATTACH_OPTION.items()}[wrong[0]]
+        raise ValueError(f"--{wrong[0]} attaches the {owner} engine; it means nothing to --engine {name}")
+    return get_engine(name, workers=workers, **given)
+
+
+@contextmanager
+def open_engine(
+    name: str, workers: int = 1, master: str | None = None, address: str | None = None
+) -> Iterator[Engine]:
+    """One engine for several jobs (one Spark session or Ray instance), closed at the end."""
+    eng = engine_from_options(name, workers, master, address)
+    try:
+        yield eng
+    finally:
+        eng.close()
 
 
 @dataclass

@@ -31,6 +31,7 @@ def _run_in_worker(shard: str, retries: int) -> ShardOutcome:
 
 class LocalEngine(Engine):
     name = "local"
+    distributor = "multiprocessing"
 
     def __init__(self, workers: int = 1) -> None:
         if workers < 1:

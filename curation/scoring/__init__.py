@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from curation.engines import JobReport, run_job
+from curation.engines import Engine, JobReport, run_job
 from curation.scoring.config import ScoreConfig, default_column
 from curation.scoring.job import ScoreJob
 from curation.scoring.model import ModelLoadError
@@ -17,7 +17,9 @@ from curation.scoring.model import ModelLoadError
 __all__ = ["ModelLoadError", "ScoreConfig", "ScoreJob", "default_column", "score_pool"]
 
 
-def score_pool(pool: str | Path, cfg: ScoreConfig, engine: str = "local", **engine_options: Any) -> JobReport:
+def score_pool(
+    pool: str | Path, cfg: ScoreConfig, engine: Engine | str = "local", **engine_options: Any
+) -> JobReport:
     """Score every shard of ``pool`` not scored yet; finished shards are skipped."""
     job = ScoreJob(pool, cfg)
     job.prepare()  # idempotent: safe also where run_job calls prepare() itself

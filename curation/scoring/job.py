@@ -64,6 +64,7 @@ class ScoreJob(ShardJob):
     """Cosine similarity of every image-text pair of ``pool`` under one reference model."""
 
     name = "score"
+    costly_setup = True
 
     def __init__(self, pool: str | Path, cfg: ScoreConfig) -> None:
         self.pool = Pool(Path(pool))

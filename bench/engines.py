@@ -1,0 +1,94 @@
+"""Benchmark: one CPU-bound shard stage on the local, Spark and Ray engines with 1 and 2 workers.
+
+The stage is ``curate filter`` with language identification (fastText lid.176 on every caption),
+caption length and image size over a synthetic metadata pool (parquet shards of varied captions).
+For each engine and worker count it prints the engine's start-up (Spark session / Ray instance;
+none for local), the job's wall time, the speedup of 2 workers over 1 on that engine, and the
+overhead of that engine against the local engine at the same worker count (job time ratio).
+Every run writes into a fresh copy of the pool, so no shard is skipped.
+
+    nice -n 10 python bench/engines.py --shards 8 --rows 20000
+
+On a shared machine the figures are noisy: compare ratios within one run, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from curation.engines import get_engine, run_job  # noqa: E402
+from curation.filtering import FilterJob  # noqa: E402
+from tests.conftest import write_metadata_pool  # noqa: E402
+
+FILTERS = [
+    {"kind": "caption_length", "name": "caption", "min_words": 3, "min_chars": 6},
+    {"kind": "image_size", "min_side": 32, "max_aspect": 3.0},
+    {"kind": "language", "keep": ["en"], "min_score": 0.0},
+]
+
+
+WIDTHS = (8, 12, 9, 10, 9, 10)
+
+
+def run_once(pool: Path, work: Path, engine: str, workers: int) -> tuple[float, float, int]:
+    """(start-up seconds, job seconds, rows seen) of one run into a fresh copy of ``pool``."""
+    copy = work / f"{engine}-{workers}"
+    shutil.copytree(pool, copy)
+    eng = get_engine(engine, workers=workers)
+    try:
+        t0 = time.perf_counter()
+        eng.start()
+        t1 = time.perf_counter()
+        report = run_job(FilterJob(copy, FILTERS), eng)
+        t2 = time.perf_counter()
+    finally:
+        eng.close()
+        shutil.rmtree(copy, ignore_errors=True)
+    if report.failed:
+        first = report.failed[0]
+        raise SystemExit(f"{engine} x{workers}: shard {first.shard} failed: {first.error}")
+    return t1 - t0, t2 - t1, report.stats[0].total.seen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--rows", type=int, default=20_000, help="rows per shard")
+    ap.add_argument("--engines", default="local,spark,ray")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    engines = args.engines.split(",")
+    with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
+        work = Path(tmp)
+        pool = write_metadata_pool(work / "pool", n_shards=args.shards, per_shard=args.rows)
+        print(f"pool: {args.shards} shards x {args.rows} rows; stage: filter (language id, caption, size)")
+        times: dict[tuple[str, int], float] = {}
+        head = ("engine", "workers", "start-up s", "job s", "rows/s", "speedup", "vs local")
+        print(f"{head[0]:<8}" + "".join(f"{h:>{w}}" for h, w in zip(head[1:], WIDTHS, strict=True)))
+        for engine in engines:
+            for workers in (1, 2):
+                startup, seconds, rows = run_once(pool, work, engine, workers)
+                times[(engine, workers)] = seconds
+                speedup = f"{times[(engine, 1)] / seconds:.2f}x" if workers == 2 else ""
+                local = times.get(("local", workers))
+                overhead = f"{seconds / local:.2f}x" if local else ""
+                print(
+                    f"{engine:<8}{workers:>8}{startup:>12.1f}{seconds:>9.1f}{rows / seconds:>10.0f}"
+                    f"{speedup:>9}{overhead:>10}",
+                    flush=True,
+                )
+    print("speedup: 1-worker job time / 2-worker job time on the same engine; "
+          "vs local: job time / local job time at the same worker count (start-up not included)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""``curate run JOB.yaml``: a whole curation job (download ... reshard, card) declared in one file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.table import Table
+
+from curation.cliutil import AddressOpt, MasterOpt, SetOpt, console
+from curation.config import ConfigError
+from curation.engines import open_engine
+from curation.jobfile import JobSpec, StepFailed, load_job, pending_steps, run_job_file
+from curation.pool import PoolError
+
+
+def run_command(
+    job_file: Annotated[
+        Path, typer.Argument(help="Job YAML (see conf/pipelines/).", exists=True, dir_okay=False)
+    ],
+    engine: Annotated[
+        str | None, typer.Option("--engine", "-e", help="local, spark or ray (default: the job file's).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=1, help="Shard workers (local cluster size).")
+    ] = None,
+    master: MasterOpt = None,
+    address: AddressOpt = None,
+    overrides: SetOpt = None,
+    skip: Annotated[
+        list[str] | None, typer.Option("--skip", help="Leave out this step (by name; repeatable).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and list the steps with their settings; run nothing.")
+    ] = False,
+) -> None:
+    """Run every step of JOB in order on one engine; a rerun skips finished steps and shards."""
+    try:
+        job = load_job(job_file, overrides or [])
+        if dry_run:
+            print_plan(job)
+            return
+        e = job.engine
+        name = engine or e.name
+        same = name == e.name  # the file's attach settings belong to its own engine only
+        with open_engine(
+            name,
+            workers or e.workers,
+            master or (e.master if same else None),
+            address or (e.address if same else None),
+        ) as eng:
+            runs = run_job_file(job, eng, skip or [])
+    except (ConfigError, PoolError) as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from exc
+    except StepFailed as exc:
+        console.print(f"[red]step failed:[/red] {exc}\nRerun the same command: finished work is skipped.")
+        raise typer.Exit(1) from exc
+    table = Table(title=f"{job.name} ({name})")
+    for col in ("step", "status", "seconds"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(r.label, r.status, f"{r.seconds:.1f}" if r.status == "done" else "")
+    console.print(table)
+
+
+def print_plan(job: JobSpec) -> None:
+    for step, done in pending_steps(job):
+        state = "done (skipped on a run)" if done else "to run"
+        console.print(f"[bold]{step.spec.label}[/bold] ({step.spec.stage}): {state}", highlight=False)
+        console.print(yaml.safe_dump(step.settings.model_dump(mode="json"), sort_keys=False), highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
