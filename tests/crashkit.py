@@ -89,19 +89,19 @@ def kill_mid_job(args: Sequence[str], watch: Path, pattern: str, seed: int, max_
     return Kill(found, time.monotonic() - start)
 
 
+def _volatile(key: str) -> bool:
+    return key in VOLATILE_KEYS or key.startswith("seconds") or key.endswith(("_seconds", "_per_s"))
+
+
 def _strip(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {
-            k: _strip(v)
-            for k, v in obj.items()
-            if k not in VOLATILE_KEYS and not str(k).startswith("seconds")
-        }
+        return {k: _strip(v) for k, v in obj.items() if not _volatile(str(k))}
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj
 
 
-def _tar_members(path: Path) -> list[tuple[str, bytes]]:
+def tar_members(path: Path) -> list[tuple[str, bytes]]:
     with tarfile.open(path) as tar:
         return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]  # type: ignore[union-attr]
 
@@ -132,7 +132,7 @@ def assert_same_outputs(expected: Path, actual: Path, ignore: Sequence[str] = ()
             ta, tb = pq.read_table(a), pq.read_table(b)
             assert ta.equals(tb), f"{rel}: tables differ"
         elif rel.endswith(".tar"):
-            ma, mb = _tar_members(a), _tar_members(b)
+            ma, mb = tar_members(a), tar_members(b)
             assert ma == mb, f"{rel}: tar members differ"
             names = Counter(name for name, _ in mb)
             assert max(names.values(), default=1) == 1, f"{rel}: duplicated members"
