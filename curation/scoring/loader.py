@@ -158,7 +158,7 @@ class PairDecoder:
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB as open_clip's preprocess converts, except 16-bit greyscale, which PIL would clip to white."""
     if img.mode in SIXTEEN_BIT_MODES:
-        img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8), mode="L")
+        img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))  # mode L
     return img.convert("RGB")
 
 
