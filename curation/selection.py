@@ -127,6 +127,7 @@ def _run(
         uids, invalid, repeated_rows = _fetch_uids(frame, stages[-1], funnel)
         if repeated_rows and not unique:
             log.warning("the pool lists some selected uids in several rows; dropping all but the first row")
+            con.close()  # before the second pass opens its own (closing twice is harmless)
             return _run(pool, spec, steps, work, engine, workers, unique=True)
         if invalid:
             funnel.stages.append(invalid)
