@@ -23,6 +23,7 @@ from curation import __version__
 from curation.card_data import CardData, reason_counts, size_category
 from curation.io import atomic_write_bytes, atomic_write_text
 from curation.pool import Pool
+from curation.safepath import unique_safe_names
 from curation.stats import Funnel
 from curation.templating import template_env
 
@@ -53,6 +54,7 @@ def plots(data: CardData) -> dict[str, bytes]:
     """Distribution plots, pool vs kept, as PNG bytes by file name."""
     out: dict[str, bytes] = {}
     pool, kept = data.frame, data.kept
+    file_names = unique_safe_names(data.score_columns())  # column names come from data
     for col in data.score_columns():
         fig, ax = _axes()
         ax.hist(pool[col].dropna(), bins=40, alpha=0.5, label="pool")
@@ -63,7 +65,7 @@ def plots(data: CardData) -> dict[str, bytes]:
             )
         ax.set(xlabel=col, ylabel="samples", title=f"{col} distribution")
         ax.legend()
-        out[f"score_{col}.png"] = _png(fig)
+        out[f"score_{file_names[col]}.png"] = _png(fig)
     if "caption" in pool:
         fig, ax = _axes()
         for frame, label in ((pool, "pool"), (kept, "kept")):

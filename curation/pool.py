@@ -94,11 +94,12 @@ class Pool:
 
 def with_caption(table: pa.Table) -> pa.Table:
     """Expose the caption as ``caption`` whatever the source calls it."""
-    if "caption" in table.column_names:
-        return table
     for name in CAPTION_COLUMNS:
         if name in table.column_names:
-            return table.append_column("caption", table[name])
+            kind = table.schema.field(name).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+                raise PoolError(f"caption column {name!r} holds {kind}, not text")
+            return table if name == "caption" else table.append_column("caption", table[name])
     raise PoolError(f"no caption column (looked for {', '.join(CAPTION_COLUMNS)}) in {table.column_names}")
 
 

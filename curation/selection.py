@@ -42,7 +42,7 @@ from curation.selframe import (
     uid_column_complete,
 )
 from curation.selgather import GatherJob
-from curation.selsteps import Compiled, Step, parse_step
+from curation.selsteps import Compiled, Step, gate, parse_step
 from curation.stats import Counts, Funnel, StageStats
 from curation.subset import Subset
 from curation.uid import UID_DTYPE
@@ -51,6 +51,7 @@ from curation.uidvec import hex_to_uids, sort_uids
 log = logging.getLogger(__name__)
 
 OUTPUT_BATCH = 1 << 20
+UNIQUE_LABEL = "unique_uid"
 
 
 class SelectSpec(ConfigModel):
@@ -92,8 +93,19 @@ def run_selection(
 
 
 def _run(
-    pool: Pool, spec: SelectSpec, steps: list[Step], work: Path, engine: Engine | str, workers: int
+    pool: Pool,
+    spec: SelectSpec,
+    steps: list[Step],
+    work: Path,
+    engine: Engine | str,
+    workers: int,
+    unique: bool = False,
 ) -> SelectionResult:
+    """Evaluate the steps; with ``unique``, first drop every pool row of a uid but its first.
+
+    Pools rarely list a uid twice, so that costly window runs only when the subset came out with
+    a uid from two rows (which would silently upsample it): the selection then runs again with it.
+    """
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     for s in steps:
@@ -106,11 +118,17 @@ def _run(
         frame = build_frame(con, pool, refs, subsets, gathered)
         decisions: list[dict[str, Any]] = []
         stages = [Compiled(frame.add("CAST(1 AS BIGINT)", "m"), frame.add("CAST(NULL AS VARCHAR)", "r"))]
+        if unique:
+            stages.append(_first_row_per_uid(frame, stages[0]))
         for s in steps:
             stages.append(s.compile(frame, stages[-1], decisions))
-        labels = _unique_labels([s.label for s in steps])
+        labels = _unique_labels([UNIQUE_LABEL] * unique + [s.label for s in steps])
         funnel = _funnel(frame, stages, labels)
-        uids, invalid = _fetch_uids(frame, stages[-1], funnel)
+        uids, invalid, repeated_rows = _fetch_uids(frame, stages[-1], funnel)
+        if repeated_rows and not unique:
+            log.warning("the pool lists some selected uids in several rows; dropping all but the first row")
+            con.close()  # before the second pass opens its own (closing twice is harmless)
+            return _run(pool, spec, steps, work, engine, workers, unique=True)
         if invalid:
             funnel.stages.append(invalid)
         funnel.check()
@@ -205,10 +223,21 @@ def _funnel(frame: Frame, stages: list[Compiled], labels: list[str]) -> Funnel:
     return Funnel(out)
 
 
-def _fetch_uids(frame: Frame, last: Compiled, funnel: Funnel) -> tuple[np.ndarray, StageStats | None]:
-    """Stream the kept uids (repeated by multiplicity) into one sorted ``u8,u8`` array."""
+def _first_row_per_uid(frame: Frame, within: Compiled) -> Compiled:
+    """Keep the first row (by file and row number) of each uid; the others are ``duplicate_uid``."""
+    first = "row_number() OVER (PARTITION BY lower(uid) ORDER BY _file, file_row_number) = 1"
+    return gate(frame, within, frame.add(first, "u"), "'duplicate_uid'")
+
+
+def _fetch_uids(frame: Frame, last: Compiled, funnel: Funnel) -> tuple[np.ndarray, StageStats | None, bool]:
+    """Stream the kept uids (repeated by multiplicity) into one sorted ``u8,u8`` array.
+
+    Also says whether two kept rows share a uid (told apart from one row's upsampling copies).
+    """
     copies = int(funnel.stages[-1].extra.get("copies", 0))
     out = np.empty(copies, dtype=UID_DTYPE)
+    rows = np.empty(copies, dtype=UID_DTYPE)  # one entry per kept row (a row has at least one copy)
+    n_rows = 0
     filled = 0
     bad: list[str] = []
     sql = f"SELECT uid, {last.m} AS m FROM ({frame.sql()}) WHERE {last.m} > 0"
@@ -221,8 +250,12 @@ def _fetch_uids(frame: Frame, last: Compiled, funnel: Funnel) -> tuple[np.ndarra
         rep = np.repeat(uids, mult) if (mult != 1).any() else uids
         out[filled : filled + len(rep)] = rep
         filled += len(rep)
+        rows[n_rows : n_rows + len(uids)] = uids
+        n_rows += len(uids)
     out = sort_uids(out[:filled])
-    return out, _invalid_stage(frame, last, funnel, bad) if bad else None
+    row_uids = sort_uids(rows[:n_rows])
+    repeated = bool(n_rows > 1 and (row_uids[1:] == row_uids[:-1]).any())
+    return out, _invalid_stage(frame, last, funnel, bad) if bad else None, repeated
 
 
 def _invalid_stage(frame: Frame, last: Compiled, funnel: Funnel, bad: list[str]) -> StageStats:

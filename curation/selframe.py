@@ -29,6 +29,9 @@ from curation.uidvec import uids_to_hex_array
 log = logging.getLogger(__name__)
 
 FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
+NUMERIC_TYPES = FLOAT_TYPES | {
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
+}  # fmt: skip
 
 
 class SelectionError(ValueError):
@@ -142,6 +145,14 @@ class Frame:
 
     def col(self, ref: ColumnRef) -> str:
         return self.aliases[ref]
+
+    def score_col(self, ref: ColumnRef) -> str:
+        """The alias of a column that steps rank or threshold; a clear error unless it is numeric."""
+        alias = self.aliases[ref]
+        kind = self.types[alias].upper()
+        if kind not in NUMERIC_TYPES and not kind.startswith("DECIMAL"):
+            raise SelectionError(f"score column {ref.label()!r} holds {kind}, not numbers")
+        return alias
 
     def type_of(self, alias: str) -> str:
         return self.types[alias]

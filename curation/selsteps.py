@@ -219,7 +219,7 @@ class ThresholdStep(Step):
         return [ColumnRef.parse(self.cfg.score)]
 
     def compile(self, frame: Frame, within: Compiled, decisions: list[dict[str, Any]]) -> Compiled:
-        v = frame.col(ColumnRef.parse(self.cfg.score))
+        v = frame.score_col(ColumnRef.parse(self.cfg.score))
         rules = [(f"NOT {frame.valid(v)}", "missing_score")]
         # a float column's bounds take its type, as numpy compares a float32 column with a Python float
         kind = frame.type_of(v) if frame.is_float(v) else "DOUBLE"
@@ -307,7 +307,7 @@ class TopKStep(Step):
     def compile(self, frame: Frame, within: Compiled, decisions: list[dict[str, Any]]) -> Compiled:
         within = self.compile_within(frame, within, decisions)
         ref = ColumnRef.parse(self.cfg.score)
-        v = frame.col(ref)
+        v = frame.score_col(ref)
         valid = frame.valid(v)
         sample = draw_sample(frame, frame.relation(f"{within.m} > 0"), v, valid, frame.rows_estimate)
         n_cand, n_valid = sample.candidates, sample.valid

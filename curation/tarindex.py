@@ -44,6 +44,16 @@ def index_tar(path: Path, keys: Container[str] | None = None) -> dict[str, list[
     return out
 
 
+def tar_damage(path: Path) -> str | None:
+    """Why ``path`` is not a whole tar (cut short, a corrupt header), or None when it is whole."""
+    try:
+        for _ in _regular_members(path):
+            pass
+    except TarDamage as exc:
+        return str(exc)
+    return None
+
+
 class TarDamage(ValueError):
     """A header that is not a valid tar header, or data that runs past the end of the file."""
 

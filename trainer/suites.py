@@ -25,6 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from curation.config import ConfigModel, format_validation_error
+from curation.safepath import UnsafePathError, child, safe_name
 from trainer.errors import EvalInputError
 
 SUITE_FILE = "suite.yaml"
@@ -176,8 +177,17 @@ def _load_suite_file(root: Path) -> Suite:
         )
     if n_id == 0 and any(t.role is Role.SHIFT for t in spec.test_sets):
         raise SuiteError(f"{source}: shift test sets need one test set with role in_distribution")
-    sets = tuple(load_test_set((root / t.path), t, suite_root=root) for t in spec.test_sets)
+    sets = tuple(load_test_set(_test_set_dir(root, t, source), t, suite_root=root) for t in spec.test_sets)
     return Suite(spec.name, root, sets)
+
+
+def _test_set_dir(root: Path, entry: TestSetEntry, source: Path) -> Path:
+    """A test set's folder: inside the suite (a suite.yaml may come with downloaded data; link a
+    folder that lives elsewhere into the suite instead of naming an outside path)."""
+    try:
+        return child(root, entry.path, f"test set {entry.name!r}: path")
+    except UnsafePathError as exc:
+        raise SuiteError(f"{source}: {exc}; link that folder into the suite instead") from exc
 
 
 def load_test_set(root: Path, entry: TestSetEntry, suite_root: Path | None = None) -> TestSet:
@@ -258,7 +268,10 @@ def read_index_file(path: Path) -> list[int]:
 
 def _class_subset(spec: Sequence[int] | str, n_classes: int, base: Path, where: str) -> tuple[int, ...]:
     if isinstance(spec, str):
-        candidates = [base / spec, SHIPPED_SUBSETS_DIR / f"{spec}.txt"]
+        try:
+            candidates = [child(base, spec, "class_subset"), SHIPPED_SUBSETS_DIR / f"{safe_name(spec)}.txt"]
+        except UnsafePathError as exc:
+            raise SuiteError(f"{where}: {exc}") from exc
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             raise SuiteError(

@@ -278,7 +278,7 @@ def _count(counts: Counter[str], labels: torch.Tensor) -> None:
 def _load_state(path: Path, model: nn.Module, optimizer: Any, scaler: Any) -> dict[str, Any]:
     if not path.exists():
         return {}
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):

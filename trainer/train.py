@@ -377,7 +377,7 @@ def export_clip_checkpoint(plan: RunPlan) -> tuple[Path, int]:
     state_path = plan.request.out / OPENCLIP_NAME / "checkpoints" / "epoch_latest.pt"
     if not state_path.exists():
         raise TrainError(f"open_clip_train finished without writing {state_path}")
-    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
     if state.get("epoch") != plan.budget.chunks:
         raise TrainError(f"{state_path} is at epoch {state.get('epoch')}, expected {plan.budget.chunks}")
     if plan.request.preset.save_frequency == 0:  # open_clip_train also wrote the final epoch_N.pt: same state
@@ -398,7 +398,7 @@ def trained_epochs(plan: RunPlan) -> int:
     state_path = plan.request.out / OPENCLIP_NAME / "checkpoints" / "epoch_latest.pt"
     if not state_path.exists():
         return 0
-    return int(torch.load(state_path, map_location="cpu", weights_only=False, mmap=True).get("epoch", 0))
+    return int(torch.load(state_path, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
 
 
 def train_clip(plan: RunPlan) -> dict[str, Any]:

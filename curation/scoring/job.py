@@ -3,7 +3,8 @@
 Output: ``POOL/attributes/<column>/NNNNN.parquet`` keyed by ``uid`` with the cosine similarity in
 ``<column>`` (``clip_score_<model>`` unless ``--column`` says otherwise, so several reference
 models score one pool side by side), ``<column>_reason`` (null when scored, else ``missing_image``,
-``decode_error`` or ``missing_caption``), and optionally ``image_emb`` / ``text_emb`` (float16,
+``truncated_tar`` (the sample was lost where the shard's tar is cut short), ``decode_error``,
+``image_too_large`` or ``missing_caption``), and optionally ``image_emb`` / ``text_emb`` (float16,
 L2-normalised). ``_model.json`` in the same folder names the model the column was computed with,
 so a resumed run cannot mix the scores of two checkpoints in one column.
 """
@@ -32,6 +33,7 @@ from curation.scoring.encode import EncodedShard, PairEncoder, encode_batches
 from curation.scoring.loader import (
     IMAGE_DECODE_ERROR,
     IMAGE_MISSING,
+    IMAGE_TOO_LARGE,
     ImagePrep,
     LoaderSettings,
     PairCollate,
@@ -41,6 +43,7 @@ from curation.scoring.loader import (
 from curation.scoring.model import ModelSpec, resolve_devices, resolve_precision
 from curation.stage import Verdict
 from curation.stats import StageStats
+from curation.tarindex import tar_damage
 from curation.workerslot import worker_slot
 
 log = logging.getLogger(__name__)
@@ -143,7 +146,8 @@ class ScoreJob(ShardJob):
             raise PoolError(f"{tar} is missing but its parquet lists {rows.num_rows} downloaded samples")
         batches = pair_loader(tar, w.decoder, w.collate, w.loader) if tar.exists() else []
         encoded = encode_batches(w.encoder, batches, self.cfg.embeddings)
-        table, verdict = attribute_table(rows, encoded, self.column)
+        damaged = tar.exists() and tar_damage(tar) is not None
+        table, verdict = attribute_table(rows, encoded, self.column, damaged)
         meta = {"curation.score": json.dumps({"column": self.column, **w.describe})}
         atomic_write_parquet(staging / f"{shard}.parquet", table.replace_schema_metadata(meta))
         sources = rows["source"].to_numpy(zero_copy_only=False) if "source" in rows.column_names else None
@@ -173,11 +177,14 @@ def _image_size(model: Any) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def attribute_table(rows: pa.Table, enc: EncodedShard, column: str) -> tuple[pa.Table, Verdict]:
+def attribute_table(
+    rows: pa.Table, enc: EncodedShard, column: str, damaged_tar: bool = False
+) -> tuple[pa.Table, Verdict]:
     """Join what the model computed (by tar key) onto every downloaded row of the shard's parquet.
 
-    A row whose key is not in the tar counts as ``missing_image``; tar samples that the parquet does
-    not list are not pool samples and are only logged.
+    A row whose key is not in the tar counts as ``missing_image`` (``truncated_tar`` when the tar
+    is cut short, so it was probably lost there); tar samples that the parquet does not list are not
+    pool samples and are only logged.
     """
     n = rows.num_rows
     tar_keys = pa.array(enc.keys, pa.string())
@@ -194,8 +201,10 @@ def attribute_table(rows: pa.Table, enc: EncodedShard, column: str) -> tuple[pa.
     verdict = Verdict.from_rules(
         n,
         [
+            ("truncated_tar", ~found & damaged_tar),
             ("missing_image", status == IMAGE_MISSING),
             ("decode_error", status == IMAGE_DECODE_ERROR),
+            ("image_too_large", status == IMAGE_TOO_LARGE),
             ("missing_caption", ~text_ok),
         ],
     )

@@ -9,14 +9,17 @@ batch on the model's device (:class:`ImagePrep`), not once per sample: per-sampl
 cost more than the decode on small images, and uint8 batches are a quarter of the bytes to move.
 
 A sample that cannot be used does not stop the shard: its image becomes zeros with status
-``IMAGE_MISSING`` or ``IMAGE_DECODE_ERROR``, an empty caption is flagged, and the job turns those
-flags into null scores with a reason.
+``IMAGE_MISSING``, ``IMAGE_DECODE_ERROR`` or ``IMAGE_TOO_LARGE`` (a decompression bomb, or an image
+whose resize to the model's input would be huge, is refused from its header, before any pixel is
+decoded), an empty caption is flagged, and the job turns those flags into null scores with a
+reason. A tar that is cut short ends its stream with a warning; the job counts the samples it lost.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,12 @@ from webdataset.tariterators import base_plus_ext
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # img2dataset's encode_format choices
-IMAGE_OK, IMAGE_MISSING, IMAGE_DECODE_ERROR = 0, 1, 2
+IMAGE_OK, IMAGE_MISSING, IMAGE_DECODE_ERROR, IMAGE_TOO_LARGE = 0, 1, 2, 3
+# Longer captions are cut before tokenizing: BPE of a megabyte-long caption costs seconds, and the
+# model reads only its first context_length tokens (77): 8192 characters make far more tokens than
+# that for any caption but a contrived one, so the cut leaves the model's input unchanged.
+MAX_CAPTION_CHARS = 8192
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class PairBatch(NamedTuple):
@@ -105,6 +113,7 @@ class PairDecoder:
 
     prep: ImagePrep
     fast_decode: bool = False
+    max_pixels: int = Image.MAX_IMAGE_PIXELS  # PIL's own decompression-bomb warning threshold
 
     def __call__(self, sample: dict[str, Any]) -> tuple[str, np.ndarray, int, str]:
         image, status = self.image(sample)
@@ -116,10 +125,15 @@ class PairDecoder:
         if data is None:
             return self.blank(), IMAGE_MISSING
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                if self.too_large(img.size):
+                    log.debug("sample %s: image of %s pixels refused", sample.get("__key__"), img.size)
+                    return self.blank(), IMAGE_TOO_LARGE
                 if self.fast_decode:
                     img.draft("RGB", self.prep.size)  # JPEG: DCT-domain downscale, still >= size
-                out = np.array(self.prep.pil_steps(img.convert("RGB")))  # writable, as torch wants
+                out = np.array(self.prep.pil_steps(to_rgb(img)))  # writable, as torch wants
+        except Image.DecompressionBombError:  # PIL refuses past twice its limit already in open()
+            return self.blank(), IMAGE_TOO_LARGE
         except Exception as exc:  # PIL raises many types for corrupt data; each one is a per-sample drop
             log.debug("sample %s: undecodable image: %s", sample.get("__key__"), exc)
             return self.blank(), IMAGE_DECODE_ERROR
@@ -131,6 +145,21 @@ class PairDecoder:
 
     def blank(self) -> np.ndarray:
         return np.zeros((*self.prep.size, 3), np.uint8)
+
+    def too_large(self, size: tuple[int, int]) -> bool:
+        """More pixels than ``max_pixels``, or an aspect so extreme that scaling its short side to
+        the model's input would (a 60000x2 banner resizes to 6.7M x 224)."""
+        w, h = size
+        short = max(1, min(w, h))
+        side = max(self.prep.size)
+        return w * h > self.max_pixels or max(w, h) * side * side // short > self.max_pixels
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB as open_clip's preprocess converts, except 16-bit greyscale, which PIL would clip to white."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))  # mode L
+    return img.convert("RGB")
 
 
 @dataclass
@@ -145,7 +174,7 @@ class PairCollate:
             keys=list(keys),
             images=default_collate(images),  # in a worker: stacked straight into shared memory
             image_status=torch.tensor(status, dtype=torch.int8),
-            tokens=self.tokenizer(list(captions)),
+            tokens=self.tokenizer([c[:MAX_CAPTION_CHARS] for c in captions]),
             text_ok=torch.tensor([bool(c) for c in captions]),
         )
 
@@ -161,8 +190,11 @@ class TarPairs(IterableDataset):
         info = get_worker_info()
         k, n = (info.id, info.num_workers) if info is not None else (0, 1)
         samples = wds.tarfile_samples([{"url": str(self.tar)}], select_files=_not_json(NthSample(k, n)))
-        for sample in samples:
-            yield self.decode(sample)
+        try:
+            for sample in samples:
+                yield self.decode(sample)
+        except (tarfile.TarError, OSError, EOFError) as exc:  # a tar cut short or corrupt: keep what came
+            log.warning("%s is damaged (%s); its later samples are lost", self.tar, exc)
 
 
 def _not_json(select: NthSample) -> Callable[[str], bool]:
