@@ -46,6 +46,7 @@ from curation.engines import run_job
 from curation.filtering import FilterJob
 from curation.global_view import uid_keys
 from curation.pool import Pool, iter_tar_samples
+from curation.synth.truth import family_of, near_dup_figures
 
 log = logging.getLogger("filter_quality")
 Encoder = Callable[[list], np.ndarray]  # PIL images -> (n, d) L2-normalised rows
@@ -117,11 +118,6 @@ def embed(pool: Pool, stage: str, encode: Encoder) -> None:
         pq.write_table(table, out / f"{shard}.parquet")
 
 
-def family_of(gt: pa.Table) -> dict[str, str]:
-    """Each uid's duplicate family: the uid of the original its copies point to (itself if none)."""
-    return {u: d or u for u, d in zip(gt["uid"].to_pylist(), gt["dup_of"].to_pylist(), strict=True)}
-
-
 def share(mask: np.ndarray) -> float:
     return round(float(mask.mean()), 4) if len(mask) else float("nan")
 
@@ -160,23 +156,6 @@ def exact_figures(table: pa.Table, kinds: np.ndarray, fam: dict[str, str]) -> di
         "groups_with_one_kept": sum(sum(keep[m] for m in g) == 1 for g in groups.values()) == len(groups),
         "representative_is_smallest_uid": all(r == min(g) for r, g in groups.items()),
         "wrongly_dropped": len(wrong),
-    }
-
-
-def near_dup_figures(
-    uids: list[str], rep: list[str | None], junk: dict[str, str], fam: dict[str, str]
-) -> dict:
-    """Share of near copies grouped with their original, and samples merged into another family."""
-    rep_of = dict(zip(uids, rep, strict=True))
-    copies = [u for u in uids if junk.get(u) == "near_dup" and fam[u] in rep_of]
-    found = sum(rep_of[u] is not None and rep_of[u] == rep_of[fam[u]] for u in copies)
-    wrong = sum(r is not None and r != u and fam[r] != fam[u] for u, r in rep_of.items())
-    return {
-        "near_copies": len(copies),
-        "found": found,
-        "recall": round(found / max(1, len(copies)), 4),
-        "false_merges": wrong,
-        "false_merge_rate": round(wrong / max(1, len(uids)), 4),
     }
 
 
