@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image, ImageDraw
+from typer.testing import CliRunner
 
+from curation.cli import app
 from curation.config import CONF_DIR, ConfigError, load_config
 from curation.copydesc import CopyDescConfig, descriptors, thumbnail
 from curation.copydesc_job import CopyDescJob
@@ -21,6 +23,7 @@ from curation.filtering import FilterJob
 from curation.pool import Pool, iter_tar_samples
 from curation.synth.truth import family_of, near_dup_figures
 from pipelines.filter import FilterJobConfig
+from tests.selpools import write_image_pool
 from tests.synth_pool import SOURCES, small_crawl, write_synth_pool
 
 DEFAULT = CONF_DIR / "copydesc" / "default.yaml"
@@ -128,3 +131,13 @@ def test_rerun_skips_done_shards_and_refuses_other_settings(crawl_pool, tmp_path
     assert {o.status for o in again.outcomes} == {"skipped"}
     with pytest.raises(ConfigError, match="descriptors made with"):
         run_job(CopyDescJob(copy, CopyDescConfig(thumb=8)), "local")
+
+
+def test_cli_writes_descriptors_with_overridden_settings(tmp_path):
+    pool = write_image_pool(tmp_path / "pool", n_shards=2, per_shard=12)
+    result = CliRunner().invoke(app, ["copydesc", str(pool), "-c", str(DEFAULT), "-s", "thumb=8"])
+    assert result.exit_code == 0, result.output
+    table = Pool(pool).read_attributes("copydesc")
+    downloaded = sum(Pool(pool).read_samples(s).num_rows for s in Pool(pool).shard_ids())
+    assert table.num_rows == downloaded
+    assert table.schema.field("copydesc").type.list_size == CopyDescConfig(thumb=8).dim()
