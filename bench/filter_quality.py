@@ -10,7 +10,10 @@ download; if it does not exist, the crawl is served on 127.0.0.1 and downloaded 
 if it does not exist they are computed here with ``--model`` / ``--pretrained`` through open_clip
 (random init when no checkpoint is given), in the score stage's layout.
 
-``--embed thumb`` embeds with a 16x16 RGB thumbnail descriptor instead, for comparison.
+``--embed thumb`` embeds with a 16x16 RGB thumbnail descriptor instead, for comparison;
+``--embed copydesc`` runs the copy-descriptor stage (``curate copydesc``, conf/copydesc/default.yaml)
+into ``--emb-stage`` and searches its ``copydesc`` column (what conf/filters/synthetic_scored.yaml
+does).
 
 Figures: language (share of foreign captions dropped, of English ones dropped), exact dedup (every
 copy found, one deterministic representative per group), near dedup (share of copies found,
@@ -34,12 +37,16 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from curation.config import CONF_DIR, load_config
+from curation.copydesc import CopyDescConfig
+from curation.copydesc_job import CopyDescJob
 from curation.dedup import SearchParams, near_duplicate_groups
 from curation.embeddings import EmbeddingRef, gather_embeddings
 from curation.engines import run_job
 from curation.filtering import FilterJob
 from curation.global_view import uid_keys
 from curation.pool import Pool, iter_tar_samples
+from curation.synth.truth import family_of, near_dup_figures
 
 log = logging.getLogger("filter_quality")
 Encoder = Callable[[list], np.ndarray]  # PIL images -> (n, d) L2-normalised rows
@@ -47,7 +54,6 @@ Encoder = Callable[[list], np.ndarray]  # PIL images -> (n, d) L2-normalised row
 
 def download(synth: Path, pool: Path) -> None:
     """Serve the synthetic crawl on 127.0.0.1 and download it with ``curate download``'s synthetic config."""
-    from curation.config import CONF_DIR, load_config
     from curation.download import DownloadConfig, download_crawl
     from curation.synth import rebase_urls, serve
 
@@ -112,11 +118,6 @@ def embed(pool: Pool, stage: str, encode: Encoder) -> None:
         pq.write_table(table, out / f"{shard}.parquet")
 
 
-def family_of(gt: pa.Table) -> dict[str, str]:
-    """Each uid's duplicate family: the uid of the original its copies point to (itself if none)."""
-    return {u: d or u for u, d in zip(gt["uid"].to_pylist(), gt["dup_of"].to_pylist(), strict=True)}
-
-
 def share(mask: np.ndarray) -> float:
     return round(float(mask.mean()), 4) if len(mask) else float("nan")
 
@@ -158,30 +159,13 @@ def exact_figures(table: pa.Table, kinds: np.ndarray, fam: dict[str, str]) -> di
     }
 
 
-def near_dup_figures(
-    uids: list[str], rep: list[str | None], junk: dict[str, str], fam: dict[str, str]
-) -> dict:
-    """Share of near copies grouped with their original, and samples merged into another family."""
-    rep_of = dict(zip(uids, rep, strict=True))
-    copies = [u for u in uids if junk.get(u) == "near_dup" and fam[u] in rep_of]
-    found = sum(rep_of[u] is not None and rep_of[u] == rep_of[fam[u]] for u in copies)
-    wrong = sum(r is not None and r != u and fam[r] != fam[u] for u, r in rep_of.items())
-    return {
-        "near_copies": len(copies),
-        "found": found,
-        "recall": round(found / max(1, len(copies)), 4),
-        "false_merges": wrong,
-        "false_merge_rate": round(wrong / max(1, len(uids)), 4),
-    }
-
-
-def near_dup_sweep(pool: Pool, stage: str, junk: dict[str, str], fam: dict[str, str]) -> list[dict]:
+def near_dup_sweep(pool: Pool, ref: EmbeddingRef, junk: dict[str, str], fam: dict[str, str]) -> list[dict]:
     """Recall and false merges over thresholds, on the same embeddings, without re-running the job."""
-    emb = gather_embeddings(pool, EmbeddingRef(attribute=stage), "sweep")
+    emb = gather_embeddings(pool, ref, "sweep")
     rows = emb.valid_rows()
     uids = emb.uids.take(pa.array(rows, pa.int64()))
     out = []
-    for thr in (0.9, 0.92, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999):
+    for thr in (0.9, 0.92, 0.93, 0.94, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999):
         groups = near_duplicate_groups(emb.vectors[rows], uid_keys(uids), SearchParams(threshold=thr))
         reps = uids.take(pa.array(groups.rep, pa.int64())).to_pylist()
         out.append({"threshold": thr, **near_dup_figures(uids.to_pylist(), reps, junk, fam)})
@@ -233,7 +217,8 @@ def main() -> None:
     ap.add_argument("--synth", type=Path, required=True)
     ap.add_argument("--pool", type=Path, required=True)
     ap.add_argument("--emb-stage", default="bench_emb")
-    ap.add_argument("--embed", choices=["clip", "thumb"], default="clip", help="how to embed if needed")
+    ap.add_argument("--emb-column", default=None, help="embedding column (default image_emb; copydesc)")
+    ap.add_argument("--embed", choices=["clip", "thumb", "copydesc"], default="clip", help="how to embed")
     ap.add_argument("--model", default="tiny-vit")
     ap.add_argument("--pretrained", default=None)
     ap.add_argument("--threshold", type=float, default=0.95)
@@ -249,17 +234,26 @@ def main() -> None:
         download(args.synth, args.pool)
         print(f"downloaded the crawl into {args.pool} in {time.perf_counter() - t:.0f} s")
     pool = Pool(args.pool)
-    if args.embed == "clip":
+    if args.embed in ("clip", "copydesc"):
         encode, what = (
             clip_encoder(args.model, args.pretrained),
             f"{args.model} ({args.pretrained or 'random'})",
         )
     else:
         encode, what = thumbnail_encoder(), "16x16 RGB thumbnails"
-    if not pool.attributes_dir(args.emb_stage).exists():
+    column = args.emb_column or ("copydesc" if args.embed == "copydesc" else "image_emb")
+    if args.embed == "copydesc":
+        t = time.perf_counter()
+        conf = CONF_DIR / "copydesc" / "default.yaml"
+        cfg = load_config(CopyDescConfig, conf, [f"column={args.emb_stage}"])
+        run_job(CopyDescJob(args.pool, cfg), "local", workers=args.workers).funnel().check()
+        column = args.emb_stage
+        print(f"copy descriptors of the pool in {time.perf_counter() - t:.0f} s")
+    elif not pool.attributes_dir(args.emb_stage).exists():
         t = time.perf_counter()
         embed(pool, args.emb_stage, encode)
         print(f"embedded the pool with {what} in {time.perf_counter() - t:.0f} s")
+    ref = EmbeddingRef(attribute=args.emb_stage, column=column)
 
     gt = pq.read_table(args.synth / "ground_truth.parquet")
     junk = dict(zip(gt["uid"].to_pylist(), gt["junk"].to_pylist(), strict=True))
@@ -272,7 +266,7 @@ def main() -> None:
         {"kind": "exact_dup"},
         {
             "kind": "near_dup",
-            "embeddings": {"attribute": args.emb_stage, "column": "image_emb"},
+            "embeddings": {"attribute": args.emb_stage, "column": column},
             "threshold": args.threshold,
         },
     ]
@@ -303,7 +297,7 @@ def main() -> None:
         },
         "exact_dup": exact_figures(table, kinds, fam),
         "near_dup": {"threshold": args.threshold, **near_dup_figures(uids, near_rep, junk, fam)},
-        "near_dup_sweep": near_dup_sweep(pool, args.emb_stage, junk, fam),
+        "near_dup_sweep": near_dup_sweep(pool, ref, junk, fam),
     }
     if args.cluster_classes:
         figures["image_cluster"] = cluster_figures(args, pool, encode, gt)

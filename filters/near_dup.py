@@ -1,8 +1,10 @@
 """Near duplicates: images whose embeddings are almost the same (re-encoded, resized, cropped copies).
 
 A global filter (see :mod:`curation.global_view`): phase 1 reads every pool sample's image
-embedding (the float16 ``image_emb`` list the scoring stage writes under
-``POOL/attributes/<stage>/``), links samples whose cosine similarity is >= ``threshold`` among
+embedding (``embeddings: {attribute, column}``: the copy descriptor ``curate copydesc`` writes under
+``POOL/attributes/copydesc/``, which tells copies from look-alikes, or the float16 ``image_emb``
+list the scoring stage writes, a semantic embedding that also merges distinct images of one
+concept; docs/filters.md), links samples whose cosine similarity is >= ``threshold`` among
 each one's ``k`` nearest neighbours (faiss, exact or IVF; see :mod:`curation.dedup`), and groups
 linked samples into connected components. Each group keeps one representative (best ``prefer``
 score, then the smallest uid); the others are dropped as ``near_duplicate`` with ``<name>_of``

@@ -1,0 +1,32 @@
+"""``curate copydesc``: copy-detection descriptors of every pool image, for the near-duplicate filter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, finish, print_funnel
+from curation.config import load_config
+from curation.copydesc import CopyDescConfig
+from curation.copydesc_job import CopyDescJob
+from curation.engines import run_job
+
+
+def copydesc_command(
+    pool: Annotated[Path, typer.Argument(help="Pool directory (img2dataset layout, with tars).")],
+    config: ConfigOpt = Path("conf/copydesc/default.yaml"),
+    overrides: SetOpt = None,
+    engine: EngineOpt = "local",
+    workers: WorkersOpt = 1,
+) -> None:
+    """Write POOL/attributes/<column>/ (thumbnail + colour-histogram descriptors) for near dedup."""
+    cfg = load_config(CopyDescConfig, config, overrides or [])
+    report = run_job(CopyDescJob(pool, cfg), engine, workers=workers)
+    print_funnel(report)
+    finish(report)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("copydesc")(copydesc_command)
