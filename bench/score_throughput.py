@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--image-size", type=int, default=256, help="side of the pool's JPEGs (img2dataset: 256)")
     ap.add_argument("--loader-workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the model process")
-    ap.add_argument("--fast-decode", action="store_true")
+    ap.add_argument("--jpeg-draft", type=int, default=None, help="ScoreConfig.jpeg_draft (null = exact)")
     ap.add_argument("--no-embeddings", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     return ap.parse_args()
@@ -134,7 +134,7 @@ def main() -> None:
             batch_size=args.batch_size,
             loader_workers=args.loader_workers,
             threads=args.threads,
-            fast_decode=args.fast_decode,
+            jpeg_draft=args.jpeg_draft,
             embeddings=not args.no_embeddings,
         )
         job = ScoreJob(pool, cfg)
@@ -146,7 +146,7 @@ def main() -> None:
         print(
             f"model={args.model} device={enc.device} precision={enc.precision} batch={args.batch_size} "
             f"pairs={pairs} shards={args.shards} jpeg={args.image_size}px "
-            f"loader_workers={args.loader_workers} threads={stage_threads} fast_decode={args.fast_decode} "
+            f"loader_workers={args.loader_workers} threads={stage_threads} jpeg_draft={args.jpeg_draft} "
             f"cores={all_cores} "
             f"load_avg={os.getloadavg()[0]:.1f}"
         )

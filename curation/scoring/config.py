@@ -39,9 +39,11 @@ class ScoreConfig(ConfigModel):
     prefetch_factor: int = Field(4, ge=1, description="batches each loader process keeps ready")
     threads: int | None = Field(None, ge=1, description="torch threads of the model process; null = auto")
     embeddings: bool = Field(True, description="also store L2-normalised image_emb / text_emb as float16")
-    fast_decode: bool = Field(
-        False,
-        description="let libjpeg decode at a reduced scale close to the model's input (faster, not exact)",
+    jpeg_draft: int | None = Field(
+        None,
+        ge=1,
+        description="decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) that keeps them at least this many "
+        "times the model input, then the model's resize: null = exact; 2 = near-exact; 1 = fastest",
     )
 
     @field_validator("device", mode="before")

@@ -116,12 +116,13 @@ class ScoreJob(ShardJob):
             "pretrained": self.cfg.pretrained,
             "device": str(device),
             "precision": encoder.precision,
+            "jpeg_draft": self.cfg.jpeg_draft,
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
         }
         log.info("score worker %d/%d: %s", slot.rank, slot.count, describe)
         self._worker = _Worker(
             encoder=encoder,
-            decoder=PairDecoder(prep, self.cfg.fast_decode),
+            decoder=PairDecoder(prep, self.cfg.jpeg_draft),
             collate=PairCollate(bundle.tokenizer),
             loader=LoaderSettings(
                 self.cfg.batch_size, self.cfg.loader_workers, self.cfg.prefetch_factor, device.type == "cuda"
