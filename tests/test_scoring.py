@@ -23,6 +23,7 @@ from curation.engines import run_job
 from curation.engines.local import _init_worker
 from curation.pool import Pool
 from curation.scoring import ModelLoadError, ScoreConfig, ScoreJob, loader, score_pool
+from curation.scoring import job as score_job
 from curation.scoring.encode import PairEncoder, encode_batches
 from curation.scoring.loader import (
     ImagePrep,
@@ -173,6 +174,18 @@ def test_loader_ramps_batches_up_and_delivers_every_sample_once(tmp_path, monkey
         assert all(b.images.shape[0] == len(b.keys) == b.tokens.shape[0] for b in batches)
         per_worker = sizes if workers == 0 else sizes[::2]  # the loader alternates between workers
         assert per_worker == ([2, 4, 5, 5, 5, 5, 4] if workers == 0 else [2, 4, 5, 4]), sizes
+
+
+def test_auto_loader_workers_and_threads_share_the_cores(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
+    monkeypatch.setattr(score_job, "_cores", lambda: 16)
+    assert score_job.default_loader_workers(1, cpu) == 1 and score_job.default_threads(1, 1) == 15
+    assert score_job.default_loader_workers(2, gpu) == 7  # two GPUs: 8 cores each, one feeds the GPU
+    monkeypatch.setattr(score_job, "_cores", lambda: 2)
+    assert score_job.default_loader_workers(1, cpu) == 1 and score_job.default_threads(1, 1) == 1
+    monkeypatch.setattr(score_job, "_cores", lambda: 1)
+    assert score_job.default_loader_workers(1, cpu) == 0 and score_job.default_threads(1, 0) == 1
+    assert score_job.default_loader_workers(1, gpu) == 1
 
 
 def test_bf16_autocast_on_cpu_scores_close_to_fp32(pool, ckpt):
