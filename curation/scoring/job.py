@@ -175,8 +175,8 @@ def default_loader_workers(engine_workers: int, device: torch.device) -> int:
     """Decode processes of one model process when the config leaves it to us.
 
     On a GPU decoding is the bottleneck: every core of this process's share decodes but one, which
-    feeds the GPU. On a CPU one decode process beside the model threads (measured best on 2 cores
-    for both tiny-vit and ViT-B-32; raise it when the log says the model waits for data).
+    feeds the GPU. On a CPU one decode process beside the model's threads (the best split measured
+    on 2 cores for tiny-vit and ViT-B-32; raise it when the log says the model waits for data).
     """
     share = _cores() // engine_workers
     return max(1, share - 1) if device.type == "cuda" else max(0, min(1, share - 1))
