@@ -22,7 +22,8 @@ from curation.config import ConfigError
 from curation.engines import run_job
 from curation.engines.local import _init_worker
 from curation.pool import Pool
-from curation.scoring import ModelLoadError, ScoreConfig, ScoreJob, score_pool
+from curation.scoring import ModelLoadError, ScoreConfig, ScoreJob, loader, score_pool
+from curation.scoring import job as score_job
 from curation.scoring.encode import PairEncoder, encode_batches
 from curation.scoring.loader import (
     ImagePrep,
@@ -35,7 +36,7 @@ from curation.scoring.loader import (
 from curation.scoring.model import ModelSpec, resolve_devices
 from curation.stats import Funnel
 from curation.workerslot import WorkerSlot, worker_slot
-from tests.image_pool import draw, write_image_pool
+from tests.image_pool import draw, jpeg, write_image_pool
 from trainer.models import register_project_models
 
 COLUMN = "clip_score_tiny_vit"
@@ -131,14 +132,60 @@ def test_batched_tensor_steps_equal_the_model_preprocess_exactly():
         ImagePrep.from_preprocess(Compose([ToTensor()]), (64, 64))
 
 
-def test_fast_decode_scores_large_jpegs_close_to_the_exact_path(tmp_path, ckpt):
+def test_jpeg_draft_decodes_exactly_up_to_twice_the_input_and_close_above(tmp_path, ckpt):
+    register_project_models()
+    _, _, preprocess = open_clip.create_model_and_transforms("tiny-vit")
+    prep = ImagePrep.from_preprocess(preprocess, (64, 64))
+    rng = np.random.default_rng(1)
+    for side in (48, 64, 100, 128, 255):  # shorter than 2 x 128 px: no DCT scaling, bit-identical
+        sample = {"__key__": "k", "jpg": jpeg(draw(rng, "red", "circle", side))}
+        exact, drafted = PairDecoder(prep).image(sample)[0], PairDecoder(prep, 2).image(sample)[0]
+        np.testing.assert_array_equal(drafted, exact)
+    sample = {"__key__": "k", "jpg": jpeg(draw(rng, "red", "circle", 512))}
+    exact, half, full = (PairDecoder(prep, d).image(sample)[0].astype(int) for d in (None, 2, 1))
+    assert 0 < np.abs(half - exact).mean() < np.abs(full - exact).mean() < 8  # reduced scale, close
+
     root = write_image_pool(tmp_path / "pool", n_shards=1, per_shard=6, image_size=256)
-    score_pool(root, config(ckpt, embeddings=False))
-    exact = Pool(root).read_attributes(COLUMN)[COLUMN].to_numpy()
-    score_pool(root, config(ckpt, embeddings=False, fast_decode=True, column="fast"))
-    fast = Pool(root).read_attributes("fast")["fast"].to_numpy()
-    assert not np.isnan(fast).any()
-    np.testing.assert_allclose(fast, exact, atol=0.02)  # a 4x DCT-domain downscale instead of bicubic
+    scores = {}
+    for draft in (None, 2, 1):
+        column = f"draft_{draft or 0}"
+        score_pool(root, config(ckpt, embeddings=False, jpeg_draft=draft, column=column))
+        scores[draft] = Pool(root).read_attributes(column)[column].to_numpy()
+        meta = pq.read_schema(root / "attributes" / column / "00000.parquet").metadata[b"curation.score"]
+        assert json.loads(meta)["jpeg_draft"] == draft
+    assert not np.isnan(scores[2]).any()
+    np.testing.assert_allclose(scores[2], scores[None], atol=0.005)  # 1/2 scale, then bicubic
+    np.testing.assert_allclose(scores[1], scores[None], atol=0.02)  # 1/4 scale instead of bicubic
+
+
+def test_loader_ramps_batches_up_and_delivers_every_sample_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(loader, "FIRST_BATCH", 2)
+    tar = write_image_pool(tmp_path / "pool", n_shards=1, per_shard=30, image_size=32) / "00000.tar"
+    register_project_models()
+    _, _, preprocess = open_clip.create_model_and_transforms("tiny-vit")
+    decode = PairDecoder(ImagePrep.from_preprocess(preprocess, (64, 64)))
+    collate = PairCollate(open_clip.get_tokenizer("tiny-vit"))
+    expected = sorted(tar_samples(tar))
+    for workers in (0, 2):
+        batches = list(pair_loader(tar, decode, collate, LoaderSettings(5, workers, 2, False)))
+        sizes = [len(b.keys) for b in batches]
+        keys = sorted(k for b in batches for k in b.keys)
+        assert keys == expected, workers
+        assert all(b.images.shape[0] == len(b.keys) == b.tokens.shape[0] for b in batches)
+        per_worker = sizes if workers == 0 else sizes[::2]  # the loader alternates between workers
+        assert per_worker == ([2, 4, 5, 5, 5, 5, 4] if workers == 0 else [2, 4, 5, 4]), sizes
+
+
+def test_auto_loader_workers_and_threads_share_the_cores(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
+    monkeypatch.setattr(score_job, "_cores", lambda: 16)
+    assert score_job.default_loader_workers(1, cpu) == 1 and score_job.default_threads(1, 1) == 15
+    assert score_job.default_loader_workers(2, gpu) == 7  # two GPUs: 8 cores each, one feeds the GPU
+    monkeypatch.setattr(score_job, "_cores", lambda: 2)
+    assert score_job.default_loader_workers(1, cpu) == 1 and score_job.default_threads(1, 1) == 1
+    monkeypatch.setattr(score_job, "_cores", lambda: 1)
+    assert score_job.default_loader_workers(1, cpu) == 0 and score_job.default_threads(1, 0) == 1
+    assert score_job.default_loader_workers(1, gpu) == 1
 
 
 def test_bf16_autocast_on_cpu_scores_close_to_fp32(pool, ckpt):

@@ -35,13 +35,20 @@ class ScoreConfig(ConfigModel):
         "auto", description="auto = fp32 on CPU, bf16 on CUDA; fp16/bf16 via autocast"
     )
     batch_size: int = Field(256, ge=1)
-    loader_workers: int = Field(1, ge=0, description="DataLoader processes decoding images per model")
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader processes decoding images per model process; null = auto: on a CPU 1 "
+        "(0 with a single core), on a GPU every core of the model process's share but one",
+    )
     prefetch_factor: int = Field(4, ge=1, description="batches each loader process keeps ready")
     threads: int | None = Field(None, ge=1, description="torch threads of the model process; null = auto")
     embeddings: bool = Field(True, description="also store L2-normalised image_emb / text_emb as float16")
-    fast_decode: bool = Field(
-        False,
-        description="let libjpeg decode at a reduced scale close to the model's input (faster, not exact)",
+    jpeg_draft: int | None = Field(
+        None,
+        ge=1,
+        description="decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) that keeps them at least this many "
+        "times the model input, then the model's resize: null = exact; 2 = near-exact; 1 = fastest",
     )
 
     @field_validator("device", mode="before")

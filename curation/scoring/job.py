@@ -107,10 +107,13 @@ class ScoreJob(ShardJob):
         slot = worker_slot()
         devices = resolve_devices(self.cfg.device)
         device = devices[slot.rank % len(devices)]
+        loaders = self.cfg.loader_workers
+        if loaders is None:
+            loaders = default_loader_workers(slot.count, device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         else:
-            torch.set_num_threads(self.cfg.threads or default_threads(slot.count, self.cfg.loader_workers))
+            torch.set_num_threads(self.cfg.threads or default_threads(slot.count, loaders))
         bundle = self.spec.load(device)
         prep = ImagePrep.from_preprocess(bundle.preprocess, _image_size(bundle.model))
         encoder = PairEncoder(bundle.model, prep, device, resolve_precision(self.cfg.precision, device))
@@ -120,15 +123,17 @@ class ScoreJob(ShardJob):
             "pretrained": self.cfg.pretrained,
             "device": str(device),
             "precision": encoder.precision,
+            "jpeg_draft": self.cfg.jpeg_draft,
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "loader_workers": loaders,
         }
         log.info("score worker %d/%d: %s", slot.rank, slot.count, describe)
         self._worker = _Worker(
             encoder=encoder,
-            decoder=PairDecoder(prep, self.cfg.fast_decode),
+            decoder=PairDecoder(prep, self.cfg.jpeg_draft),
             collate=PairCollate(bundle.tokenizer),
             loader=LoaderSettings(
-                self.cfg.batch_size, self.cfg.loader_workers, self.cfg.prefetch_factor, device.type == "cuda"
+                self.cfg.batch_size, loaders, self.cfg.prefetch_factor, device.type == "cuda"
             ),
             describe=describe,
         )
@@ -168,8 +173,22 @@ def default_threads(engine_workers: int, loader_workers: int) -> int:
     Oversubscribing cores costs far more than it gains: torch's OpenMP threads spin at barriers, so
     a loader that preempts one of them stalls them all (measured in docs/scoring.md).
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // engine_workers - loader_workers)
+    return max(1, _cores() // engine_workers - loader_workers)
+
+
+def default_loader_workers(engine_workers: int, device: torch.device) -> int:
+    """Decode processes of one model process when the config leaves it to us.
+
+    On a GPU decoding is the bottleneck: every core of this process's share decodes but one, which
+    feeds the GPU. On a CPU one decode process beside the model's threads (the best split measured
+    on 2 cores for tiny-vit and ViT-B-32; raise it when the log says the model waits for data).
+    """
+    share = _cores() // engine_workers
+    return max(1, share - 1) if device.type == "cuda" else max(0, min(1, share - 1))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _image_size(model: Any) -> tuple[int, int]:
