@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from curation.engines import JobReport
-from curation.stats import Funnel
+if TYPE_CHECKING:  # type names only: importing the engines at runtime would slow every `curate` start
+    from curation.engines import JobReport
+    from curation.stats import Funnel
 
 console = Console(stderr=True)
 

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from curation.card import write_card
-from curation.card_data import load_card_data
 from curation.cliutil import console
-from curation.pool import Pool
+
+# Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
 
 def card_command(
@@ -22,6 +21,10 @@ def card_command(
     results: Annotated[Path | None, typer.Option(help="Evaluation results (JSON lines) to include.")] = None,
 ) -> None:
     """Write a dataset card from recorded stats and attribute tables (nothing is recomputed)."""
+    from curation.card import write_card
+    from curation.card_data import load_card_data
+    from curation.pool import Pool
+
     data = load_card_data(subset, pool, results)
     pool_obj = Pool(pool or Path(data.subset.manifest["pool"]))
     readme, html = write_card(data, pool_obj, out)

@@ -9,9 +9,8 @@ import typer
 
 from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, finish, print_funnel
 from curation.config import load_config
-from curation.copydesc import CopyDescConfig
-from curation.copydesc_job import CopyDescJob
-from curation.engines import run_job
+
+# Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
 
 def copydesc_command(
@@ -22,6 +21,10 @@ def copydesc_command(
     workers: WorkersOpt = 1,
 ) -> None:
     """Write POOL/attributes/<column>/ (thumbnail + colour-histogram descriptors) for near dedup."""
+    from curation.copydesc import CopyDescConfig
+    from curation.copydesc_job import CopyDescJob
+    from curation.engines import run_job
+
     cfg = load_config(CopyDescConfig, config, overrides or [])
     report = run_job(CopyDescJob(pool, cfg), engine, workers=workers)
     print_funnel(report)

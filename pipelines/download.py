@@ -18,8 +18,8 @@ from curation.cliutil import (
     print_funnel,
 )
 from curation.config import CONF_DIR, load_config
-from curation.download import CrawlError, DownloadConfig, PlanMismatch, download_crawl
-from curation.engines import open_engine
+
+# Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
 
 def download_command(
@@ -45,6 +45,9 @@ def download_command(
     address: AddressOpt = None,
 ) -> None:
     """Download a crawl into a pool; rerun the same command to resume (finished shards are skipped)."""
+    from curation.download import CrawlError, DownloadConfig, PlanMismatch, download_crawl
+    from curation.engines import open_engine
+
     cfg = load_config(DownloadConfig, config, overrides or [])
     try:
         with open_engine(engine, workers, master, address) as eng:

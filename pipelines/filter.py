@@ -18,8 +18,8 @@ from curation.cliutil import (
     print_funnel,
 )
 from curation.config import ConfigModel, load_config
-from curation.engines import open_engine, run_job
-from curation.filtering import FilterJob
+
+# Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
 
 class FilterJobConfig(ConfigModel):
@@ -37,6 +37,9 @@ def filter_command(
     address: AddressOpt = None,
 ) -> None:
     """Compute every filter's verdict for every sample; selection uses them later."""
+    from curation.engines import open_engine, run_job
+    from curation.filtering import FilterJob
+
     cfg = load_config(FilterJobConfig, config, overrides or [])
     with open_engine(engine, workers, master, address) as eng:
         report = run_job(FilterJob(pool, cfg.filters, cfg.name), eng)

@@ -20,8 +20,8 @@ from curation.cliutil import (
     print_funnel,
 )
 from curation.config import CONF_DIR, build, load_config
-from curation.engines import open_engine
-from curation.hardmatch import HardmatchConfig, run_hardmatch
+
+# Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ def hardmatch_command(
     The shipped ImageNet synonyms belong to the ImageNet names: with --classes FILE they are not used
     unless --synonyms is given.
     """
+    from curation.engines import open_engine
+    from curation.hardmatch import HardmatchConfig, run_hardmatch
+
     cfg = load_config(HardmatchConfig, config, overrides or [])
     updates: dict[str, object] = {}
     if classes is not None and classes != cfg.classes:

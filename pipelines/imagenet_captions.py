@@ -9,7 +9,8 @@ import typer
 
 from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, console, finish, print_funnel
 from curation.config import CONF_DIR, load_config
-from curation.imagenet_captions import ImagenetCaptionsConfig, run_imagenet_captions
+
+# Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
 DEFAULT_CONFIG = CONF_DIR / "imagenet_captions" / "default.yaml"
 
@@ -41,6 +42,8 @@ def imagenet_captions_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a pool (NNNNN.tar: jpg/txt/json/cls; NNNNN.parquet: every index row) and OUT/report.md."""
+    from curation.imagenet_captions import ImagenetCaptionsConfig, run_imagenet_captions
+
     cfg = load_config(ImagenetCaptionsConfig, config, overrides or [])
     job_report, _ = run_imagenet_captions(index, meta, images, out, cfg, engine, workers, overwrite)
     print_funnel(job_report)

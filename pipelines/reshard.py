@@ -18,8 +18,8 @@ from curation.cliutil import (
     finish,
 )
 from curation.config import load_config
-from curation.engines import open_engine
-from curation.reshard import ReshardConfig, run_reshard
+
+# Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
 
 def reshard_command(
@@ -41,6 +41,9 @@ def reshard_command(
     overwrite: Annotated[bool, typer.Option(help="Replace a different reshard already in --out.")] = False,
 ) -> None:
     """Write the subset's samples (repeated ones as many times) into new shards; rerun to resume."""
+    from curation.engines import open_engine
+    from curation.reshard import ReshardConfig, run_reshard
+
     cfg = load_config(ReshardConfig, config, overrides or [])
     with open_engine(engine, workers, master, address) as eng:
         result = run_reshard(pool, subset, out, cfg, labels, engine=eng, overwrite=overwrite)

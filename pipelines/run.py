@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
@@ -11,9 +11,10 @@ from rich.table import Table
 
 from curation.cliutil import AddressOpt, MasterOpt, SetOpt, console
 from curation.config import ConfigError
-from curation.engines import open_engine
-from curation.jobfile import JobSpec, StepFailed, load_job, pending_steps, run_job_file
-from curation.pool import PoolError
+
+# Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
+if TYPE_CHECKING:
+    from curation.jobfile import JobSpec
 
 
 def run_command(
@@ -37,6 +38,10 @@ def run_command(
     ] = False,
 ) -> None:
     """Run every step of JOB in order on one engine; a rerun skips finished steps and shards."""
+    from curation.engines import open_engine
+    from curation.jobfile import StepFailed, load_job, run_job_file
+    from curation.pool import PoolError
+
     try:
         job = load_job(job_file, overrides or [])
         if dry_run:
@@ -67,6 +72,8 @@ def run_command(
 
 
 def print_plan(job: JobSpec) -> None:
+    from curation.jobfile import pending_steps
+
     for step, done in pending_steps(job):
         state = "done (skipped on a run)" if done else "to run"
         console.print(f"[bold]{step.spec.label}[/bold] ({step.spec.stage}): {state}", highlight=False)

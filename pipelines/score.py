@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,10 +18,10 @@ from curation.cliutil import (
     print_funnel,
 )
 from curation.config import CONF_DIR, ConfigError, apply_overrides, build, read_yaml
-from curation.engines import open_engine
-from curation.pool import PoolError
-from curation.scoring import ModelLoadError, ScoreConfig, score_pool
-from curation.scoring.model import resolve_devices
+
+# Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
+if TYPE_CHECKING:
+    from curation.scoring import ScoreConfig
 
 Opt = typer.Option
 
@@ -56,6 +56,10 @@ def score_command(
     overrides: SetOpt = None,
 ) -> None:
     """Score every pair of POOL into POOL/attributes/<column>/; a rerun skips finished shards."""
+    from curation.engines import open_engine
+    from curation.pool import PoolError
+    from curation.scoring import ModelLoadError, score_pool
+
     flags = {
         "model": model,
         "pretrained": pretrained,
@@ -80,6 +84,8 @@ def score_command(
 
 def load_score_config(path: Path | None, overrides: list[str], flags: dict[str, Any]) -> ScoreConfig:
     """YAML file, then ``--set`` overrides, then explicit flags (the most specific wins)."""
+    from curation.scoring import ScoreConfig
+
     data = apply_overrides(read_yaml(path) if path else {}, overrides)
     data.update(flags)
     if "pretrained" not in data:
@@ -92,6 +98,8 @@ def load_score_config(path: Path | None, overrides: list[str], flags: dict[str, 
 
 def default_workers(cfg: ScoreConfig) -> int:
     """One model process per GPU; a single one on the CPU (it uses all cores itself)."""
+    from curation.scoring.model import resolve_devices
+
     devices = resolve_devices(cfg.device)
     return len(devices) if all(d.type == "cuda" for d in devices) else 1
 

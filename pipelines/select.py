@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
@@ -19,8 +19,10 @@ from curation.cliutil import (
     print_funnel_table,
 )
 from curation.config import ConfigError, apply_overrides, build, read_yaml
-from curation.engines import open_engine
-from curation.selection import SelectSpec, clean_work_dir, run_selection, save_selection
+
+# Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
+if TYPE_CHECKING:
+    from curation.selection import SelectSpec
 
 StepOpt = Annotated[
     list[str] | None,
@@ -34,6 +36,8 @@ StepOpt = Annotated[
 
 def load_spec(config: Path | None, steps: list[str], overrides: list[str]) -> SelectSpec:
     """The config file (if any), plus inline steps, plus ``--set`` overrides, validated."""
+    from curation.selection import SelectSpec
+
     data = read_yaml(config) if config else {}
     if steps:
         parsed = []
@@ -62,6 +66,9 @@ def select_command(
     keep_work: Annotated[bool, typer.Option(help="Keep gathered columns and DuckDB spill files.")] = False,
 ) -> None:
     """Select a subset: exact top-k% by any score, thresholds, filters, random controls, set operations."""
+    from curation.engines import open_engine
+    from curation.selection import clean_work_dir, run_selection, save_selection
+
     spec = load_spec(config, step or [], overrides or [])
     if out.suffix != ".npy":
         out = out.with_suffix(".npy")

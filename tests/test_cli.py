@@ -22,6 +22,33 @@ def test_python_dash_m_curation_works():
     assert out.stdout.strip()
 
 
+HEAVY = (
+    "torch",
+    "open_clip",
+    "webdataset",
+    "pyspark",
+    "ray",
+    "matplotlib",
+    "duckdb",
+    "faiss",
+    "fasttext",
+    "pandas",
+)
+
+
+def test_cli_start_imports_no_heavy_library():
+    """Every ``curate`` start (even ``--help``) imports all pipelines modules: they must stay light."""
+    probe = (
+        "import sys, typer, curation.cli\n"
+        "typer.main.get_command(curation.cli.app)\n"
+        "assert 'pipelines.score' in sys.modules and 'pipelines.card' in sys.modules\n"
+        f"bad = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+        "assert not bad, f'imported at CLI start: {bad}'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_filter_command_runs_and_prints_the_funnel(metadata_pool):
     result = CliRunner().invoke(app, ["filter", str(metadata_pool), "--set", "filters.0.min_words=2"])
     assert result.exit_code == 0, result.output
