@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import multiprocessing
+import os
 import re
 import time
 import traceback
@@ -408,6 +409,9 @@ def run_cells(jobs: list[CellJob], parallel: int) -> list[CellRecord]:
                 progress.update(task, description=f"cell {job.cell.id}")
                 done(run_cell(job))
         else:
+            # Cells share the cores: without a cap each trainer starts one thread per core, and on a
+            # small machine the oversubscribed threads make every cell slower than running them in turn.
+            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
             ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
             with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
                 futures = {pool.submit(run_cell, job): job for job in jobs}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,9 @@ class CardData:
         return out
 
 
-def load_card_data(subset_path: Path, pool_dir: Path | None, results: Path | None = None) -> CardData:
+def load_card_data(
+    subset_path: Path, pool_dir: Path | None, results: Path | Sequence[Path] | None = None
+) -> CardData:
     subset = Subset.load(subset_path)
     pool = Pool(pool_dir or Path(subset.manifest.get("pool", "")))
     frame = _sample_frame(pool)
@@ -110,10 +113,16 @@ def pool_stage_stats(pool: Pool) -> list[StageStats]:
     return merge(stages)
 
 
-def _read_results(path: Path | None) -> list[dict[str, Any]]:
-    if path is None or not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _read_results(paths: Path | Sequence[Path] | None) -> list[dict[str, Any]]:
+    """Evaluator records (``results.jsonl``) of the models trained on this set; missing files add none."""
+    files = [paths] if isinstance(paths, Path) else list(paths or [])
+    return [
+        json.loads(line)
+        for path in files
+        if path.exists()
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
 
 
 def size_category(n: int) -> str:

@@ -88,7 +88,7 @@ def demo_steps(lay: DemoLayout, n_pairs: int) -> list[Step]:
                 "-c",
                 str(conf / "score" / "tiny.yaml"),
                 "--model",
-                "tiny-vit-32",
+                "tiny-rn-32",
                 "--pretrained",
                 str(lay.reference / "checkpoint.pt"),
                 "--column",
@@ -144,7 +144,10 @@ def served_crawl(lay: DemoLayout) -> Iterator[None]:
         yield
 
 
-def run_demo(out: Path, n_pairs: int = 10_000, invoke: Callable[[list[str]], None] | None = None) -> dict:
+Invoke = Callable[[list[str]], int | None]  # runs one curate subcommand, returns its exit code
+
+
+def run_demo(out: Path, n_pairs: int = 10_000, invoke: Invoke | None = None) -> dict:
     """Run (or resume) every step; returns the per-step timings that are also written to OUT."""
     lay = DemoLayout(out)
     lay.out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +164,9 @@ def run_demo(out: Path, n_pairs: int = 10_000, invoke: Callable[[list[str]], Non
         started = time.perf_counter()
         server: AbstractContextManager[None] = served_crawl(lay) if step.needs_server else nullcontext()
         with server:
-            run(step.argv)
+            code = run(step.argv)
+        if code:  # later steps read this one's output: stop, and leave it unmarked so a rerun resumes it
+            raise DemoStepFailed(f"step {step.name} failed (exit code {code}); rerun the demo to resume it")
         timings[step.name] = round(time.perf_counter() - started, 1)
         atomic_write_json(lay.marker(step.name), {"seconds": timings[step.name]})
         atomic_write_json(timings_path, timings)
@@ -170,10 +175,15 @@ def run_demo(out: Path, n_pairs: int = 10_000, invoke: Callable[[list[str]], Non
     return timings
 
 
-def _invoke_cli(argv: list[str]) -> None:
+class DemoStepFailed(RuntimeError):
+    """A step's command returned a non-zero exit code."""
+
+
+def _invoke_cli(argv: list[str]) -> int | None:
+    """Run a ``curate`` subcommand in this process; its exit code (click returns it, not raises it)."""
     from curation.cli import app
 
-    app(argv, standalone_mode=False)
+    return app(argv, standalone_mode=False)
 
 
 def write_cards(out: Path) -> dict[str, float]:
@@ -184,10 +194,11 @@ def write_cards(out: Path) -> dict[str, float]:
 
     lay = DemoLayout(out)
     started = time.perf_counter()
-    results = lay.ablation / "results.jsonl"
     subsets = sorted((lay.ablation / "sets").glob("*/subset.npy")) + sorted(lay.sets.glob("*/*.npy"))
     for subset in subsets:
         name = subset.parent.name
-        data = load_card_data(subset, lay.pool, results if results.exists() else None)
+        # Downstream results of a set: the evaluations of every ablation cell trained on it.
+        results = sorted((lay.ablation / "cells").glob(f"{name}__*/eval/results.jsonl"))
+        data = load_card_data(subset, lay.pool, results)
         write_card(data, Pool(lay.pool), lay.cards / name)
     return {"cards": round(time.perf_counter() - started, 1)}

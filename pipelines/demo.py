@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -18,11 +19,19 @@ def demo_command(
 
     Rerunning into the same OUT skips finished steps and finished ablation cells.
     """
-    from curation.demo import run_demo, write_cards
+    from curation.demo import DemoStepFailed, run_demo, write_cards
 
-    timings = run_demo(out, pairs)
+    try:
+        timings = run_demo(out, pairs)
+    except DemoStepFailed as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
     timings.update(write_cards(out))
     console.print("[bold]stage times (s)[/bold]: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    console.print(f"[bold]total[/bold] (latest run of each step): {sum(timings.values()):.0f} s")
+    summary = out / "ablation" / "results.json"
+    for line in json.loads(summary.read_text()).get("headlines", []) if summary.exists() else []:
+        console.print(line["text"])
     console.print(f"report: {out / 'ablation' / 'report.html'}\ncards:  {out / 'cards'}/*/card.html")
 
 

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The fixture's budget: 4 chunks (resume points) of 768 samples, batch 64.
 BUDGET = ["--samples-seen", "3072"]
 CLIP_SAMPLES = 3072
+TINY_MODEL = load_preset("tiny").model  # the preset's architecture: what its checkpoints hold
 
 
 @pytest.fixture(scope="module")
@@ -108,17 +109,17 @@ def test_tiny_clip_learns_zero_shot(clip_run: Path, heldout: tuple[list, torch.T
 def test_checkpoint_loads_through_open_clip_factory(clip_run: Path) -> None:
     register_project_models()
     path = clip_run / "checkpoint.pt"
-    model, _, preprocess = open_clip.create_model_and_transforms("tiny-vit-32", pretrained=str(path))
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, pretrained=str(path))
     model.eval()
     # The weights open_clip_train ended with, rebuilt independently of our export.
     state = torch.load(
         clip_run / "openclip/checkpoints/epoch_latest.pt", map_location="cpu", weights_only=False
     )
-    reference = open_clip.create_model("tiny-vit-32")
+    reference = open_clip.create_model(TINY_MODEL)
     reference.load_state_dict(state["state_dict"])
     reference.eval()
     images = torch.stack([preprocess(s["image"]) for s in make_samples(2, seed=7)])
-    texts = open_clip.get_tokenizer("tiny-vit-32")(["a photo of a red circle", "a blue square"])
+    texts = open_clip.get_tokenizer(TINY_MODEL)(["a photo of a red circle", "a blue square"])
     with torch.no_grad():
         assert torch.equal(model.encode_image(images), reference.encode_image(images))
         assert torch.equal(model.encode_text(texts), reference.encode_text(texts))
@@ -203,12 +204,8 @@ def test_presets_fix_datacomp_scales_and_take_overrides(tmp_path: Path) -> None:
     extra = tmp_path / "p.yaml"
     extra.write_text("lr: 0.01\nimage: {aug_scale: [0.5, 1.0]}\n")
     tiny = load_preset("tiny", extra, ["batch_size=32"])
-    assert (tiny.lr, tiny.batch_size, tiny.image.aug_scale, tiny.model) == (
-        0.01,
-        32,
-        (0.5, 1.0),
-        "tiny-vit-32",
-    )
+    assert (tiny.lr, tiny.batch_size, tiny.image.aug_scale) == (0.01, 32, (0.5, 1.0))
+    assert tiny.model == "tiny-rn-32"
     with pytest.raises(ConfigError, match="unknown key"):
         load_preset("tiny", overrides=["learning_rate=1"])
     with pytest.raises(ConfigError, match="unknown preset"):
@@ -256,7 +253,7 @@ def test_openclip_arguments_follow_preset_and_budget(shapes: Path, tmp_path: Pat
     args = openclip_args(plan)
     opt = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
     assert opt["--train-num-samples"] == "1024" and opt["--epochs"] == "4" and opt["--batch-size"] == "64"
-    assert opt["--model"] == "tiny-vit-32" and opt["--resume"] == "latest" and opt["--seed"] == "0"
+    assert opt["--model"] == "tiny-rn-32" and opt["--resume"] == "latest" and opt["--seed"] == "0"
     assert "--dataset-resampled" in args and "--save-most-recent" in args
     one = openclip_args(make_plan(tiny_request(shapes, tmp_path / "r", mode="one_epoch", samples_seen=None)))
     assert "--dataset-resampled" not in one and one[one.index("--train-num-samples") + 1] == "600"
@@ -319,7 +316,7 @@ def test_seeded_shuffle_depends_on_seed_and_epoch() -> None:
 
 def test_supervised_accounts_for_unusable_samples() -> None:
     register_project_models()
-    _, preprocess, _ = open_clip.create_model_and_transforms("tiny-vit-32")
+    _, preprocess, _ = open_clip.create_model_and_transforms(TINY_MODEL)
     to_example = ToExample(preprocess, num_classes=6, image_size=(32, 32))
     buf = io.BytesIO()
     make_samples(1, seed=0)[0]["image"].save(buf, format="JPEG")
@@ -355,9 +352,9 @@ def test_load_run_rejects_what_is_not_a_run(tmp_path: Path) -> None:
         load_run(bare)
     clip = tmp_path / "clip"
     clip.mkdir()
-    torch.save({"state_dict": {}, "kind": "clip", "model": "tiny-vit-32"}, clip / "checkpoint.pt")
+    torch.save({"state_dict": {}, "kind": "clip", "model": TINY_MODEL}, clip / "checkpoint.pt")
     (clip / "run.json").write_text(
-        json.dumps({"kind": "clip", "model": "tiny-vit-32", "checkpoint": "checkpoint.pt"})
+        json.dumps({"kind": "clip", "model": TINY_MODEL, "checkpoint": "checkpoint.pt"})
     )
     assert load_run(clip / "checkpoint.pt").run_dir == clip
     with pytest.raises(RunError, match="not a supervised"):

@@ -308,6 +308,8 @@ def build_imagenet(
     root = out / "imagenet"
     per_class = {c: int(ic.per_class) for c in cfg.classes}
     _training_shards(root / "train", samples(), ic.shard_size, {"n": n, "per_class": per_class})
+    # Label index -> name, next to the shards: what the supervised baselines train against.
+    atomic_write_text(root / "classnames.txt", "".join(f"{c}\n" for c in cfg.classes))
     index, meta = flickr_tables(cfg, labels, image_ids)
     atomic_write_parquet(root / "index.parquet", index)
     atomic_write_parquet(root / "flickr_meta.parquet", meta)
