@@ -58,6 +58,10 @@ class DemoLayout:
     def local_crawl(self) -> Path:
         return self.out / "crawl_local.parquet"
 
+    @property
+    def ref_eval(self) -> Path:
+        return self.reference / "eval"
+
     def marker(self, step: str) -> Path:
         return self.out / ".demo" / f"{step}.done"
 
@@ -80,6 +84,10 @@ def demo_steps(lay: DemoLayout, n_pairs: int) -> list[Step]:
             needs_server=True,
         ),
         Step("reference_model", ["reference-model", str(lay.synth / "seed"), "--out", str(lay.reference)]),
+        Step(  # how good the filter model is: zero-shot on the same suite as the ablation's cells
+            "reference_eval",
+            ["evaluate", str(lay.reference), "--suite", str(lay.synth / "suite"), "--out", str(lay.ref_eval)],
+        ),
         Step(
             "score",
             [
