@@ -103,7 +103,8 @@ def demo_steps(lay: DemoLayout, n_pairs: int) -> list[Step]:
                 score,
             ],
         ),
-        Step("filter", ["filter", str(lay.pool), "-c", str(conf / "filters" / "synthetic.yaml")]),
+        Step("copydesc", ["copydesc", str(lay.pool)]),  # the descriptor near dedup searches
+        Step("filter", ["filter", str(lay.pool), "-c", str(conf / "filters" / "demo.yaml")]),
         Step(
             "hardmatch",
             [

@@ -119,6 +119,19 @@ def score_stage(s: ScoreSettings, ctx: JobContext) -> dict[str, Any]:
     return funnel_summary(ctx.check(score_pool(ctx.path(s.pool), cfg, ctx.engine)))
 
 
+class CopyDescSettings(StageSettings):
+    pool: Path = Path("pool")
+
+
+@job_stage("copydesc", CopyDescSettings)
+def copydesc_stage(s: CopyDescSettings, ctx: JobContext) -> dict[str, Any]:
+    from curation.copydesc import CopyDescConfig
+    from curation.copydesc_job import CopyDescJob
+
+    cfg = s.build(CopyDescConfig, ctx, CONF_DIR / "copydesc" / "default.yaml")
+    return funnel_summary(ctx.check(run_job(CopyDescJob(ctx.path(s.pool), cfg), ctx.engine)))
+
+
 class FilterSettings(StageSettings):
     pool: Path = Path("pool")
 

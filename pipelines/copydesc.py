@@ -8,14 +8,14 @@ from typing import Annotated
 import typer
 
 from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, finish, print_funnel
-from curation.config import load_config
+from curation.config import CONF_DIR, load_config
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
 
 def copydesc_command(
     pool: Annotated[Path, typer.Argument(help="Pool directory (img2dataset layout, with tars).")],
-    config: ConfigOpt = Path("conf/copydesc/default.yaml"),
+    config: ConfigOpt = CONF_DIR / "copydesc" / "default.yaml",
     overrides: SetOpt = None,
     engine: EngineOpt = "local",
     workers: WorkersOpt = 1,

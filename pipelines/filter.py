@@ -17,7 +17,7 @@ from curation.cliutil import (
     finish,
     print_funnel,
 )
-from curation.config import ConfigModel, load_config
+from curation.config import CONF_DIR, ConfigModel, load_config
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
@@ -29,7 +29,7 @@ class FilterJobConfig(ConfigModel):
 
 def filter_command(
     pool: Annotated[Path, typer.Argument(help="Pool directory (img2dataset layout or DataComp metadata).")],
-    config: ConfigOpt = Path("conf/filters/basic.yaml"),
+    config: ConfigOpt = CONF_DIR / "filters" / "basic.yaml",
     overrides: SetOpt = None,
     engine: EngineOpt = "local",
     workers: WorkersOpt = 1,

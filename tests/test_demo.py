@@ -29,6 +29,6 @@ def test_a_failed_step_stops_the_demo_and_a_rerun_resumes_from_it(tmp_path: Path
 
     calls.clear()
     timings = run_demo(tmp_path, 1000, invoke=lambda argv: calls.append(argv[0]) or 0)
-    assert calls == ["score", "filter", "hardmatch", "ablate"]
+    assert calls == ["score", "copydesc", "filter", "hardmatch", "ablate"]
     assert all(lay.marker(n).exists() for n in names) and "ablation" in timings
     assert (tmp_path / "commands.sh").read_text().count("curate ") == len(names)

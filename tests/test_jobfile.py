@@ -94,16 +94,14 @@ def test_the_demo_job_generates_serves_downloads_and_curates(tmp_path, ckpt):
     ]
     runs = run_job_file(load_job(DEMO, sets), get_engine("local"), skip=["reference_model", "ablate"])
     status = {r.label: r.status for r in runs}
+    done = ("synth", "download", "score", "copydesc", "filter", "hardmatch", "top30", "reshard", "card")
     assert status == {
-        **{
-            s: "done"
-            for s in ("synth", "download", "score", "filter", "hardmatch", "top30", "reshard", "card")
-        },
+        **{s: "done" for s in done},
         "reference_model": "left out",
         "ablate": "left out",
     }
     assert runs[1].summary["download"]["seen"] == 600
-    kept_by_filters = list(runs[4].summary.values())[-1]["kept"]
+    kept_by_filters = list(runs[5].summary.values())[-1]["kept"]
     assert 0 < len(Subset.load(tmp_path / "sets" / "clip_top30.npy")) < kept_by_filters
     assert (tmp_path / "sets" / "hardmatch" / "hardmatch.npy").exists()
     shards = tmp_path / "shards" / "clip_top30"
