@@ -381,6 +381,12 @@ def cell_jobs(cells: list[Cell], sets: dict[str, SetInfo], cfg: AblationConfig, 
     return jobs
 
 
+def _cap_threads(threads: int) -> None:
+    """Cell workers share the cores: without a cap each trainer starts one OpenMP thread per core, and
+    on a small machine the oversubscribed threads make every cell slower than running them in turn."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
 def run_cells(jobs: list[CellJob], parallel: int) -> list[CellRecord]:
     """Run the cells (in a spawn process pool when ``parallel`` > 1), in grid order in the result."""
     results: dict[str, CellRecord] = {}
@@ -409,11 +415,9 @@ def run_cells(jobs: list[CellJob], parallel: int) -> list[CellRecord]:
                 progress.update(task, description=f"cell {job.cell.id}")
                 done(run_cell(job))
         else:
-            # Cells share the cores: without a cap each trainer starts one thread per core, and on a
-            # small machine the oversubscribed threads make every cell slower than running them in turn.
-            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))
+            threads = max(1, (os.cpu_count() or 1) // parallel)
             ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
-            with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
+            with cf.ProcessPoolExecutor(parallel, ctx, _cap_threads, (threads,)) as pool:
                 futures = {pool.submit(run_cell, job): job for job in jobs}
                 for fut in cf.as_completed(futures):
                     try:
