@@ -8,6 +8,7 @@ baseline cells (logit space), and every finished cell, baselines included, is pl
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -247,3 +248,11 @@ def headlines(table: pd.DataFrame) -> list[Headline]:
             )
         )
     return out
+
+
+def read_headlines(out: Path) -> list[str]:
+    """The headline sentences an ablation wrote to ``OUT/results.json`` (none before it has run)."""
+    summary = out / "results.json"
+    if not summary.exists():
+        return []
+    return [h["text"] for h in json.loads(summary.read_text()).get("headlines", [])]

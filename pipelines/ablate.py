@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -32,13 +31,13 @@ def ablate_command(
     Finished cells are skipped on a rerun; failed cells are listed and retried by the next run.
     """
     from curation.ablation import AblationConfig, run_ablation
+    from curation.ablation_results import read_headlines
 
     sets = [f"parallel_cells={parallel_cells}"] if parallel_cells else []
     cfg = load_config(AblationConfig, config, [*(overrides or []), *sets])
     result = run_ablation(cfg, out)
-    summary = out / "results.json"
-    for line in json.loads(summary.read_text()).get("headlines", []) if summary.exists() else []:
-        console.print(line["text"])
+    for line in read_headlines(out):
+        console.print(line)
     console.print(f"results: {out / 'results.csv'}\nreport:  {out / 'report.html'}")
     if result.failed:
         console.print(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +18,7 @@ def demo_command(
 
     Rerunning into the same OUT skips finished steps and finished ablation cells.
     """
+    from curation.ablation_results import read_headlines
     from curation.demo import DemoStepFailed, run_demo, write_cards
 
     try:
@@ -29,9 +29,8 @@ def demo_command(
     timings.update(write_cards(out))
     console.print("[bold]stage times (s)[/bold]: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     console.print(f"[bold]total[/bold] (latest run of each step): {sum(timings.values()):.0f} s")
-    summary = out / "ablation" / "results.json"
-    for line in json.loads(summary.read_text()).get("headlines", []) if summary.exists() else []:
-        console.print(line["text"])
+    for line in read_headlines(out / "ablation"):
+        console.print(line)
     console.print(f"report: {out / 'ablation' / 'report.html'}\ncards:  {out / 'cards'}/*/card.html")
 
 

@@ -24,6 +24,7 @@ from curation.ablation import (
     prepare_sets,
     run_cell,
 )
+from curation.ablation_results import read_headlines
 from curation.config import ConfigError, build
 from curation.powerlaw import PowerLawError, fit_power_law
 from curation.subset import Subset
@@ -344,6 +345,8 @@ def test_results_and_report_from_recorded_cells(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["cells"]) == len(cells) and saved["id_dataset"] == "tiny_id"
     assert saved["shifts"] == ["tiny_sketch", "tiny_v2"]
+    lines = read_headlines(tmp_path)  # what `curate ablate` and `curate demo` print at the end
+    assert lines and lines == [h["text"] for h in saved["headlines"]] and "best top-k is" in lines[0]
 
     html = (tmp_path / "report.html").read_text()
     parser = _Links()
