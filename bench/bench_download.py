@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curation.config import CONF_DIR, load_config
+from curation.core.config import CONF_DIR, load_config
 from curation.download import DownloadConfig, download_crawl
 
 

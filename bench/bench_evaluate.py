@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from curation.core.models import register_project_models
 from tests.evalsuite_factory import classification_samples, write_test_set
 from trainer.eval_config import EvalConfig
 from trainer.evaluate import evaluate_test_set
 from trainer.evaluatees import ModelSource, load_evaluatee
-from trainer.models import register_project_models
 from trainer.retrieval import retrieval_ranks
 from trainer.robustness import resample_means
 from trainer.suites import Role, TestSetEntry, load_test_set

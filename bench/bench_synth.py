@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.config import CONF_DIR, load_config
+from curation.core.config import CONF_DIR, load_config
 from curation.synth.build import generate
 from curation.synth.config import SynthConfig
 

@@ -13,7 +13,7 @@ import time
 
 import pyarrow as pa
 
-from curation.urlpolicy import UrlPolicy
+from curation.download.urlpolicy import UrlPolicy
 
 HOSTS = ["i.pinimg.com", "cdn.shopify.com", "upload.wikimedia.org", "static.flickr.com", "img.example.co.uk"]
 

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from curation.hardmatch import HardmatchConfig, run_hardmatch
-from curation.imagenet_captions import ImagenetCaptionsConfig, run_imagenet_captions
-from curation.mixing import MixConfig, run_mix
-from curation.subset import Subset
+from curation.builders.hardmatch import HardmatchConfig, run_hardmatch
+from curation.builders.imagenet_captions import ImagenetCaptionsConfig, run_imagenet_captions
+from curation.builders.mixing import MixConfig, run_mix
+from curation.core.subset import Subset
 
 ROOT = Path(__file__).resolve().parent.parent
 

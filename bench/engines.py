@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from curation.engines import get_engine, run_job  # noqa: E402
-from curation.filtering import FilterJob  # noqa: E402
+from curation.filtering.job import FilterJob  # noqa: E402
 from tests.conftest import write_metadata_pool  # noqa: E402
 
 FILTERS = [

@@ -37,15 +37,15 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.config import CONF_DIR, load_config
-from curation.copydesc import CopyDescConfig
-from curation.copydesc_job import CopyDescJob
-from curation.dedup import SearchParams, near_duplicate_groups
-from curation.embeddings import EmbeddingRef, gather_embeddings
+from curation.core.config import CONF_DIR, load_config
+from curation.core.embeddings import EmbeddingRef, gather_embeddings
+from curation.core.pool import Pool, iter_tar_samples
 from curation.engines import run_job
-from curation.filtering import FilterJob
-from curation.global_view import uid_keys
-from curation.pool import Pool, iter_tar_samples
+from curation.filtering.copydesc import CopyDescConfig
+from curation.filtering.copydesc_job import CopyDescJob
+from curation.filtering.dedup import SearchParams, near_duplicate_groups
+from curation.filtering.global_view import uid_keys
+from curation.filtering.job import FilterJob
 from curation.synth.truth import family_of, near_dup_figures
 
 log = logging.getLogger("filter_quality")
@@ -71,7 +71,7 @@ def clip_encoder(model: str, pretrained: str | None) -> Encoder:
     """open_clip image embeddings, L2-normalised (what the score stage stores as ``image_emb``)."""
     import torch
 
-    from trainer.models import load_clip
+    from curation.core.models import load_clip
 
     clip = load_clip(model, pretrained, device="cpu")
 

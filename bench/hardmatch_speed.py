@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from curation.classvocab import Vocabulary, load_class_names, load_synonyms
-from curation.hardmatch import ClassMatcher, decide
+from curation.builders.classvocab import Vocabulary, load_class_names, load_synonyms
+from curation.builders.hardmatch import ClassMatcher, decide
 
 FILLER = [
     "photo",

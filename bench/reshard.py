@@ -34,9 +34,9 @@ import pyarrow.parquet as pq  # noqa: E402
 import webdataset as wds  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from curation.reshard import ReshardConfig, run_reshard  # noqa: E402
-from curation.subset import Subset  # noqa: E402
-from curation.uid import compute_uid  # noqa: E402
+from curation.core.subset import Subset  # noqa: E402
+from curation.core.uid import compute_uid  # noqa: E402
+from curation.reshard.run import ReshardConfig, run_reshard  # noqa: E402
 
 
 def jpegs(rng: np.random.Generator, n: int, kb: int) -> list[bytes]:

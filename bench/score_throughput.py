@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from curation.runner import process_shard
+from curation.core.runner import process_shard
 from curation.scoring import ScoreConfig, ScoreJob
 from tests.image_pool import write_image_pool
 

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from curation.uidvec import hex_to_uids, sort_uids, uids_to_hex_array  # noqa: E402
+from curation.core.uidvec import hex_to_uids, sort_uids, uids_to_hex_array  # noqa: E402
 
 SCORE = "clip_l14_similarity_score"
 
@@ -60,7 +60,7 @@ def generate(data: Path, rows: int, files: int, seed: int) -> None:
 
 
 def run_curate(data: Path, fraction: float, memory_limit: str) -> np.ndarray:
-    from curation.selection import SelectSpec, run_selection
+    from curation.selection.run import SelectSpec, run_selection
 
     spec = SelectSpec(
         steps=[{"topk": {"score": SCORE, "fraction": fraction}}], duckdb={"memory_limit": memory_limit}

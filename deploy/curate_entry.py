@@ -1,6 +1,6 @@
 """The ``curate`` command line as a file, for launchers that run a script (``spark-submit``).
 
-Running ``curation/__main__.py`` directly would put ``curation/`` first on ``sys.path``, where its
+Running ``pipelines/__main__.py`` directly would put ``curation/`` first on ``sys.path``, where its
 modules would shadow others; this file puts the project root there instead.
 """
 
@@ -9,6 +9,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.cli import main
+from pipelines.app import main
 
 main()

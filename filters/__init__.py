@@ -1,1 +1,1 @@
-"""Quality filters: one module per filter, each a :class:`curation.stage.Filter`."""
+"""Quality filters: one module per filter, each a :class:`curation.core.stage.Filter`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stage import ConfiguredFilter, Filter, Verdict, register_filter
+from curation.core.stage import ConfiguredFilter, Filter, Verdict, register_filter
 
 
 class CaptionLengthConfig(ConfiguredFilter):

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.global_view import DEFAULT_SCORE
-from curation.pool import Pool
-from curation.stage import ConfiguredFilter, Filter, SideInput, Verdict, register_filter
+from curation.core.pool import Pool
+from curation.core.stage import ConfiguredFilter, Filter, SideInput, Verdict, register_filter
+from curation.filtering.global_view import DEFAULT_SCORE
 
 
 class ClipScoreConfig(ConfiguredFilter):

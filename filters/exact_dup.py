@@ -1,6 +1,6 @@
 """Exact duplicates: samples whose image bytes have the same sha256 (img2dataset's ``sha256`` column).
 
-A global filter (see :mod:`curation.global_view`). Phase 1 streams ``uid, sha256`` (and an optional
+A global filter (see :mod:`curation.filtering.global_view`). Phase 1 streams ``uid, sha256`` (and an optional
 score) of every shard into one parquet file and lets DuckDB group it out of core: per hash, the
 representative is the sample with the best ``prefer`` score, ties and the default going to the
 smallest uid, so the choice is the same on every run and engine. Only members of groups of two or
@@ -24,9 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.global_view import GlobalFilter, ScoreRef, gather_shards, read_aligned, write_shard_lookups
-from curation.pool import Pool
-from curation.stage import ConfiguredFilter, Verdict, register_filter
+from curation.core.pool import Pool
+from curation.core.stage import ConfiguredFilter, Verdict, register_filter
+from curation.filtering.global_view import (
+    GlobalFilter,
+    ScoreRef,
+    gather_shards,
+    read_aligned,
+    write_shard_lookups,
+)
 
 HASH_COLUMN = "sha256"
 LOOKUP_SCHEMA = pa.schema([("uid", pa.string()), ("rep", pa.string()), ("group_size", pa.int64())])

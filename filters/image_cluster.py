@@ -1,6 +1,6 @@
 """Image-based clustering (DataComp's "image-based" baseline): keep pool samples near a target set.
 
-A global filter (see :mod:`curation.global_view`). Phase 1 clusters the pool's image embeddings
+A global filter (see :mod:`curation.filtering.global_view`). Phase 1 clusters the pool's image embeddings
 with faiss k-means (``k`` clusters, ``niter`` iterations, ``seed``), assigns every embedding of the
 target set (e.g. the image embeddings of an in-distribution training set, a ``.npy`` matrix or a
 parquet list column) to its nearest centroid, and marks those clusters as targets. Phase 2 keeps a
@@ -23,12 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.embeddings import EmbeddingRef, gather_embeddings, load_vectors
-from curation.faiss_index import kmeans, nearest_centroid
-from curation.global_view import GlobalFilter, write_shard_lookups
-from curation.io import atomic_write_json
-from curation.pool import Pool
-from curation.stage import ConfiguredFilter, Verdict, register_filter
+from curation.core.embeddings import EmbeddingRef, gather_embeddings, load_vectors
+from curation.core.io import atomic_write_json
+from curation.core.pool import Pool
+from curation.core.stage import ConfiguredFilter, Verdict, register_filter
+from curation.filtering.faiss_index import kmeans, nearest_centroid
+from curation.filtering.global_view import GlobalFilter, write_shard_lookups
 
 log = logging.getLogger(__name__)
 

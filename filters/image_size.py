@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stage import ConfiguredFilter, Filter, Verdict, register_filter
+from curation.core.stage import ConfiguredFilter, Filter, Verdict, register_filter
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Near duplicates: images whose embeddings are almost the same (re-encoded, resized, cropped copies).
 
-A global filter (see :mod:`curation.global_view`): phase 1 reads every pool sample's image
+A global filter (see :mod:`curation.filtering.global_view`): phase 1 reads every pool sample's image
 embedding (``embeddings: {attribute, column}``: the copy descriptor ``curate copydesc`` writes under
 ``POOL/attributes/copydesc/``, which tells copies from look-alikes, or the float16 ``image_emb``
 list the scoring stage writes, a semantic embedding that also merges distinct images of one
 concept; docs/filters.md), links samples whose cosine similarity is >= ``threshold`` among
-each one's ``k`` nearest neighbours (faiss, exact or IVF; see :mod:`curation.dedup`), and groups
+each one's ``k`` nearest neighbours (faiss, exact or IVF; see :mod:`curation.filtering.dedup`), and groups
 linked samples into connected components. Each group keeps one representative (best ``prefer``
 score, then the smallest uid); the others are dropped as ``near_duplicate`` with ``<name>_of``
 naming the representative. ``<name>_nn_sim`` (the cosine to the nearest other sample) is kept for
@@ -21,11 +21,11 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.dedup import SearchParams, near_duplicate_groups
-from curation.embeddings import EmbeddingRef, gather_embeddings
-from curation.global_view import GlobalFilter, ScoreRef, uid_keys, write_shard_lookups
-from curation.pool import Pool
-from curation.stage import ConfiguredFilter, Verdict, register_filter
+from curation.core.embeddings import EmbeddingRef, gather_embeddings
+from curation.core.pool import Pool
+from curation.core.stage import ConfiguredFilter, Verdict, register_filter
+from curation.filtering.dedup import SearchParams, near_duplicate_groups
+from curation.filtering.global_view import GlobalFilter, ScoreRef, uid_keys, write_shard_lookups
 
 LOOKUP_SCHEMA = pa.schema(
     [("uid", pa.string()), ("rep", pa.string()), ("group_size", pa.int64()), ("nn_sim", pa.float32())]

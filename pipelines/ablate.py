@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import SetOpt, console
-from curation.config import CONF_DIR, load_config
+from curation.core.config import CONF_DIR, load_config
+from pipelines.options import SetOpt, console
 
 DEFAULT_CONFIG = CONF_DIR / "ablation" / "default.yaml"
 
@@ -30,8 +30,8 @@ def ablate_command(
 
     Finished cells are skipped on a rerun; failed cells are listed and retried by the next run.
     """
-    from curation.ablation import AblationConfig, run_ablation
-    from curation.ablation_results import read_headlines
+    from workflows.ablation import AblationConfig, run_ablation
+    from workflows.ablation_results import read_headlines
 
     sets = [f"parallel_cells={parallel_cells}"] if parallel_cells else []
     cfg = load_config(AblationConfig, config, [*(overrides or []), *sets])

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import console
+from pipelines.options import console
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
@@ -21,9 +21,9 @@ def card_command(
     results: Annotated[Path | None, typer.Option(help="Evaluation results (JSON lines) to include.")] = None,
 ) -> None:
     """Write a dataset card from recorded stats and attribute tables (nothing is recomputed)."""
-    from curation.card import write_card
-    from curation.card_data import load_card_data
-    from curation.pool import Pool
+    from curation.cards.card import write_card
+    from curation.cards.data import load_card_data
+    from curation.core.pool import Pool
 
     data = load_card_data(subset, pool, results)
     pool_obj = Pool(pool or Path(data.subset.manifest["pool"]))

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, finish, print_funnel
-from curation.config import CONF_DIR, load_config
+from curation.core.config import CONF_DIR, load_config
+from pipelines.options import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, finish, print_funnel
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
@@ -21,9 +21,9 @@ def copydesc_command(
     workers: WorkersOpt = 1,
 ) -> None:
     """Write POOL/attributes/<column>/ (thumbnail + colour-histogram descriptors) for near dedup."""
-    from curation.copydesc import CopyDescConfig
-    from curation.copydesc_job import CopyDescJob
     from curation.engines import run_job
+    from curation.filtering.copydesc import CopyDescConfig
+    from curation.filtering.copydesc_job import CopyDescJob
 
     cfg = load_config(CopyDescConfig, config, overrides or [])
     report = run_job(CopyDescJob(pool, cfg), engine, workers=workers)

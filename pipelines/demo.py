@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import console
+from pipelines.options import console
 
 
 def demo_command(
@@ -18,8 +18,8 @@ def demo_command(
 
     Rerunning into the same OUT skips finished steps and finished ablation cells.
     """
-    from curation.ablation_results import read_headlines
-    from curation.demo import DemoStepFailed, run_demo, write_cards
+    from workflows.ablation_results import read_headlines
+    from workflows.demo import DemoStepFailed, run_demo, write_cards
 
     try:
         timings = run_demo(out, pairs)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import (
+from curation.core.config import CONF_DIR, load_config
+from pipelines.options import (
     AddressOpt,
     ConfigOpt,
     EngineOpt,
@@ -17,7 +18,6 @@ from curation.cliutil import (
     finish,
     print_funnel,
 )
-from curation.config import CONF_DIR, load_config
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 

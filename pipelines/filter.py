@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from curation.cliutil import (
+from curation.core.config import CONF_DIR, ConfigModel, load_config
+from pipelines.options import (
     AddressOpt,
     ConfigOpt,
     EngineOpt,
@@ -17,7 +18,6 @@ from curation.cliutil import (
     finish,
     print_funnel,
 )
-from curation.config import CONF_DIR, ConfigModel, load_config
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
@@ -38,7 +38,7 @@ def filter_command(
 ) -> None:
     """Compute every filter's verdict for every sample; selection uses them later."""
     from curation.engines import open_engine, run_job
-    from curation.filtering import FilterJob
+    from curation.filtering.job import FilterJob
 
     cfg = load_config(FilterJobConfig, config, overrides or [])
     with open_engine(engine, workers, master, address) as eng:

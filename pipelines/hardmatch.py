@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import (
+from curation.core.config import CONF_DIR, build, load_config
+from pipelines.options import (
     AddressOpt,
     ConfigOpt,
     EngineOpt,
@@ -19,7 +20,6 @@ from curation.cliutil import (
     finish,
     print_funnel,
 )
-from curation.config import CONF_DIR, build, load_config
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
@@ -65,8 +65,8 @@ def hardmatch_command(
     The shipped ImageNet synonyms belong to the ImageNet names: with --classes FILE they are not used
     unless --synonyms is given.
     """
+    from curation.builders.hardmatch import HardmatchConfig, run_hardmatch
     from curation.engines import open_engine
-    from curation.hardmatch import HardmatchConfig, run_hardmatch
 
     cfg = load_config(HardmatchConfig, config, overrides or [])
     updates: dict[str, object] = {}

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, console, finish, print_funnel
-from curation.config import CONF_DIR, load_config
+from curation.core.config import CONF_DIR, load_config
+from pipelines.options import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, console, finish, print_funnel
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
@@ -42,7 +42,7 @@ def imagenet_captions_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a pool (NNNNN.tar: jpg/txt/json/cls; NNNNN.parquet: every index row) and OUT/report.md."""
-    from curation.imagenet_captions import ImagenetCaptionsConfig, run_imagenet_captions
+    from curation.builders.imagenet_captions import ImagenetCaptionsConfig, run_imagenet_captions
 
     cfg = load_config(ImagenetCaptionsConfig, config, overrides or [])
     job_report, _ = run_imagenet_captions(index, meta, images, out, cfg, engine, workers, overwrite)

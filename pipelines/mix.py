@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from curation.cliutil import ConfigOpt, SetOpt, console
-from curation.config import ConfigError, apply_overrides, build, read_yaml
+from curation.core.config import ConfigError, apply_overrides, build, read_yaml
+from pipelines.options import ConfigOpt, SetOpt, console
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 if TYPE_CHECKING:
-    from curation.mixing import MixResult
+    from curation.builders.mixing import MixResult
 
 InputsArg = Annotated[
     list[str] | None,
@@ -90,7 +90,7 @@ def mix_command(
     overrides: SetOpt = None,
 ) -> None:
     """Mix sources by weights (with a total) or by counts; writes OUT.npy, OUT.json, OUT.sources.parquet."""
-    from curation.mixing import MixConfig, MixError, run_mix
+    from curation.builders.mixing import MixConfig, MixError, run_mix
 
     data = apply_overrides(read_yaml(config) if config else {}, overrides or [])
     data["inputs"] = [*data.get("inputs", []), *(_input(i) for i in inputs or [])]

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import (
+from curation.core.config import load_config
+from pipelines.options import (
     AddressOpt,
     ConfigOpt,
     EngineOpt,
@@ -17,7 +18,6 @@ from curation.cliutil import (
     console,
     finish,
 )
-from curation.config import load_config
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
@@ -42,7 +42,7 @@ def reshard_command(
 ) -> None:
     """Write the subset's samples (repeated ones as many times) into new shards; rerun to resume."""
     from curation.engines import open_engine
-    from curation.reshard import ReshardConfig, run_reshard
+    from curation.reshard.run import ReshardConfig, run_reshard
 
     cfg = load_config(ReshardConfig, config, overrides or [])
     with open_engine(engine, workers, master, address) as eng:

@@ -9,12 +9,12 @@ import typer
 import yaml
 from rich.table import Table
 
-from curation.cliutil import AddressOpt, MasterOpt, SetOpt, console
-from curation.config import ConfigError
+from curation.core.config import ConfigError
+from pipelines.options import AddressOpt, MasterOpt, SetOpt, console
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 if TYPE_CHECKING:
-    from curation.jobfile import JobSpec
+    from workflows.jobfile import JobSpec
 
 
 def run_command(
@@ -38,9 +38,9 @@ def run_command(
     ] = False,
 ) -> None:
     """Run every step of JOB in order on one engine; a rerun skips finished steps and shards."""
+    from curation.core.pool import PoolError
     from curation.engines import open_engine
-    from curation.jobfile import StepFailed, load_job, run_job_file
-    from curation.pool import PoolError
+    from workflows.jobfile import StepFailed, load_job, run_job_file
 
     try:
         job = load_job(job_file, overrides or [])
@@ -72,7 +72,7 @@ def run_command(
 
 
 def print_plan(job: JobSpec) -> None:
-    from curation.jobfile import pending_steps
+    from workflows.jobfile import pending_steps
 
     for step, done in pending_steps(job):
         state = "done (skipped on a run)" if done else "to run"

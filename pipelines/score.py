@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from curation.cliutil import (
+from curation.core.config import CONF_DIR, ConfigError, apply_overrides, build, read_yaml
+from pipelines.options import (
     AddressOpt,
     ConfigOpt,
     EngineOpt,
@@ -17,7 +18,6 @@ from curation.cliutil import (
     finish,
     print_funnel,
 )
-from curation.config import CONF_DIR, ConfigError, apply_overrides, build, read_yaml
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 if TYPE_CHECKING:
@@ -56,8 +56,8 @@ def score_command(
     overrides: SetOpt = None,
 ) -> None:
     """Score every pair of POOL into POOL/attributes/<column>/; a rerun skips finished shards."""
+    from curation.core.pool import PoolError
     from curation.engines import open_engine
-    from curation.pool import PoolError
     from curation.scoring import ModelLoadError, score_pool
 
     flags = {

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import yaml
 
-from curation.cliutil import (
+from curation.core.config import ConfigError, apply_overrides, build, read_yaml
+from pipelines.options import (
     AddressOpt,
     ConfigOpt,
     EngineOpt,
@@ -18,11 +19,10 @@ from curation.cliutil import (
     console,
     print_funnel_table,
 )
-from curation.config import ConfigError, apply_overrides, build, read_yaml
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 if TYPE_CHECKING:
-    from curation.selection import SelectSpec
+    from curation.selection.run import SelectSpec
 
 StepOpt = Annotated[
     list[str] | None,
@@ -36,7 +36,7 @@ StepOpt = Annotated[
 
 def load_spec(config: Path | None, steps: list[str], overrides: list[str]) -> SelectSpec:
     """The config file (if any), plus inline steps, plus ``--set`` overrides, validated."""
-    from curation.selection import SelectSpec
+    from curation.selection.run import SelectSpec
 
     data = read_yaml(config) if config else {}
     if steps:
@@ -67,7 +67,7 @@ def select_command(
 ) -> None:
     """Select a subset: exact top-k% by any score, thresholds, filters, random controls, set operations."""
     from curation.engines import open_engine
-    from curation.selection import clean_work_dir, run_selection, save_selection
+    from curation.selection.run import clean_work_dir, run_selection, save_selection
 
     spec = load_spec(config, step or [], overrides or [])
     if out.suffix != ".npy":

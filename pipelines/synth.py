@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import typer
 
-from curation.cliutil import ConfigOpt, SetOpt
-from curation.config import CONF_DIR, load_config
+from curation.core.config import CONF_DIR, load_config
+from pipelines.options import ConfigOpt, SetOpt
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = CONF_DIR / "synth" / "default.yaml"

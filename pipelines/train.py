@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from curation.cliutil import ConfigOpt, SetOpt
+from pipelines.options import ConfigOpt, SetOpt
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.uid import compute_uid
+from curation.core.uid import compute_uid
 from tests.evalsuite_factory import CLASSNAMES, draw, make_suite
 
 # what `curate score` writes with the tiny reference CLIP: attributes/SCORE/, column SCORE

@@ -53,7 +53,7 @@ def write_image_pool(
 
     from PIL import Image
 
-    from curation.uid import compute_uid
+    from curation.core.uid import compute_uid
 
     root.mkdir(parents=True, exist_ok=True)
     sources = sources or ["photo"] * len(captions)

@@ -1,4 +1,4 @@
-"""Crash-and-resume checks for the stage CLIs: kill a real ``python -m curation <stage>`` with SIGKILL
+"""Crash-and-resume checks for the stage CLIs: kill a real ``python -m pipelines <stage>`` with SIGKILL
 mid-job, rerun it, and compare what it leaves with an uninterrupted run's outputs.
 
 The kill lands after the ``n``-th shard completion marker appears (``n`` drawn from a seeded
@@ -31,11 +31,11 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 # wall-clock and timing fields: never equal between two runs
 VOLATILE_KEYS = {"finished", "created", "seconds", "start_time", "end_time", "duration", "wall_time"}
-STARTUP_TIMEOUT_S = 240  # `python -m curation` imports torch and open_clip: slow on a loaded 2-core CI box
+STARTUP_TIMEOUT_S = 240  # `python -m pipelines` imports torch and open_clip: slow on a loaded 2-core CI box
 
 
 def cli(args: Sequence[str], cwd: Path = ROOT) -> list[str]:
-    return [sys.executable, "-m", "curation", *map(str, args)]
+    return [sys.executable, "-m", "pipelines", *map(str, args)]
 
 
 def _env() -> dict[str, str]:

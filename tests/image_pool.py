@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image, ImageDraw
 
-from curation.uid import compute_uid
+from curation.core.uid import compute_uid
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle")

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from curation.uid import compute_uid
-from curation.uidvec import uids_to_hex_array
+from curation.core.uid import compute_uid
+from curation.core.uidvec import uids_to_hex_array
 
 WORDS = ["red", "blue", "photo", "of", "a", "cat", "dog", "on", "the", "beach", "x", "ok"]
 # odd whitespace: Python's str.split() splits on all of these, RE2's \s on only some

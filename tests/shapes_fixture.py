@@ -21,7 +21,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image, ImageDraw
 
-from curation.uid import compute_uid
+from curation.core.uid import compute_uid
 
 CLASSNAMES = ["circle", "square", "triangle", "cross", "star", "ring"]
 COLORS = {

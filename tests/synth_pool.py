@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
 
-from curation.config import CONF_DIR, load_config
+from curation.core.config import CONF_DIR, load_config
 from curation.synth.build import generate
 from curation.synth.config import SynthConfig
 

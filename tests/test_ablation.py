@@ -11,7 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation.ablation import (
+from curation.core.config import ConfigError, build
+from curation.core.subset import Subset
+from trainer.powerlaw import PowerLawError, fit_power_law
+from workflows.ablation import (
     CELL_FILE,
     ERROR_FILE,
     AblationConfig,
@@ -24,10 +27,7 @@ from curation.ablation import (
     prepare_sets,
     run_cell,
 )
-from curation.ablation_results import read_headlines
-from curation.config import ConfigError, build
-from curation.powerlaw import PowerLawError, fit_power_law
-from curation.subset import Subset
+from workflows.ablation_results import read_headlines
 
 
 def config(**values) -> AblationConfig:
@@ -324,7 +324,7 @@ class _Links(HTMLParser):
 
 
 def test_results_and_report_from_recorded_cells(tmp_path):
-    from curation.ablation_report import write_outputs
+    from workflows.ablation_report import write_outputs
 
     cfg = config(eval_overrides=["bootstrap.samples=200"], topk=[20, 50, 100])
     cells = _fake_cells(tmp_path / "cells")
@@ -363,7 +363,7 @@ def test_results_and_report_from_recorded_cells(tmp_path):
 
 
 def test_report_without_baselines_says_why_there_is_no_er(tmp_path):
-    from curation.ablation_report import write_outputs
+    from workflows.ablation_report import write_outputs
 
     cells = [c for c in _fake_cells(tmp_path / "cells") if c.kind != "baseline"]
     results = write_outputs(
@@ -381,8 +381,8 @@ def test_report_without_baselines_says_why_there_is_no_er(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
-    from curation.ablation import run_ablation
     from tests.ablation_fixtures import write_world
+    from workflows.ablation import run_ablation
 
     world = write_world(tmp_path / "world")
     ghost = Subset.from_hex(["0" * 31 + "1", "f" * 32], {"how": "test: uids not in the pool"})
@@ -445,7 +445,7 @@ def test_cli_writes_the_table_and_exits_non_zero_when_cells_fail(tmp_path):
     """Also runs the cells in the spawn process pool (-p 2): jobs and records must pickle."""
     from typer.testing import CliRunner
 
-    from curation.cli import app
+    from pipelines.app import app
 
     cfg = tmp_path / "ablation.yaml"
     cfg.write_text(
@@ -479,7 +479,7 @@ def _row(set_: str, kind: str, k: float | None, mode: str, acc: float) -> dict:
 
 
 def test_headline_compares_best_topk_with_full_pool_and_its_random_control() -> None:
-    from curation.ablation_results import headlines
+    from workflows.ablation_results import headlines
 
     rows = [
         _row("top20", "topk", 20, "equal_samples", 0.30),

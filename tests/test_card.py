@@ -9,13 +9,13 @@ import pytest
 from conftest import write_image_pool
 from PIL import Image
 
-from curation.card import write_card
-from curation.card_data import load_card_data
+from curation.cards.card import write_card
+from curation.cards.data import load_card_data
+from curation.core.pool import Pool
+from curation.core.stats import Funnel
+from curation.core.subset import Subset
 from curation.engines import run_job
-from curation.filtering import FilterJob
-from curation.pool import Pool
-from curation.stats import Funnel
-from curation.subset import Subset
+from curation.filtering.job import FilterJob
 
 EVIL = "<script>alert('x')</script> **bold** [link](javascript:alert(1)) <img src=x onerror=alert(2)>"
 
@@ -101,7 +101,7 @@ def test_html_card_renders_images_and_tables_in_chromium(carded, tmp_path):
 def test_card_command(carded, tmp_path):
     from typer.testing import CliRunner
 
-    from curation.cli import app
+    from pipelines.app import app
 
     subset = tmp_path / "caption_ok.npy"
     assert carded[0].name == "caption_ok"

@@ -3,7 +3,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from curation.cli import app
+from pipelines.app import app
 
 
 def test_help_lists_every_registered_subcommand():
@@ -17,7 +17,7 @@ def test_help_lists_every_registered_subcommand():
 
 def test_python_dash_m_curation_works():
     out = subprocess.run(
-        [sys.executable, "-m", "curation", "--version"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "pipelines", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip()
 
@@ -39,8 +39,8 @@ HEAVY = (
 def test_cli_start_imports_no_heavy_library():
     """Every ``curate`` start (even ``--help``) imports all pipelines modules: they must stay light."""
     probe = (
-        "import sys, typer, curation.cli\n"
-        "typer.main.get_command(curation.cli.app)\n"
+        "import sys, typer, pipelines.app\n"
+        "typer.main.get_command(pipelines.app.app)\n"
         "assert 'pipelines.score' in sys.modules and 'pipelines.card' in sys.modules\n"
         f"bad = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
         "assert not bad, f'imported at CLI start: {bad}'\n"
@@ -60,7 +60,7 @@ def test_filter_command_runs_and_prints_the_funnel(metadata_pool):
 
 def test_bad_override_is_a_clear_config_error(metadata_pool):
     result = subprocess.run(
-        [sys.executable, "-m", "curation", "filter", str(metadata_pool), "--set", "nmae=x"],
+        [sys.executable, "-m", "pipelines", "filter", str(metadata_pool), "--set", "nmae=x"],
         capture_output=True,
         text=True,
     )

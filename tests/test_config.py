@@ -1,6 +1,6 @@
 import pytest
 
-from curation.config import ConfigError, ConfigModel, load_config
+from curation.core.config import ConfigError, ConfigModel, load_config
 
 
 class Inner(ConfigModel):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.demo import DemoLayout, DemoStepFailed, demo_steps, run_demo
+from workflows.demo import DemoLayout, DemoStepFailed, demo_steps, run_demo
 
 
 def test_a_failed_step_stops_the_demo_and_a_rerun_resumes_from_it(tmp_path: Path) -> None:

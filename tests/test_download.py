@@ -21,10 +21,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation import cliutil
-from curation.card_data import pool_stage_stats
-from curation.cli import app
-from curation.config import CONF_DIR, ConfigError, load_config
+from curation.cards.data import pool_stage_stats
+from curation.core.config import CONF_DIR, ConfigError, load_config
+from curation.core.pool import Pool
+from curation.core.stats import Funnel
+from curation.core.uid import compute_uid
 from curation.download import (
     CrawlError,
     DownloadConfig,
@@ -36,12 +37,11 @@ from curation.download import (
 from curation.download import run as run_module
 from curation.download.failures import failure_reason
 from curation.download.fetch import img2dataset_arguments, img2dataset_download
+from curation.download.urlpolicy import BLOCKED_URL, INVALID_URL, UrlPolicy, parse_ipv4
 from curation.engines import run_job
-from curation.filtering import FilterJob
-from curation.pool import Pool
-from curation.stats import Funnel
-from curation.uid import compute_uid
-from curation.urlpolicy import BLOCKED_URL, INVALID_URL, UrlPolicy, parse_ipv4
+from curation.filtering.job import FilterJob
+from pipelines import options as cliutil
+from pipelines.app import app
 
 # --------------------------------------------------------------------------------------------
 # URL policy

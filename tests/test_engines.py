@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
+from curation.core.pool import Pool
 from curation.engines import get_engine, run_job
-from curation.filtering import FilterJob
-from curation.pool import Pool
+from curation.filtering.job import FilterJob
 
 SPECS = [{"kind": "caption_length", "name": "caption"}]
 

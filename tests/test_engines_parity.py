@@ -16,17 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from curation.config import CONF_DIR, load_config
+from curation.core.config import CONF_DIR, load_config
+from curation.core.io import read_json
+from curation.core.stats import StageStats
 from curation.download import DownloadConfig, download_crawl
 from curation.engines import Engine, get_engine
-from curation.io import read_json
-from curation.jobfile import load_job, run_job_file
-from curation.selsteps import round_half_up
-from curation.stats import StageStats
+from curation.selection.steps import round_half_up
 from tests.image_pool import write_image_pool
 from tests.test_download import _url, server  # noqa: F401  (server: the 127.0.0.1 fixture)
 from tests.test_engines import _bound_address
 from tests.test_scoring import save_tiny_checkpoint
+from workflows.jobfile import load_job, run_job_file
 
 pytestmark = pytest.mark.slow
 

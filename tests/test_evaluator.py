@@ -20,7 +20,8 @@ from PIL import Image
 from sklearn.metrics import balanced_accuracy_score
 from typer.testing import CliRunner
 
-from curation.cli import app
+from curation.core.models import load_clip, register_project_models
+from pipelines.app import app
 from tests.evalsuite_factory import CLASSNAMES, TEMPLATES, classification_samples, make_suite, write_test_set
 from trainer.eval_config import EvalConfig
 from trainer.evaluate import evaluate_test_set
@@ -31,7 +32,6 @@ from trainer.evaluatees import (
     load_evaluatee,
     resolve_source,
 )
-from trainer.models import load_clip, register_project_models
 from trainer.suites import (
     SHIPPED_SUBSETS_DIR,
     Role,

@@ -13,13 +13,13 @@ import pyarrow.csv as pv
 import pyarrow.parquet as pq
 import pytest
 
-from curation.config import ConfigError, load_config
+from curation.core.config import ConfigError, load_config
+from curation.core.pool import Pool
+from curation.core.stats import Funnel
+from curation.core.uid import compute_uid
 from curation.engines import run_job
-from curation.filtering import FilterJob, build_filter
-from curation.global_view import write_shard_lookups
-from curation.pool import Pool
-from curation.stats import Funnel
-from curation.uid import compute_uid
+from curation.filtering.global_view import write_shard_lookups
+from curation.filtering.job import FilterJob, build_filter
 from pipelines.filter import FilterJobConfig
 
 DATA = Path(__file__).parent / "data"

@@ -11,11 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.classvocab import Vocabulary, load_class_names, load_synonyms
-from curation.cli import app
-from curation.config import ConfigError
-from curation.engines import run_job
-from curation.hardmatch import (
+from curation.builders.classvocab import Vocabulary, load_class_names, load_synonyms
+from curation.builders.hardmatch import (
     ClassMatcher,
     HardmatchConfig,
     HardmatchError,
@@ -23,11 +20,14 @@ from curation.hardmatch import (
     decide,
     run_hardmatch,
 )
-from curation.plurals import word_plurals
-from curation.rowsource import RowSource
-from curation.stats import Funnel
-from curation.subset import Subset
-from curation.uid import compute_uid
+from curation.builders.plurals import word_plurals
+from curation.core.config import ConfigError
+from curation.core.rowsource import RowSource
+from curation.core.stats import Funnel
+from curation.core.subset import Subset
+from curation.core.uid import compute_uid
+from curation.engines import run_job
+from pipelines.app import app
 
 CLASSES = ["circle", "star", "tree", "house", "fish", "mouse", "snow leopard", "leopard", "cup"]
 SYNONYMS = {"tree": ["pine", "fir tree"], "cup": ["mug"], "star": ["starburst"]}

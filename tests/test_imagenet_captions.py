@@ -14,16 +14,16 @@ import webdataset as wds
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.cli import app
-from curation.imagenet_captions import (
+from curation.builders.imagenet_captions import (
     YFCC100M_COLUMNS,
     ImagenetCaptionsConfig,
     ImagenetCaptionsError,
     run_imagenet_captions,
 )
-from curation.metaclean import clean_tags, clean_text, url_decode
-from curation.pool import Pool
-from curation.stats import Funnel
+from curation.builders.metaclean import clean_tags, clean_text, url_decode
+from curation.core.pool import Pool
+from curation.core.stats import Funnel
+from pipelines.app import app
 
 # image_id, label, flickr_id (a string column: ids as text, one not a number), expected status, caption
 CASES = [

@@ -10,14 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.cli import app
-from curation.config import CONF_DIR, ConfigError
+from curation.core.config import CONF_DIR, ConfigError
+from curation.core.subset import Subset
 from curation.engines import engine_from_options, get_engine
-from curation.jobfile import load_job, run_job_file
-from curation.subset import Subset
+from pipelines.app import app
 from tests.conftest import write_metadata_pool
 from tests.image_pool import write_image_pool
 from tests.test_scoring import save_tiny_checkpoint
+from workflows.jobfile import load_job, run_job_file
 
 DATACOMP = CONF_DIR / "pipelines" / "datacomp_small.yaml"
 DEMO = CONF_DIR / "pipelines" / "demo.yaml"

@@ -11,9 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.cli import app
-from curation.config import ConfigError
-from curation.mixing import (
+from curation.builders.mixing import (
     Candidates,
     MixConfig,
     MixError,
@@ -25,8 +23,10 @@ from curation.mixing import (
     run_mix,
     write_mix,
 )
-from curation.subset import Subset
-from curation.uid import array_to_hex_column, compute_uid, hex_column_to_array, uids_to_array
+from curation.core.config import ConfigError
+from curation.core.subset import Subset
+from curation.core.uid import array_to_hex_column, compute_uid, hex_column_to_array, uids_to_array
+from pipelines.app import app
 
 POOL_SOURCES = {"photo": 0.55, "forum": 0.3, "news": 0.15}
 

@@ -32,21 +32,21 @@ import torch
 import webdataset as wds
 from PIL import Image, ImageFile
 
-from curation.card import write_card
-from curation.card_data import CardData
-from curation.config import ConfigError
+from curation.cards.card import write_card
+from curation.cards.data import CardData
+from curation.core.config import ConfigError
+from curation.core.pool import Pool, PoolError
+from curation.core.safepath import UnsafePathError, child, safe_name
+from curation.core.stats import Funnel
+from curation.core.subset import Subset
+from curation.core.uid import array_to_uids, compute_uid
 from curation.engines import run_job
-from curation.filtering import FilterJob
-from curation.pool import Pool, PoolError
-from curation.safepath import UnsafePathError, child, safe_name
+from curation.filtering.job import FilterJob
 from curation.scoring import ModelLoadError, ScoreConfig, score_pool
 from curation.scoring.loader import MAX_CAPTION_CHARS, ImagePrep, PairDecoder, to_rgb
 from curation.scoring.model import ModelSpec
-from curation.selection import SelectSpec, run_selection
-from curation.selframe import SelectionError
-from curation.stats import Funnel
-from curation.subset import Subset
-from curation.uid import array_to_uids, compute_uid
+from curation.selection.frame import SelectionError
+from curation.selection.run import SelectSpec, run_selection
 from tests.conftest import write_metadata_pool
 from tests.image_pool import draw, jpeg
 from trainer.runs import checkpoint_metadata
@@ -376,7 +376,7 @@ class _Payload:
 
 
 def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
-    from trainer.models import register_project_models
+    from curation.core.models import register_project_models
     from trainer.supervised import _load_state
     from trainer.train import trained_epochs
 
@@ -443,8 +443,8 @@ def test_a_suite_test_set_path_outside_the_suite_is_refused(tmp_path):
 
 
 def test_an_ablation_set_name_like_a_path_is_refused():
-    from curation.ablation import AblationConfig
-    from curation.config import build
+    from curation.core.config import build
+    from workflows.ablation import AblationConfig
 
     for name in ("../x", "a/b", ".hidden"):
         with pytest.raises(ConfigError):

@@ -16,11 +16,11 @@ import pytest
 import webdataset as wds
 from typer.testing import CliRunner
 
-from curation.cli import app
-from curation.pool import Pool, iter_tar_samples
-from curation.reshard import ReshardConfig, ReshardError, WriteJob, run_reshard
-from curation.subset import Subset
-from curation.uid import compute_uid
+from curation.core.pool import Pool, iter_tar_samples
+from curation.core.subset import Subset
+from curation.core.uid import compute_uid
+from curation.reshard.run import ReshardConfig, ReshardError, WriteJob, run_reshard
+from pipelines.app import app
 from tests.selpools import write_image_pool
 
 
@@ -217,7 +217,7 @@ def test_a_truncated_pool_tar_loses_only_its_damaged_samples(pool, tmp_path, cap
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tar_index_matches_tarfile(tmp_path, fmt):
-    from curation.tarindex import index_tar
+    from curation.core.tarindex import index_tar
 
     path = tmp_path / "t.tar"
     rng = np.random.default_rng(0)

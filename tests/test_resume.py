@@ -26,10 +26,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.cli import app
+from curation.core.pool import Pool
+from curation.core.subset import Subset
 from curation.download.run import download_stats
-from curation.pool import Pool
-from curation.subset import Subset
+from pipelines.app import app
 from tests.conftest import write_metadata_pool
 from tests.crashkit import (
     assert_no_partial_files,

@@ -15,7 +15,7 @@ from scipy.special import expit
 from scipy.special import logit as scipy_logit
 from typer.testing import CliRunner
 
-from curation.cli import app
+from pipelines.app import app
 from trainer.plots import BASELINE_COLOR, FIT_COLOR, IDENTITY_COLOR, MODEL_COLORS, plot_effective_robustness
 from trainer.robustness import (
     AVERAGE,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from curation.core.pool import Pool
+from curation.core.runner import is_done
+from curation.core.stats import Funnel
 from curation.engines import merged_stats, run_job
-from curation.filtering import FilterJob
-from curation.pool import Pool
-from curation.runner import is_done
-from curation.stats import Funnel
+from curation.filtering.job import FilterJob
 
 SPECS = [{"kind": "caption_length", "name": "caption"}]
 
@@ -77,8 +77,8 @@ SLOW_JOB = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from curation.engines import run_job
-    from curation.runner import ShardJob
-    from curation.stats import StageStats
+    from curation.core.runner import ShardJob
+    from curation.core.stats import StageStats
     import numpy as np
 
     class SlowWriter(ShardJob):

@@ -17,11 +17,13 @@ from PIL import Image
 from torchvision.transforms import Compose, ToTensor
 from typer.testing import CliRunner
 
-from curation.cli import app
-from curation.config import ConfigError
+from curation.core.config import ConfigError
+from curation.core.models import register_project_models
+from curation.core.pool import Pool
+from curation.core.stats import Funnel
+from curation.core.workerslot import WorkerSlot, worker_slot
 from curation.engines import run_job
 from curation.engines.local import _init_worker
-from curation.pool import Pool
 from curation.scoring import ModelLoadError, ScoreConfig, ScoreJob, loader, score_pool
 from curation.scoring import job as score_job
 from curation.scoring.encode import PairEncoder, encode_batches
@@ -34,10 +36,8 @@ from curation.scoring.loader import (
     pair_loader,
 )
 from curation.scoring.model import ModelSpec, resolve_devices
-from curation.stats import Funnel
-from curation.workerslot import WorkerSlot, worker_slot
+from pipelines.app import app
 from tests.image_pool import draw, jpeg, write_image_pool
-from trainer.models import register_project_models
 
 COLUMN = "clip_score_tiny_vit"
 

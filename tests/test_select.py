@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.cli import app
-from curation.config import ConfigError, load_config
+from curation.core.config import ConfigError, load_config
+from curation.core.subset import Subset, concat, difference, intersection, union
+from curation.core.uid import UID_DTYPE
+from curation.core.uidvec import hex_to_uids, sort_uids, uids_to_hex_array
 from curation.engines import run_job
-from curation.filtering import FilterJob
-from curation.selection import SelectSpec, run_selection, save_selection
-from curation.subset import Subset, concat, difference, intersection, union
-from curation.uid import UID_DTYPE
-from curation.uidvec import hex_to_uids, sort_uids, uids_to_hex_array
+from curation.filtering.job import FilterJob
+from curation.selection.run import SelectSpec, run_selection, save_selection
+from pipelines.app import app
 from tests.selpools import write_datacomp_pool, write_image_pool
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "select"
@@ -376,14 +376,14 @@ def test_uid_vector_helpers_round_trip_validate_sort_and_look_up():
     u["f0"] = rng.integers(0, 4, 1000, dtype=np.uint64)  # many equal high halves
     u["f1"] = rng.integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True)
     hexes = uids_to_hex_array(u)
-    assert sorted(hexes.to_pylist()) == Subset(u.copy()).hex()  # same text as curation.uid, one by one
+    assert sorted(hexes.to_pylist()) == Subset(u.copy()).hex()  # same text as curation.core.uid, one by one
     back, ok = hex_to_uids(hexes)
     assert ok.all() and np.array_equal(back, u)
     assert np.array_equal(sort_uids(u), np.sort(u))
     odd = pa.array(["g" * 32, None, "abc", hexes[0].as_py().upper(), hexes[1].as_py()])
     vals, ok = hex_to_uids(odd)
     assert ok.tolist() == [False, False, False, True, True] and vals[3] == u[0] and vals[4] == u[1]
-    from curation.uidvec import lookup
+    from curation.core.uidvec import lookup
 
     table = np.unique(u)
     probe = np.concatenate([u[:50], np.array([(9, 9), (2**63, 1)], dtype=UID_DTYPE)])

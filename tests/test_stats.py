@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from curation.stats import Funnel, FunnelError, StageStats, merge
+from curation.core.stats import Funnel, FunnelError, StageStats, merge
 
 
 def test_from_verdicts_counts_per_source_and_balances():

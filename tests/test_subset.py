@@ -4,8 +4,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from curation.subset import Subset, SubsetError, concat, difference, intersection, repeat, union
-from curation.uid import compute_uid
+from curation.core.subset import Subset, SubsetError, concat, difference, intersection, repeat, union
+from curation.core.uid import compute_uid
 
 
 def _hex(n, seed):
@@ -48,6 +48,6 @@ def test_contains_is_membership():
     probe = Subset.from_hex(_hex(30, 2)).uids
     expected = {u for u in a.hex()}
     got = a.contains(probe)
-    from curation.uid import array_to_uids
+    from curation.core.uid import array_to_uids
 
     assert list(got) == [u in expected for u in array_to_uids(probe)]

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.config import CONF_DIR, ConfigError, load_config
+from curation.core.config import CONF_DIR, ConfigError, load_config
 from curation.synth import junk
 from curation.synth.build import generate
 from curation.synth.captions import class_word_pattern
@@ -398,7 +398,7 @@ def test_config_rejects_bad_junk() -> None:
 
 
 def test_cli_synth(tmp_path: Path) -> None:
-    from curation.cli import app
+    from pipelines.app import app
 
     out = tmp_path / "cli"
     args = ["synth", str(out), "--seed", "5", "-j", "1", "--base-url", "http://127.0.0.1:8123"]

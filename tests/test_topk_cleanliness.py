@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.config import CONF_DIR, load_config
+from curation.core.config import CONF_DIR, load_config
+from curation.core.pool import Pool
 from curation.engines import run_job
-from curation.filtering import FilterJob
-from curation.pool import Pool
+from curation.filtering.job import FilterJob
 from curation.synth.truth import clean_mask, topk_cleanliness
 from pipelines.filter import FilterJobConfig
 from tests.synth_pool import small_crawl, write_synth_pool

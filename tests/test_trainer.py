@@ -22,10 +22,10 @@ import open_clip
 import pytest
 import torch
 
-from curation.config import ConfigError
+from curation.core.config import ConfigError
+from curation.core.models import register_project_models
 from tests.shapes_fixture import CLASSNAMES, TEMPLATES, make_samples, write_shards
 from trainer.budget import BudgetError, plan_budget
-from trainer.models import register_project_models
 from trainer.oclog import parse_line, summarize
 from trainer.presets import available_presets, load_preset
 from trainer.runs import RunError, load_run
@@ -130,7 +130,7 @@ def test_checkpoint_loads_through_open_clip_factory(clip_run: Path) -> None:
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(clip_run: Path, shapes: Path, tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "curation", "train", str(shapes), "--out", str(out), "--preset", "tiny",
+    cmd = [sys.executable, "-m", "pipelines", "train", str(shapes), "--out", str(out), "--preset", "tiny",
            "--mode", "equal_samples", *BUDGET, "--seed", "0", "--device", "cpu"]  # fmt: skip
     state = out / "openclip" / "checkpoints" / "epoch_latest.pt"
     proc = subprocess.Popen(
@@ -364,7 +364,7 @@ def test_load_run_rejects_what_is_not_a_run(tmp_path: Path) -> None:
 def test_cli_print_command_and_bad_input(shapes: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from curation.cli import app
+    from pipelines.app import app
 
     runner = CliRunner()
     res = runner.invoke(

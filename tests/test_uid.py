@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from curation.uid import UID_DTYPE, UidError, array_to_uids, compute_uid, normalize_uid, uids_to_array
+from curation.core.uid import UID_DTYPE, UidError, array_to_uids, compute_uid, normalize_uid, uids_to_array
 
 
 def test_uid_is_blake2b_128_of_url_newline_caption():
@@ -16,7 +16,7 @@ def test_uid_is_blake2b_128_of_url_newline_caption():
 
 def test_uid_is_the_same_in_another_process():
     """No dependence on PYTHONHASHSEED or process state: the same pair gets the same uid anywhere."""
-    code = "from curation.uid import compute_uid; print(compute_uid('http://x/é.png', 'ünïcode caption'))"
+    code = "from curation.core.uid import compute_uid; print(compute_uid('http://x/é.png', 'ünïcode c'))"
     other = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -24,7 +24,7 @@ def test_uid_is_the_same_in_another_process():
         check=True,
         env={"PYTHONHASHSEED": "123", "PYTHONPATH": "."},
     ).stdout.strip()
-    assert other == compute_uid("http://x/é.png", "ünïcode caption")
+    assert other == compute_uid("http://x/é.png", "ünïcode c")
 
 
 def test_hex_array_round_trip_keeps_order_and_duplicates():

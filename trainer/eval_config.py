@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from curation.config import CONF_DIR, ConfigModel, load_config
+from curation.core.config import CONF_DIR, ConfigModel, load_config
 from trainer.robustness import BootstrapConfig
 
 DEFAULT_CONFIG = CONF_DIR / "eval" / "default.yaml"

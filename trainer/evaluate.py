@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch.nn.functional as F
 
-from curation.io import atomic_path, atomic_write_text
+from curation.core.io import atomic_path, atomic_write_text
 from trainer.eval_config import BootstrapSettings, EvalConfig
 from trainer.evaluatees import Evaluatee, ModelSource
 from trainer.retrieval import retrieval_metrics

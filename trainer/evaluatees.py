@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
+from curation.core.models import load_clip, resolve_device
 from trainer.errors import EvalInputError
 from trainer.eval_config import EvalConfig
-from trainer.models import load_clip, resolve_device
 from trainer.suites import TestSet
 from trainer.zeroshot import classifier_weights
 

@@ -12,8 +12,8 @@ import sys
 from open_clip_train import main as oc_main
 from open_clip_train.params import parse_args
 
+from curation.core.models import register_project_models
 from trainer import seeding
-from trainer.models import register_project_models
 
 
 def main(argv: list[str]) -> int:

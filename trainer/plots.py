@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from curation.io import atomic_path
+from curation.core.io import atomic_path
 from trainer.robustness import AVERAGE, Point, RobustnessReport, logit, sigmoid
 
 BASELINE_COLOR = "#1f77b4"

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from curation.config import CONF_DIR, ConfigError, ConfigModel, apply_overrides, build, read_yaml
+from curation.core.config import CONF_DIR, ConfigError, ConfigModel, apply_overrides, build, read_yaml
 
 PRESET_DIR = CONF_DIR / "presets"
 

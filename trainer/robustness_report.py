@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from curation.io import atomic_write_json, atomic_write_text
+from curation.core.io import atomic_write_json, atomic_write_text
 from trainer.robustness import MEAN_OF_SHIFTS, BootstrapConfig, RobustnessReport, compute_report, infer_roles
 
 log = logging.getLogger(__name__)

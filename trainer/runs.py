@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from curation import __version__
-from curation.io import atomic_path, read_json
+from curation.core.io import atomic_path, read_json
 
 RUN_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -48,8 +48,8 @@ class RunInfo:
         return self.info.get("samples_seen")
 
     def load_clip(self, device: str = "auto", precision: str = "fp32") -> Any:
-        """The CLIP model of this run (a :class:`trainer.models.ClipBundle`)."""
-        from trainer.models import load_clip
+        """The CLIP model of this run (a :class:`curation.core.models.ClipBundle`)."""
+        from curation.core.models import load_clip
 
         if self.kind != "clip":
             raise RunError(f"{self.run_dir or self.checkpoint}: a {self.kind} run has no CLIP model")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.io import read_json
+from curation.core.io import read_json
 
 SIZES_FILE = "sizes.json"
 MANIFEST_NAMES = ("subset.json", "manifest.json")

@@ -24,8 +24,8 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from curation.config import ConfigModel, format_validation_error
-from curation.safepath import UnsafePathError, child, safe_name
+from curation.core.config import ConfigModel, format_validation_error
+from curation.core.safepath import UnsafePathError, child, safe_name
 from trainer.errors import EvalInputError
 
 SUITE_FILE = "suite.yaml"

@@ -33,8 +33,8 @@ from open_clip_train.scheduler import cosine_lr
 from PIL import Image
 from torch import nn
 
-from curation.io import atomic_path, atomic_write_json, read_json
-from trainer.models import register_project_models
+from curation.core.io import atomic_path, atomic_write_json, read_json
+from curation.core.models import register_project_models
 from trainer.oclog import StepLine, format_step
 from trainer.runs import CHECKPOINT_FILE, RunError, load_run, save_checkpoint
 from trainer.seeding import EpochSeededShuffle, WorkerSeed

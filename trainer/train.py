@@ -43,8 +43,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from curation.config import build
-from curation.io import atomic_write_json, read_json
+from curation.core.config import build
+from curation.core.io import atomic_write_json, read_json
 from trainer.budget import Budget, plan_budget
 from trainer.oclog import StepLine, parse_line, summarize_file
 from trainer.presets import Preset

@@ -26,11 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.core.io import atomic_write_parquet, read_json
+from curation.core.runner import ShardJob
+from curation.core.stats import StageStats
 from curation.download.failures import NOT_RECORDED, SUCCESS, failure_reasons
 from curation.download.plan import DownloadPlan, download_dir, input_dir, rejected_path
-from curation.io import atomic_write_parquet, read_json
-from curation.runner import ShardJob
-from curation.stats import StageStats
 
 STAGE = "download"
 UNIT_PREFIX = f"{STAGE}-"  # unit names are unique in POOL/_stats and POOL/_done

@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from curation.config import ConfigModel
-from curation.urlpolicy import UrlPolicy
+from curation.core.config import ConfigModel
+from curation.download.urlpolicy import UrlPolicy
 
 # Column names img2dataset writes itself; a carried crawl column may not shadow them.
 IMG2DATASET_COLUMNS = frozenset(

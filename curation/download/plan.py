@@ -24,10 +24,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.core.io import atomic_path, atomic_write_json, read_json
+from curation.core.uid import compute_uids
 from curation.download.config import CrawlColumns, DownloadConfig
-from curation.io import atomic_path, atomic_write_json, read_json
-from curation.uid import compute_uids
-from curation.urlpolicy import UrlPolicy
+from curation.download.urlpolicy import UrlPolicy
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from curation.core.io import read_json
+from curation.core.runner import marker_path
+from curation.core.stats import Funnel, FunnelError, StageStats, merge
 from curation.download.accounting import UNIT_PREFIX, DownloadAccounting, unit_name
 from curation.download.config import DownloadConfig
 from curation.download.fetch import img2dataset_arguments, run_img2dataset
 from curation.download.plan import CrawlError, DownloadPlan, download_dir, input_dir, prepare_plan
 from curation.engines import Engine, JobReport, get_engine, run_job
-from curation.io import read_json
-from curation.runner import marker_path
-from curation.stats import Funnel, FunnelError, StageStats, merge
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Engines schedule shards; they never change what a shard's processing does.
 
-Every engine calls :func:`curation.runner.process_shard` for each shard, so outputs, stats and
+Every engine calls :func:`curation.core.runner.process_shard` for each shard, so outputs, stats and
 markers are identical whichever engine ran them. ``local`` is a process pool; ``spark`` and
 ``ray`` register themselves here when their modules are imported.
 """
@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from curation.progress import shard_progress
-from curation.runner import ShardJob, ShardOutcome, load_shard_stats
-from curation.stats import Funnel, StageStats, merge
+from curation.core.progress import shard_progress
+from curation.core.runner import ShardJob, ShardOutcome, load_shard_stats
+from curation.core.stats import Funnel, StageStats, merge
 
 log = logging.getLogger(__name__)
 

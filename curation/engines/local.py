@@ -7,9 +7,9 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing.sharedctypes import Synchronized
 
+from curation.core.runner import ShardJob, ShardOutcome, process_shard
+from curation.core.workerslot import WorkerSlot, set_worker_slot
 from curation.engines import Engine
-from curation.runner import ShardJob, ShardOutcome, process_shard
-from curation.workerslot import WorkerSlot, set_worker_slot
 
 _worker_job: ShardJob | None = None
 

@@ -17,10 +17,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from curation.core.runner import ShardJob, ShardOutcome, process_shard
+from curation.core.workerslot import WorkerSlot, set_worker_slot
 from curation.engines import Engine
 from curation.engines.cluster import LOOPBACK, worker_pythonpath
-from curation.runner import ShardJob, ShardOutcome, process_shard
-from curation.workerslot import WorkerSlot, set_worker_slot
 
 
 def _run(job: ShardJob, shard: str, retries: int) -> ShardOutcome:

@@ -14,9 +14,9 @@ import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from curation.core.runner import ShardJob, ShardOutcome, process_shard
 from curation.engines import Engine
 from curation.engines.cluster import LOOPBACK, worker_pythonpath
-from curation.runner import ShardJob, ShardOutcome, process_shard
 
 SUBMIT_GATEWAY_ENV = "PYSPARK_GATEWAY_PORT"  # set when spark-submit launched this Python driver
 

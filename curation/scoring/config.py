@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from curation.config import ConfigModel
+from curation.core.config import ConfigModel
 
 COLUMN_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 Precision = Literal["auto", "fp32", "fp16", "bf16"]

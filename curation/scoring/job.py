@@ -24,10 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from curation.config import ConfigError
-from curation.io import atomic_write_json, atomic_write_parquet, read_json
-from curation.pool import Pool, PoolError
-from curation.runner import ShardJob
+from curation.core.config import ConfigError
+from curation.core.io import atomic_write_json, atomic_write_parquet, read_json
+from curation.core.pool import Pool, PoolError
+from curation.core.runner import ShardJob
+from curation.core.stage import Verdict
+from curation.core.stats import StageStats
+from curation.core.tarindex import tar_damage
+from curation.core.workerslot import worker_slot
 from curation.scoring.config import ScoreConfig
 from curation.scoring.encode import EncodedShard, PairEncoder, encode_batches
 from curation.scoring.loader import (
@@ -41,10 +45,6 @@ from curation.scoring.loader import (
     pair_loader,
 )
 from curation.scoring.model import ModelSpec, resolve_devices, resolve_precision
-from curation.stage import Verdict
-from curation.stats import StageStats
-from curation.tarindex import tar_damage
-from curation.workerslot import worker_slot
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The reference CLIP of the score stage: loaded by name through open_clip, pinned to one device.
 
 A model name and tag (``ViT-B-32`` / ``laion2b_s34b_b79k``), a checkpoint path, or a project tiny
-config all go through ``trainer.models.load_clip``. What can go wrong before any shard runs (an
+config all go through ``curation.core.models.load_clip``. What can go wrong before any shard runs (an
 unknown name, a tag that is neither known nor a file, weights that cannot be fetched) is a
 :class:`ModelLoadError` that says what to do instead.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import open_clip
 import torch
 
-from trainer.models import ClipBundle, load_clip, register_project_models
+from curation.core.models import ClipBundle, load_clip, register_project_models
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class ModelSpec:
 
 
 def project_models() -> list[str]:
-    from trainer.models import MODEL_CONF_DIR
+    from curation.core.models import MODEL_CONF_DIR
 
     return sorted(p.stem for p in MODEL_CONF_DIR.glob("*.json"))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from curation import __version__
-from curation.io import atomic_write_json, atomic_write_text
+from curation.core.io import atomic_write_json, atomic_write_text
 from curation.synth import evalsets
 from curation.synth.config import SynthConfig
 from curation.synth.crawl import make_plan, render_crawl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from curation.config import ConfigModel
+from curation.core.config import ConfigModel
 from curation.synth.captions import FAMILIES
 from curation.synth.classes import CONCEPTS, DEFAULT_CLASSES
 from curation.synth.junk import JunkKind

@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from curation.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text
+from curation.core.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text
+from curation.core.uid import compute_uid
 from curation.synth import captions
 from curation.synth.classes import Concept, get_concepts
 from curation.synth.config import ImagenetConfig, SynthConfig
@@ -27,7 +28,6 @@ from curation.synth.crawl import SourceSpec
 from curation.synth.pool import Workers, chunks
 from curation.synth.rand import allocate_exact, item_rng, plan_rng
 from curation.synth.render import encode, get_style, quality_for, render
-from curation.uid import compute_uid
 
 STREAM_SUITE = {"synth_id": 10, "synth_sketch": 11, "synth_style": 12, "synth_v2": 13, "synth_retrieval": 14}
 STREAM_SEED, STREAM_IMAGENET, STREAM_IMAGENET_META = 20, 30, 31

@@ -15,11 +15,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.io import atomic_write_json, atomic_write_parquet
+from curation.core.io import atomic_write_json, atomic_write_parquet
+from curation.core.uid import compute_uid
 from curation.synth import junk
 from curation.synth.config import SynthConfig
 from curation.synth.crawl import LANGS, CrawlPlan, Rendered
-from curation.uid import compute_uid
 
 CRAWL_SCHEMA = pa.schema(
     [("url", pa.string()), ("text", pa.string()), ("uid", pa.string()), ("source", pa.string())]

@@ -79,8 +79,8 @@ def topk_cleanliness(
     subset of the same size, both drawn by ``curate select``'s own steps (after the ``filters``
     stage's verdicts when given), so the figures describe what selection really keeps. The
     fraction 1.0 row is the candidate pool itself (top and random are then the same set)."""
-    from curation.selection import SelectSpec, run_selection
-    from curation.uidvec import uids_to_hex_array
+    from curation.core.uidvec import uids_to_hex_array
+    from curation.selection.run import SelectSpec, run_selection
 
     clean = gt["uid"].filter(pa.array(clean_mask(gt)))
     base = [{"filter": {"stage": filters}}] if filters else []

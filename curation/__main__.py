@@ -1,3 +1,0 @@
-from curation.cli import main
-
-main()

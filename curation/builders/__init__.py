@@ -1,0 +1,1 @@
+"""Builders: sets made by matching or mixing (hardmatch, ImageNet-Captions, source mixing)."""

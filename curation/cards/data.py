@@ -1,0 +1,146 @@
+"""What a dataset card reports, gathered from recorded stats and attribute tables (never recomputed).
+
+The card joins the pool's sample rows with every attribute table under ``POOL/attributes/`` by
+uid (DuckDB, out of core), marks which samples the subset kept, and reads the shard stats that
+each stage wrote, so the card's funnel is exactly the pipeline's own numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from curation.core.pool import Pool
+from curation.core.stats import StageStats, merge
+from curation.core.subset import Subset
+from curation.core.uid import array_to_uids
+
+SAMPLE_COLUMNS = ("uid", "caption", "source", "url", "original_width", "original_height", "sha256")
+
+
+@dataclass
+class CardData:
+    name: str
+    subset: Subset
+    frame: pd.DataFrame  # one row per pool sample: attributes + ``in_subset``
+    stages: list[StageStats] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    labels: pd.DataFrame | None = None
+
+    @property
+    def kept(self) -> pd.DataFrame:
+        return self.frame[self.frame["in_subset"]]
+
+    def score_columns(self) -> list[str]:
+        return [c for c in self.frame.columns if "score" in c and pd.api.types.is_float_dtype(self.frame[c])]
+
+    def reason_columns(self) -> list[str]:
+        return [c for c in self.frame.columns if c.endswith("_reason")]
+
+    def source_counts(self) -> dict[str, int]:
+        """Samples written per source, counting upsampled uids as many times as they are written."""
+        if "source" not in self.frame.columns:
+            return {"unknown": len(self.subset)}
+        uids, counts = self.subset.counts()
+        mult = pd.Series(counts, index=array_to_uids(uids))
+        src = self.frame.set_index("uid")["source"]
+        joined = pd.DataFrame({"n": mult}).join(src, how="left").fillna({"source": "not_in_pool"})
+        return {str(k): int(v) for k, v in joined.groupby("source")["n"].sum().sort_index().items()}
+
+    def duplicate_groups(self) -> dict[str, int]:
+        out = {}
+        for col in [c for c in self.frame.columns if c.endswith("dup_of")]:
+            dups = self.frame[col].dropna()
+            out[col] = int(dups.nunique())
+        return out
+
+
+def load_card_data(
+    subset_path: Path, pool_dir: Path | None, results: Path | Sequence[Path] | None = None
+) -> CardData:
+    subset = Subset.load(subset_path)
+    pool = Pool(pool_dir or Path(subset.manifest.get("pool", "")))
+    frame = _sample_frame(pool)
+    member = set(array_to_uids(np.unique(subset.uids)))
+    frame["in_subset"] = frame["uid"].isin(member)
+    labels_path = subset_path.parent / "labels.parquet"
+    return CardData(
+        name=subset.manifest.get("name", subset_path.stem),
+        subset=subset,
+        frame=frame,
+        stages=pool_stage_stats(pool),
+        results=_read_results(results),
+        labels=pd.read_parquet(labels_path) if labels_path.exists() else None,
+    )
+
+
+def _sample_frame(pool: Pool) -> pd.DataFrame:
+    con = duckdb.connect()
+    base = pd.concat([pool.read_samples(s).to_pandas() for s in pool.shard_ids()], ignore_index=True)
+    keep = [c for c in SAMPLE_COLUMNS if c in base.columns]
+    frame = base[keep].drop_duplicates("uid")
+    attr_root = pool.root / "attributes"
+    for stage_dir in sorted(p for p in attr_root.glob("*") if p.is_dir()) if attr_root.exists() else []:
+        files = sorted(stage_dir.glob("*.parquet"))
+        if not files:
+            continue
+        table = con.execute(
+            "SELECT * FROM read_parquet(?, union_by_name=true)", [[str(f) for f in files]]
+        ).df()
+        table = table.drop(columns=[c for c in table.columns if c.endswith("_emb")])
+        new = [c for c in table.columns if c not in frame.columns or c == "uid"]
+        frame = frame.merge(table[new].drop_duplicates("uid"), on="uid", how="left")
+    return frame
+
+
+def pool_stage_stats(pool: Pool) -> list[StageStats]:
+    """Stage stats recorded under the pool (download first, then each attribute stage), merged."""
+    stats_files = sorted(pool.root.glob("_stats/*.json")) + sorted(
+        pool.root.glob("attributes/*/_stats/*.json")
+    )
+    stages: list[StageStats] = []
+    for path in stats_files:
+        data = json.loads(path.read_text())
+        stages += [StageStats.from_dict(d) for d in data.get("stages", [data] if "stage" in data else [])]
+    return merge(stages)
+
+
+def _read_results(paths: Path | Sequence[Path] | None) -> list[dict[str, Any]]:
+    """Evaluator records (``results.jsonl``) of the models trained on this set; missing files add none."""
+    files = [paths] if isinstance(paths, Path) else list(paths or [])
+    return [
+        json.loads(line)
+        for path in files
+        if path.exists()
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+def size_category(n: int) -> str:
+    """Hugging Face ``size_categories`` bucket."""
+    bounds = [
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+        (100_000_000, "10M<n<100M"),
+        (1_000_000_000, "100M<n<1B"),
+    ]
+    return next((label for bound, label in bounds if n < bound), "1B<n<10B")
+
+
+def reason_counts(frame: pd.DataFrame, columns: list[str]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for c in columns:
+        counts.update(frame[c].dropna().astype(str))
+    return counts

@@ -1,0 +1,109 @@
+"""The one shard runner every engine calls.
+
+Engines only decide *where* a shard runs; what happens to it is here: skip it if its completion
+marker exists, otherwise run the job into a private staging folder, move each output file into
+place with an atomic rename, write the shard's stage stats, and write the marker last. A crash at
+any point leaves no half-written file in the output (only a staging folder that the next attempt
+clears), and a rerun redoes exactly the shards without a marker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import traceback
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curation.core.io import atomic_write_json, read_json
+from curation.core.stats import StageStats
+
+log = logging.getLogger(__name__)
+
+
+class ShardJob(ABC):
+    """A picklable description of per-shard work. Stage code lives in ``run_shard``; no engine logic."""
+
+    name: str = "job"
+    costly_setup: bool = False  # setup() loads a model: engines keep long-lived workers (Ray: actors)
+
+    @abstractmethod
+    def shards(self) -> list[str]:
+        """All shard ids of the job's input."""
+
+    @abstractmethod
+    def output_dir(self) -> Path:
+        """Where outputs, stats and markers go (must be on storage every worker sees)."""
+
+    def prepare(self) -> None:
+        """Driver-side work over all shards, once, before any shard runs (phase 1 of a global view)."""
+
+    def setup(self) -> None:
+        """Per-worker initialisation (load a model once, not once per shard)."""
+
+    @abstractmethod
+    def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
+        """Process one shard, writing final-named files into ``staging``; return its stats."""
+
+
+@dataclass
+class ShardOutcome:
+    shard: str
+    status: str  # "done" | "skipped" | "failed"
+    stats: list[StageStats] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+    attempts: int = 0
+
+
+def marker_path(out: Path, shard: str) -> Path:
+    return out / "_done" / f"{shard}.done"
+
+
+def stats_path(out: Path, shard: str) -> Path:
+    return out / "_stats" / f"{shard}.json"
+
+
+def is_done(out: Path, shard: str) -> bool:
+    return marker_path(out, shard).exists()
+
+
+def load_shard_stats(out: Path, shard: str) -> list[StageStats]:
+    return [StageStats.from_dict(d) for d in read_json(stats_path(out, shard))["stages"]]
+
+
+def process_shard(job: ShardJob, shard: str, retries: int = 0) -> ShardOutcome:
+    """Run one shard to completion (or record why it failed); safe to call again after any crash."""
+    out = job.output_dir()
+    if is_done(out, shard):
+        return ShardOutcome(shard, "skipped", load_shard_stats(out, shard))
+    start = time.perf_counter()
+    error = None
+    for attempt in range(1, retries + 2):
+        staging = out / ".staging" / shard
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            stats = job.run_shard(shard, staging)
+            _commit(out, shard, staging, stats)
+            return ShardOutcome(shard, "done", stats, time.perf_counter() - start, attempts=attempt)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("shard %s of %s failed (attempt %d): %s", shard, job.name, attempt, error)
+            log.debug("%s", traceback.format_exc())
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return ShardOutcome(shard, "failed", [], time.perf_counter() - start, error, attempts=retries + 1)
+
+
+def _commit(out: Path, shard: str, staging: Path, stats: list[StageStats]) -> None:
+    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+        dst = out / src.relative_to(staging)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    stages = [s.to_dict() for s in stats]
+    atomic_write_json(stats_path(out, shard), {"shard": shard, "stages": stages})
+    atomic_write_json(marker_path(out, shard), {"shard": shard, "finished": time.time()})

@@ -1,0 +1,200 @@
+"""Filters that need a view over the whole pool (deduplication, clustering): two phases, one mechanism.
+
+Phase 1, :meth:`GlobalFilter.prepare`, runs once in the driver before any shard (the filter job's
+``prepare``, which every engine's ``run_job`` calls). It gathers what it needs over all shards out
+of core (DuckDB over parquet, or one shard at a time), makes its global decision (duplicate
+groups, clusters) and writes a small uid-keyed lookup table per shard, ``NNNNN.parquet``, into the
+folder the job gives it: ``POOL/attributes/<job>/_prepared/<filter>/``.
+
+Phase 2 is the ordinary per-shard filter: the job joins the shard's lookup onto the samples like
+any other :class:`~curation.core.stage.SideInput`, and ``verdict`` reads the joined columns. Nothing
+large is pickled to workers, every engine reads the same files, a rerun reuses a finished
+phase 1 (its folder carries a marker with the filter's config), and the lookups stay on disk for
+inspection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation.core.config import ConfigError, ConfigModel
+from curation.core.io import atomic_write_json, atomic_write_parquet, read_json
+from curation.core.pool import Pool
+from curation.core.progress import shard_progress
+from curation.core.stage import ConfiguredFilter, Filter, SideInput
+
+log = logging.getLogger(__name__)
+
+MARKER = "_done.json"
+T = TypeVar("T")
+
+
+class GlobalFilter(Filter):
+    """A filter whose per-row verdict depends on other shards; see the module docstring."""
+
+    lookup_columns: ClassVar[tuple[str, ...]] = ()  # columns of the per-shard lookup ``prepare`` writes
+
+    def __init__(self, cfg: ConfiguredFilter) -> None:
+        super().__init__(cfg.name)
+        self.cfg = cfg
+        self.prepared_dir: Path | None = None  # set by the filter job before phase 1
+
+    @abstractmethod
+    def prepare(self, pool: Pool, out: Path) -> None:
+        """Phase 1: write ``out/<shard>.parquet`` (``uid`` + :attr:`lookup_columns`) for every shard."""
+
+    def fingerprint(self, pool: Pool) -> dict[str, Any]:
+        """What phase 1's result depends on; a finished phase 1 is reused only when this matches."""
+        return {"kind": self.kind, "config": self.cfg.model_dump(mode="json"), "shards": pool.shard_ids()}
+
+    def side_inputs(self, pool: Pool) -> list[SideInput]:
+        if self.prepared_dir is None:
+            raise RuntimeError(f"global filter {self.name!r} has no phase-1 folder; run it through FilterJob")
+        return [SideInput(self.prepared_dir, self.lookup_columns)]
+
+
+def run_prepare(f: GlobalFilter, pool: Pool, out: Path) -> None:
+    """Phase 1 with the runner's guarantees: skipped when already done, atomic, complete for every shard."""
+    fingerprint = f.fingerprint(pool)
+    marker = out / MARKER
+    if marker.exists():
+        done = read_json(marker).get("fingerprint") or {}
+        if done != fingerprint:
+            raise ConfigError(
+                f"filter {f.name!r}: {out} was prepared with a different config or pool "
+                f"(config then: {done.get('config')}, now: {fingerprint['config']}); "
+                "delete that folder or use another job name"
+            )
+        log.info("filter %s: reusing phase 1 in %s", f.name, out)
+        return
+    staging = out.parent / f".staging-{out.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        f.prepare(pool, staging)
+        missing = [s for s in pool.shard_ids() if not (staging / f"{s}.parquet").exists()]
+        if missing:
+            raise RuntimeError(f"filter {f.name!r}: phase 1 wrote no lookup for shards {missing[:5]}")
+        atomic_write_json(staging / MARKER, {"fingerprint": fingerprint})
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def join_side_inputs(table: pa.Table, shard: str, filters: Sequence[Filter], pool: Pool) -> pa.Table:
+    """Append each filter's side-input columns for ``shard``, aligned to ``table``'s uids (null if absent)."""
+    uids = table["uid"]
+    for f in filters:
+        for side in f.side_inputs(pool):
+            path = side.directory / f"{shard}.parquet"
+            if not path.exists():
+                raise FileNotFoundError(f"filter {f.name!r} needs {path}; has the stage that writes it run?")
+            names = pq.read_schema(path).names
+            absent = [c for c in ("uid", *side.columns) if c not in names]
+            if absent:
+                raise ValueError(f"filter {f.name!r}: {path} lacks columns {absent} (has {names})")
+            lookup = pq.read_table(path, columns=["uid", *side.columns])
+            index = lookup_index(uids, lookup["uid"])
+            for col in side.columns:
+                table = table.append_column(f.input_column(col), lookup[col].take(index))
+    return table
+
+
+def lookup_index(uids: pa.Array | pa.ChunkedArray, lookup_uids: pa.ChunkedArray) -> pa.Array:
+    """Row of each uid in ``lookup_uids`` (null where absent; the first row if repeated), case-blind."""
+    return pc.index_in(uids, value_set=pc.utf8_lower(lookup_uids).combine_chunks())
+
+
+def uid_keys(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """32-hex uids as a numpy ``S32`` array: sortable and comparable without a Python object per uid."""
+    fixed = pc.cast(uids, pa.binary(32))
+    if isinstance(fixed, pa.ChunkedArray):
+        fixed = fixed.combine_chunks()
+    return np.frombuffer(fixed.buffers()[1], dtype="S32", count=len(fixed), offset=fixed.offset * 32)
+
+
+def gather_shards(pool: Pool, read: Callable[[str], T], description: str) -> Iterator[tuple[int, str, T]]:
+    """Yield ``(index, shard, read(shard))`` over all shards with a progress bar (one shard in memory)."""
+    shards = pool.shard_ids()
+    with shard_progress(description, len(shards)) as advance:
+        for i, shard in enumerate(shards):
+            yield i, shard, read(shard)
+            advance(None)
+
+
+def write_shard_lookups(
+    out: Path, shards: Sequence[str], batches: Iterable[pa.RecordBatch], schema: pa.Schema
+) -> None:
+    """Write lookup rows, streamed in ``shard`` order, as ``out/<shard>.parquet`` (empty tables too).
+
+    ``batches`` carry a ``shard`` column plus ``schema``'s columns; only one shard is held in memory,
+    so a DuckDB result streamed with ``ORDER BY shard`` never has to fit at once.
+    """
+    position = {shard: i for i, shard in enumerate(shards)}
+    current, parts = -1, []
+
+    def flush_until(stop: int) -> None:
+        """Write the current shard's rows, and empty tables for shards without rows, up to ``stop``."""
+        nonlocal current, parts
+        for i in range(max(current, 0), stop):
+            table = pa.concat_tables(parts) if i == current and parts else schema.empty_table()
+            atomic_write_parquet(out / f"{shards[i]}.parquet", table)
+        current, parts = stop, []
+
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        for shard in pc.unique(table["shard"]).to_pylist():
+            i = position.get(shard, -1)
+            if i < current:
+                raise ValueError(f"lookup rows for shard {shard!r} are unknown or not in shard order")
+            if i > current:
+                flush_until(i)
+            parts.append(table.filter(pc.equal(table["shard"], shard)).select(schema.names).cast(schema))
+    flush_until(len(shards))
+
+
+DEFAULT_SCORE = "clip_score_vit_b_32"  # the score stage's column (and folder) for OpenAI-style ViT-B/32
+
+
+class AttributeRef(ConfigModel):
+    """A column of another stage's attribute table, ``POOL/attributes/<attribute>/NNNNN.parquet``.
+
+    ``attribute`` defaults to the column's own name: the score stage writes its score column
+    ``clip_score_<model>`` into the folder of the same name.
+    """
+
+    column: str
+    attribute: str | None = None
+
+    @property
+    def stage(self) -> str:
+        return self.attribute or self.column
+
+
+class ScoreRef(AttributeRef):
+    """A per-sample score, e.g. to keep the best member of a duplicate group."""
+
+    column: str = DEFAULT_SCORE
+
+
+def read_aligned(pool: Pool, shard: str, ref: AttributeRef, uids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``ref``'s column for ``uids`` of one shard (null where the table has no row for a uid)."""
+    path = pool.attributes_dir(ref.stage) / f"{shard}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run the stage that writes {ref.stage!r} first")
+    if ref.column not in pq.read_schema(path).names:
+        raise ValueError(f"{path} has no column {ref.column!r}")
+    table = pq.read_table(path, columns=["uid", ref.column])
+    return table[ref.column].combine_chunks().take(lookup_index(uids, table["uid"]))

@@ -1,0 +1,108 @@
+"""The filter job: run configured filters over every shard of a pool and store their verdicts.
+
+Each shard's samples (pool parquet rows that downloaded, with uid and caption) go through every
+filter; all verdicts are written to ``POOL/attributes/<name>/NNNNN.parquet`` keyed by uid, and the
+shard's funnel stats (each filter seeing only what earlier ones kept) to the runner's stats.
+Filters that read other stages' attributes get them joined by uid (their side inputs); filters
+that need the whole pool (:class:`curation.filtering.global_view.GlobalFilter`) run their phase 1 once in
+``prepare`` and are joined to its per-shard lookups the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+import filters as filters_pkg
+from curation.core.config import ConfigError, build
+from curation.core.io import atomic_write_parquet
+from curation.core.pool import Pool
+from curation.core.runner import ShardJob, is_done
+from curation.core.stage import FILTERS, Filter, funnel_stats
+from curation.core.stats import StageStats
+from curation.filtering.global_view import GlobalFilter, join_side_inputs, run_prepare
+
+KEY_COLUMNS = ("uid", "source")
+
+
+def load_filter_modules() -> None:
+    """Import every module of ``filters/`` so each registers its kind."""
+    for info in pkgutil.iter_modules(filters_pkg.__path__):
+        importlib.import_module(f"filters.{info.name}")
+
+
+def build_filter(spec: dict[str, Any]) -> Filter:
+    """A filter from its config block ``{kind: ..., name: ..., <settings>}``."""
+    load_filter_modules()
+    kind = spec.get("kind")
+    if kind not in FILTERS:
+        raise ConfigError(f"filters: unknown kind {kind!r}; known: {', '.join(sorted(FILTERS))}")
+    cls, config_cls = FILTERS[kind]
+    return cls(build(config_cls, spec, source=f"filter {spec.get('name') or kind}"))
+
+
+def drop_repeated_columns(table: pa.Table) -> pa.Table:
+    """Keep one copy of an attribute two filters both wrote (the same kind run with two thresholds
+    writes the same ``lang`` or ``image_aspect``); differing copies are a configuration error."""
+    keep: list[int] = []
+    first: dict[str, int] = {}
+    for i, name in enumerate(table.column_names):
+        if name not in first:
+            first[name] = i
+            keep.append(i)
+        elif not table.column(i).equals(table.column(first[name])):
+            raise ConfigError(f"two filters write different values into column {name!r}; rename one")
+    return table.select(keep)
+
+
+class FilterJob(ShardJob):
+    """Verdicts of ``filter_specs`` for every sample of ``pool``."""
+
+    def __init__(self, pool: str | Path, filter_specs: list[dict[str, Any]], name: str = "filters") -> None:
+        self.pool = Pool(Path(pool))
+        self.name = name
+        self.filter_specs = filter_specs
+        self.filters = [build_filter(s) for s in filter_specs]
+        names = [f.name for f in self.filters]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"filters: names must be unique, got {names}")
+        for f in self.global_filters():
+            f.prepared_dir = self.output_dir() / "_prepared" / f.name
+
+    def global_filters(self) -> list[GlobalFilter]:
+        return [f for f in self.filters if isinstance(f, GlobalFilter)]
+
+    def shards(self) -> list[str]:
+        return self.pool.shard_ids()
+
+    def output_dir(self) -> Path:
+        return self.pool.attributes_dir(self.name)
+
+    def prepare(self) -> None:
+        """Phase 1 of every global filter, unless every shard is already done."""
+        if all(is_done(self.output_dir(), s) for s in self.shards()):
+            return
+        for f in self.global_filters():
+            assert f.prepared_dir is not None
+            run_prepare(f, self.pool, f.prepared_dir)
+
+    def setup(self) -> None:
+        for f in self.filters:
+            f.setup()
+
+    def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
+        table = join_side_inputs(self.pool.read_samples(shard), shard, self.filters, self.pool)
+        batches = []
+        for batch in table.to_batches(max_chunksize=8192) or [pa.RecordBatch.from_pylist([], table.schema)]:
+            for f in self.filters:
+                batch = f.apply(batch)
+            batches.append(batch)
+        result = drop_repeated_columns(pa.Table.from_batches(batches))
+        added = [c for c in result.column_names if c not in table.column_names]
+        keys = [c for c in KEY_COLUMNS if c in result.column_names]
+        atomic_write_parquet(staging / f"{shard}.parquet", result.select(keys + added))
+        return funnel_stats(result, self.filters)

@@ -1,0 +1,1 @@
+"""Reshard: a subset's samples copied into fresh webdataset shards for training."""

@@ -1,0 +1,239 @@
+"""``curate reshard``: write a subset's samples into fresh webdataset shards for training.
+
+Output (what ``open_clip_train --train-data 'DIR/{00000..000NN}.tar'`` and our trainer read):
+``DIR/NNNNN.tar`` with ``KEY.jpg`` (the pool's image bytes, not re-encoded; png/webp keep their
+extension), ``KEY.txt``, ``KEY.json`` (the pool's metadata plus ``uid``, ``source``, ``pool_shard``,
+``pool_key``, ``copy``) and, given a label table, ``KEY.cls``; ``DIR/sizes.json`` (shard -> count)
+and ``DIR/stats.json`` (counts per source, drops by reason, the subset's manifest).
+
+A uid listed k times in the subset is written k times under distinct keys (upsampling). Each
+output shard is one job of the shard runner: written to a staging file, renamed into place, then
+marked done (``DIR/_done/``), so a crash leaves only whole shards and a rerun writes just the rest.
+The plan that fixes every shard's content lives in ``DIR/_plan/`` (see :mod:`curation.reshard.plan`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from curation.core.io import atomic_write_json, read_json
+from curation.core.pool import Pool
+from curation.core.runner import ShardJob
+from curation.core.stats import Counts, StageStats
+from curation.core.subset import Subset
+from curation.core.tarindex import TarReader
+from curation.engines import Engine, JobReport, merged_stats, run_job
+from curation.reshard.plan import (
+    IMAGE_EXTS,
+    MatchJob,
+    ReshardConfig,
+    build_plan,
+    fingerprint,
+    load_labels,
+    write_plan,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ReshardError(ValueError):
+    """A reshard that cannot start (no images in the pool, an output dir holding another reshard)."""
+
+
+class WriteJob(ShardJob):
+    """Writes output shard ``NNNNN.tar`` from its plan part."""
+
+    name = "reshard-write"
+
+    def __init__(self, pool: Pool, out: Path, n_shards: int, mtime: int, max_open: int = 64) -> None:
+        self.pool = pool
+        self.out = Path(out)
+        self.n_shards = n_shards
+        self.mtime = mtime
+        self.max_open = max_open
+
+    def shards(self) -> list[str]:
+        return [f"{i:05d}" for i in range(self.n_shards)]
+
+    def output_dir(self) -> Path:
+        return self.out
+
+    def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
+        import webdataset as wds  # imports torch: only where shards are written, not on every `curate` start
+
+        plan = pq.read_table(plan_dir(self.out) / f"{shard}.parquet")
+        stats = StageStats(self.name)
+        written = 0
+        with (
+            TarReader(self.max_open) as reader,
+            wds.TarWriter(str(staging / f"{shard}.tar"), encoder=False, mtime=self.mtime) as sink,
+        ):
+            for row in plan.to_pylist():
+                size = sink.write(self._sample(reader, row))
+                written += size
+                c = stats.by_source.setdefault(row["source"], Counts())
+                c.seen += 1
+                c.kept += 1
+        stats.total = Counts(plan.num_rows, plan.num_rows)
+        stats.extra["bytes"] = written
+        return [stats]
+
+    def _sample(self, reader: TarReader, row: dict[str, Any]) -> dict[str, Any]:
+        tar = str(self.pool.tar_path(row["pool_shard"]))
+        files = {m["ext"]: reader.read(tar, m["offset"], m["size"]) for m in row["members"]}
+        meta = json.loads(files["json"]) if "json" in files else {}
+        meta.update(
+            key=row["key"],
+            uid=row["uid"],
+            source=row["source"],
+            pool_shard=row["pool_shard"],
+            pool_key=row["pool_key"],
+            copy=row["copy"],
+        )
+        image_ext = next(e for e in IMAGE_EXTS if e in files)
+        sample: dict[str, Any] = {"__key__": row["key"], image_ext: files[image_ext]}
+        if "txt" in files:
+            sample["txt"] = files["txt"]
+        if row.get("label") is not None:
+            meta["label"] = row["label"]
+            sample["cls"] = str(row["label"]).encode("ascii")
+        sample["json"] = json.dumps(meta, sort_keys=True).encode("utf-8")
+        return sample
+
+
+def plan_dir(out: Path) -> Path:
+    return out / "_plan"
+
+
+@dataclass
+class ReshardResult:
+    out: Path
+    plan: dict[str, Any]
+    reports: list[JobReport] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not any(r.failed for r in self.reports)
+
+
+def run_reshard(
+    pool_root: str | Path,
+    subset_path: str | Path,
+    out: str | Path,
+    cfg: ReshardConfig | None = None,
+    labels: str | Path | None = None,
+    engine: Engine | str = "local",
+    workers: int = 1,
+    overwrite: bool = False,
+) -> ReshardResult:
+    """Plan (or reuse the plan of an interrupted run), write every missing shard, then sizes/stats."""
+    cfg = cfg or ReshardConfig()
+    pool, out, subset_path = Pool(Path(pool_root)), Path(out), Path(subset_path)
+    labels_path = Path(labels) if labels else None
+    if not pool.has_images():
+        raise ReshardError(f"{pool.root} has no tar shards (a metadata-only pool?); download it first")
+    if overwrite:
+        clear_output(out)
+    plan = _ensure_plan(pool, subset_path, out, cfg, labels_path, engine, workers)
+    job = WriteJob(pool, out, plan["shards"], plan["mtime"], cfg.max_open_tars)
+    report = run_job(job, engine, workers=workers)
+    result = ReshardResult(out, plan, [report])
+    if result.complete:
+        _finish(out, job, plan, Subset.load(subset_path).manifest)
+    return result
+
+
+def _ensure_plan(
+    pool: Pool,
+    subset_path: Path,
+    out: Path,
+    cfg: ReshardConfig,
+    labels: Path | None,
+    engine: Engine | str,
+    workers: int,
+) -> dict[str, Any]:
+    fp = fingerprint(pool, subset_path, labels, cfg)
+    pdir = plan_dir(out)
+    plan_file = pdir / "plan.json"
+    if plan_file.exists():
+        plan = read_json(plan_file)
+        if plan["fingerprint"] == fp:
+            log.info("reusing the reshard plan in %s (resuming)", pdir)
+            return plan
+        raise ReshardError(
+            f"{out} holds a reshard of another subset or settings; use --overwrite or a new --out"
+        )
+    if any(out.glob("*.tar")):
+        raise ReshardError(f"{out} already has tar files but no plan; use --overwrite or a new --out")
+    match = MatchJob(pool, subset_path, pdir / "match")
+    report = run_job(match, engine, workers=workers)
+    if report.failed:
+        failed = ", ".join(f"{o.shard} ({o.error})" for o in report.failed[:5])
+        raise ReshardError(f"reading {len(report.failed)} pool shard(s) failed: {failed}; rerun to resume")
+    subset = Subset.load(subset_path)
+    label_table = load_labels(labels, cfg.label_column) if labels else None
+    files = [pdir / "match" / f"{s}.parquet" for s in match.shards()]
+    tables, stats, summary = build_plan(files, subset, label_table, cfg)
+    stats.check_balanced()
+    write_plan(pdir, tables)
+    plan = {
+        "fingerprint": fp,
+        "shards": len(tables),
+        "created": time.time(),
+        # member mtime in the tars: the subset's, so the same request gives byte-identical shards
+        "mtime": int(subset_path.stat().st_mtime),
+        "stats": stats.to_dict(),
+        "match": [s.to_dict() for s in report.stats],
+        **summary,
+    }
+    atomic_write_json(plan_file, plan)  # last: its presence means the plan is whole
+    return plan
+
+
+def _finish(out: Path, job: WriteJob, plan: dict[str, Any], subset_manifest: dict[str, Any]) -> None:
+    """sizes.json from what each shard really wrote; stats.json with the funnel and the subset's manifest."""
+    sizes = {}
+    for shard in job.shards():
+        stats = read_json(out / "_stats" / f"{shard}.json")["stages"][0]
+        sizes[f"{shard}.tar"] = int(stats["kept"])
+    written = merged_stats(job)
+    plan_stats = StageStats.from_dict(plan["stats"])
+    if sum(sizes.values()) != plan_stats.total.kept:
+        raise ReshardError(f"wrote {sum(sizes.values())} samples but planned {plan_stats.total.kept}")
+    atomic_write_json(out / "sizes.json", sizes)
+    by_source = {s: c.kept for s, c in sorted(plan_stats.by_source.items()) if c.kept}
+    atomic_write_json(
+        out / "stats.json",
+        {
+            "total": sum(sizes.values()),
+            "shards": len(sizes),
+            "by_source": by_source,
+            "bytes": int(written[0].extra.get("bytes", 0)) if written else 0,
+            "funnel": plan_stats.to_dict(),
+            "missing_in_pool": plan["missing_in_pool"],
+            "duplicates_in_pool": plan["duplicates_in_pool"],
+            "upsampled_uids": plan["upsampled_uids"],
+            "settings": plan["fingerprint"],
+            "subset_manifest": subset_manifest,
+        },
+    )
+
+
+def clear_output(out: Path) -> None:
+    """Remove a previous reshard's files (tars, plan, markers, stats) from ``out``."""
+    if not out.exists():
+        return
+    for p in out.glob("*.tar"):
+        p.unlink()
+    for name in ("_plan", "_done", "_stats", ".staging"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("sizes.json", "stats.json"):
+        (out / name).unlink(missing_ok=True)

@@ -1,0 +1,3 @@
+from pipelines.app import main
+
+main()

@@ -1,0 +1,64 @@
+"""Options shared by ``curate`` subcommands, so every stage takes config the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:  # type names only: importing the engines at runtime would slow every `curate` start
+    from curation.core.stats import Funnel
+    from curation.engines import JobReport
+
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (see conf/).", exists=True, dir_okay=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value: --set section.key=value (repeatable)."),
+]
+EngineOpt = Annotated[str, typer.Option("--engine", "-e", help="Where shards run: local, spark or ray.")]
+MasterOpt = Annotated[
+    str | None,
+    typer.Option(help="Spark: attach to this master (spark://host:7077, yarn); default: local[WORKERS]."),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(help="Ray: attach to this cluster (auto, ray://host:10001); default: a local Ray."),
+]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Parallel shard workers.")]
+
+
+def print_funnel(report: JobReport) -> None:
+    """A readable funnel table of a job: per stage and source, seen, kept and each drop reason."""
+    print_funnel_table(f"{report.job} funnel", report.funnel())
+
+
+def print_funnel_table(title: str, funnel: Funnel) -> None:
+    table = Table(title=title)
+    rows = funnel.rows()
+    reasons = sorted({k for r in rows for k in r if k.startswith("dropped_")})
+    for col in ["stage", "source", "seen", "kept", *reasons]:
+        table.add_column(
+            col.removeprefix("dropped_"), justify="left" if col in ("stage", "source") else "right"
+        )
+    for r in rows:
+        table.add_row(*(str(r.get(c, 0)) for c in ["stage", "source", "seen", "kept", *reasons]))
+    console.print(table)
+
+
+def finish(report: JobReport) -> None:
+    """Exit non-zero when shards failed, telling the user that a rerun finishes only those."""
+    if report.failed:
+        console.print(
+            f"[red]{len(report.failed)} shard(s) failed[/red]: "
+            + ", ".join(f"{o.shard} ({o.error})" for o in report.failed[:5])
+            + "\nRerun the same command: finished shards are skipped."
+        )
+        raise typer.Exit(1)

@@ -1,0 +1,122 @@
+"""The four calls an ablation cell makes into other parts of the project, one function each.
+
+Selection and resharding (``curation.selection.run``, ``curation.reshard.run``), training (``trainer.train``)
+and evaluation (``trainer.evaluate``) each have their own API; keeping every call here, behind a
+small signature, means the grid runner never depends on their details and a change of theirs is a
+change of one function. Imports are lazy so that ``curate --help`` does not load torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def select_topk(
+    pool: Path,
+    score: str,
+    fraction: float,
+    within: str | None,
+    out: Path,
+    workers: int = 1,
+    engine: str = "local",
+) -> Path:
+    """The exact top ``fraction`` of the pool by ``score`` (ties by uid), optionally among a filter's kept."""
+    steps: list[dict[str, Any]] = [{"filter": {"stage": within}}] if within else []
+    steps.append({"topk": {"score": score, "fraction": fraction}})
+    return _select(pool, f"top {100 * fraction:g}% by {score}", steps, out, workers, engine)
+
+
+def select_random(
+    pool: Path,
+    size_of: Path,
+    seed: int,
+    within: str | None,
+    out: Path,
+    workers: int = 1,
+    engine: str = "local",
+) -> Path:
+    """A seeded uniform sample of the same candidates, exactly as large as the subset ``size_of``."""
+    steps: list[dict[str, Any]] = [{"filter": {"stage": within}}] if within else []
+    steps.append({"random": {"size_of": str(size_of), "seed": seed}})
+    description = f"random control of the size of {size_of.name} (seed {seed})"
+    return _select(pool, description, steps, out, workers, engine)
+
+
+def _select(
+    pool: Path, description: str, steps: list[dict[str, Any]], out: Path, workers: int, engine: str
+) -> Path:
+    from curation.selection.run import SelectSpec, clean_work_dir, run_selection, save_selection
+
+    spec = SelectSpec(name=out.stem, description=description, steps=steps)
+    work = out.parent / f".{out.stem}.select-work"
+    result = run_selection(pool, spec, work_dir=work, engine=engine, workers=workers)
+    path = save_selection(result, out)
+    clean_work_dir(work)
+    return path
+
+
+def reshard(
+    pool: Path, subset: Path, out: Path, settings: dict[str, Any], workers: int = 1, engine: str = "local"
+) -> Path:
+    """Write the subset's samples as training shards (tars + sizes.json); resumes an interrupted run."""
+    from curation.reshard.plan import ReshardConfig
+    from curation.reshard.run import ReshardError, run_reshard
+
+    result = run_reshard(pool, subset, out, ReshardConfig(**settings), engine=engine, workers=workers)
+    if not result.complete:
+        failed = [o for r in result.reports for o in r.failed]
+        raise ReshardError(
+            f"resharding {subset} left {len(failed)} shard(s) unwritten: "
+            + "; ".join(f"{o.shard}: {o.error}" for o in failed[:3])
+        )
+    return out
+
+
+def train(
+    shards: Path,
+    run_dir: Path,
+    preset: str,
+    preset_overrides: Sequence[str],
+    mode: str,
+    samples_seen: int | None,
+    seed: int,
+    device: str,
+    supervised: bool = False,
+    classnames: Path | None = None,
+) -> dict[str, Any]:
+    """Train one model (or reuse the finished run in ``run_dir``); returns its ``run.json``."""
+    from trainer.presets import load_preset
+    from trainer.runs import RUN_FILE, load_run
+    from trainer.train import TrainRequest
+    from trainer.train import train as run_training
+
+    if (run_dir / RUN_FILE).exists():
+        return dict(load_run(run_dir).info)
+    request = TrainRequest(
+        shards=shards,
+        out=run_dir,
+        preset=load_preset(preset, overrides=list(preset_overrides)),
+        mode=mode,
+        samples_seen=samples_seen,
+        seed=seed,
+        device=device,
+        supervised=supervised,
+        classnames=classnames,
+    )
+    return dict(run_training(request).info)
+
+
+def evaluate(
+    run_dir: Path, label: str, suite: Path, eval_config: Path | None, overrides: Sequence[str], out: Path
+) -> list[dict[str, Any]]:
+    """Zero-shot classification and retrieval of a finished run on the suite; writes ``out/results.jsonl``."""
+    from trainer.eval_config import load_eval_config
+    from trainer.evaluate import evaluate_suite
+    from trainer.evaluatees import load_evaluatee, resolve_source
+    from trainer.suites import load_suite
+
+    cfg = load_eval_config(eval_config, list(overrides))
+    source = resolve_source(str(run_dir), None, None, label)
+    return evaluate_suite(load_evaluatee(source, cfg), load_suite(suite), cfg, out)

@@ -1,0 +1,258 @@
+"""From cell records to the ablation's results table: accuracies with CIs, ER against the baselines.
+
+One row per cell. Accuracy CIs are the evaluator's percentile bootstrap over test samples; the mean
+shift accuracy's CI resamples every shift set independently and averages (same settings). Effective
+robustness comes from :mod:`trainer.robustness`: the baseline line is fitted on the supervised
+baseline cells (logit space), and every finished cell, baselines included, is placed against it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trainer.errors import EvalInputError
+from trainer.robustness import (
+    MEAN_OF_SHIFTS,
+    BootstrapConfig,
+    RobustnessReport,
+    compute_report,
+    infer_roles,
+    load_correct,
+    percentile_ci,
+    records_to_table,
+    resample_means,
+)
+from workflows.ablation import CellRecord
+
+log = logging.getLogger(__name__)
+
+RECALL_KEYS = ("image_retrieval_recall@1", "text_retrieval_recall@1")
+ID_COLUMNS = ["cell", "set", "kind", "k", "mode", "seed", "status", "subset_size", "samples_seen"]
+
+
+@dataclass
+class Results:
+    table: pd.DataFrame
+    id_dataset: str | None
+    shifts: list[str]
+    robustness: RobustnessReport | None
+    notes: list[str]  # what could not be computed and why (shown in the report)
+
+
+def finished(cells: Sequence[CellRecord]) -> list[CellRecord]:
+    return [c for c in cells if c.status == "finished" and c.records]
+
+
+def accuracy_table(cells: Sequence[CellRecord]) -> pd.DataFrame:
+    """(model = cell id, dataset, acc1, role, samples) over every finished cell's classification records."""
+    frames = [records_to_table(c.records, base=Path(c.eval_dir or ".")) for c in finished(cells)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _classification(rec: CellRecord) -> dict[str, dict[str, Any]]:
+    return {
+        r["dataset"]: r
+        for r in rec.records
+        if r.get("task") == "zeroshot_classification" and r.get("role") in ("in_distribution", "shift")
+    }
+
+
+def mean_shift_ci(files: Sequence[str], boot: BootstrapConfig) -> tuple[float, float] | None:
+    """Percentile CI of the mean over shift sets, each set resampled on its own."""
+    if boot.samples <= 0 or not files:
+        return None
+    rng = np.random.default_rng(boot.seed)
+    reps = np.stack([resample_means(load_correct(f), boot.samples, rng) for f in files], axis=1)
+    return percentile_ci(reps.mean(axis=1), boot.level)
+
+
+def _accuracy_columns(
+    rec: CellRecord, id_dataset: str | None, shifts: list[str], boot: BootstrapConfig
+) -> dict[str, Any]:
+    by_set = _classification(rec)
+    row: dict[str, Any] = {}
+    if id_dataset in by_set:
+        r = by_set[id_dataset]
+        row["acc_id"] = r["metrics"]["acc1"]
+        row["acc_id_ci_low"], row["acc_id_ci_high"] = r.get("ci", {}).get("acc1", (None, None))
+    present = [s for s in shifts if s in by_set]
+    for s in present:
+        row[f"acc_{s}"] = by_set[s]["metrics"]["acc1"]
+    if present and len(present) == len(shifts):
+        row["acc_shift_mean"] = float(np.mean([by_set[s]["metrics"]["acc1"] for s in shifts]))
+        files = [str(Path(rec.eval_dir or ".") / by_set[s]["samples"]) for s in shifts]
+        ci = mean_shift_ci(files, boot) if all(by_set[s].get("samples") for s in shifts) else None
+        row["acc_shift_mean_ci_low"], row["acc_shift_mean_ci_high"] = ci or (None, None)
+    for r in rec.records:
+        if r.get("role") == "retrieval":
+            for key in RECALL_KEYS:
+                if key in r["metrics"]:
+                    row[f"{r['dataset']}_{key}" if _many_retrieval(rec) else key] = r["metrics"][key]
+    return row
+
+
+def _many_retrieval(rec: CellRecord) -> bool:
+    return len({r["dataset"] for r in rec.records if r.get("role") == "retrieval"}) > 1
+
+
+def robustness(
+    cells: Sequence[CellRecord],
+    table: pd.DataFrame,
+    id_dataset: str,
+    shifts: list[str],
+    boot: BootstrapConfig,
+) -> RobustnessReport:
+    """ER of every finished cell against the line fitted on the finished baseline cells."""
+    baseline_ids = {c.id for c in finished(cells) if c.kind == "baseline"}
+    baseline = table[table["model"].isin(baseline_ids)]
+    return compute_report(table, baseline, id_dataset, shifts, boot)
+
+
+def _er_columns(report: RobustnessReport, model: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for p in report.models:
+        if p.model != model:
+            continue
+        if p.shift == MEAN_OF_SHIFTS:
+            row["er_mean"] = p.er
+            row["er_mean_ci_low"], row["er_mean_ci_high"] = p.ci or (None, None)
+            row["er_extrapolated"] = p.extrapolated
+        elif p.shift in report.shifts:
+            row[f"er_{p.shift}"] = p.er
+    return row
+
+
+def build_results(cells: Sequence[CellRecord], boot: BootstrapConfig) -> Results:
+    """The results table (one row per cell, failed ones included) and the ER report behind it."""
+    notes: list[str] = []
+    table = accuracy_table(cells)
+    id_dataset: str | None = None
+    shifts: list[str] = []
+    report: RobustnessReport | None = None
+    if len(table):
+        try:
+            id_dataset, shifts = infer_roles(table)
+        except EvalInputError as exc:
+            notes.append(f"no accuracy-vs-shift analysis: {exc}")
+    if id_dataset is not None:
+        try:
+            report = robustness(cells, table, id_dataset, shifts, boot)
+        except EvalInputError as exc:
+            notes.append(f"effective robustness not computed: {exc}")
+            log.warning("effective robustness not computed: %s", exc)
+    rows = []
+    for c in cells:
+        row: dict[str, Any] = {
+            "cell": c.id,
+            "set": c.set,
+            "kind": c.kind,
+            "k": c.k,
+            "mode": c.mode,
+            "seed": c.seed,
+            "status": c.status,
+            "reused": c.reused,
+            "subset_size": c.subset_size,
+            "samples_seen": c.samples_seen,
+        }
+        if c.records:
+            row.update(_accuracy_columns(c, id_dataset, shifts, boot))
+            if report is not None:
+                row.update(_er_columns(report, c.id))
+        row.update(wall_s=c.wall_s, train_s=c.train_s, eval_s=c.eval_s, error=c.error)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return Results(frame, id_dataset, shifts, report, notes)
+
+
+@dataclass
+class Headline:
+    """The reference paper's claim on this grid: the best top-k beats the full pool and its random control."""
+
+    mode: str
+    best: str
+    best_acc: float
+    best_ci: tuple[float | None, float | None]
+    full: str | None
+    full_acc: float | None
+    random: str | None
+    random_acc: float | None
+
+    @property
+    def beats_full(self) -> bool | None:
+        return None if self.full_acc is None else self.best_acc > self.full_acc
+
+    @property
+    def beats_random(self) -> bool | None:
+        return None if self.random_acc is None else self.best_acc > self.random_acc
+
+    def sentence(self) -> str:
+        def vs(name: str | None, acc: float | None, beats: bool | None) -> str:
+            if name is None or acc is None:
+                return "no finished cell to compare with"
+            return f"{'beats' if beats else 'does not beat'} {name} ({100 * acc:.1f}%)"
+
+        lo, hi = self.best_ci
+        ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else ""
+        return (
+            f"{self.mode}: best top-k is {self.best} at {100 * self.best_acc:.1f}%{ci} in-distribution; it "
+            f"{vs(self.full, self.full_acc, self.beats_full)} and "
+            f"{vs(self.random, self.random_acc, self.beats_random)}"
+        )
+
+
+def headlines(table: pd.DataFrame) -> list[Headline]:
+    """Per budget mode (mean over seeds): best top-k below 100% against top-100 and its random control."""
+    if not len(table) or "acc_id" not in table:
+        return []
+    done = table[(table["status"] == "finished") & table["acc_id"].notna()]
+    out: list[Headline] = []
+    for mode, rows in done.groupby("mode", sort=False):
+        means = rows.groupby("set", sort=False).agg(
+            kind=("kind", "first"),
+            k=("k", "first"),
+            acc=("acc_id", "mean"),
+            lo=("acc_id_ci_low", "mean"),
+            hi=("acc_id_ci_high", "mean"),
+        )
+        topk = means[(means["kind"] == "topk") & (means["k"] < 100)]
+        if not len(topk):
+            continue
+        best = topk["acc"].idxmax()
+        full = means[(means["kind"] == "topk") & (means["k"] >= 100)]
+        rand = means[(means["kind"] == "random") & (means["k"] == means.loc[best, "k"])]
+
+        def first(frame: pd.DataFrame) -> tuple[str | None, float | None]:
+            return (str(frame.index[0]), float(frame["acc"].iloc[0])) if len(frame) else (None, None)
+
+        full_name, full_acc = first(full)
+        rand_name, rand_acc = first(rand)
+        lo, hi = means.loc[best, "lo"], means.loc[best, "hi"]
+        out.append(
+            Headline(
+                mode=str(mode),
+                best=str(best),
+                best_acc=float(means.loc[best, "acc"]),
+                best_ci=(None if pd.isna(lo) else float(lo), None if pd.isna(hi) else float(hi)),
+                full=full_name,
+                full_acc=full_acc,
+                random=rand_name,
+                random_acc=rand_acc,
+            )
+        )
+    return out
+
+
+def read_headlines(out: Path) -> list[str]:
+    """The headline sentences an ablation wrote to ``OUT/results.json`` (none before it has run)."""
+    summary = out / "results.json"
+    if not summary.exists():
+        return []
+    return [h["text"] for h in json.loads(summary.read_text()).get("headlines", [])]
