@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.core.stage import ConfiguredFilter, Filter, Verdict, register_filter
+from curation.core.stage import ConfiguredFilter, Filter, Verdict, filter_kind
 
 
 class CaptionLengthConfig(ConfiguredFilter):
@@ -14,7 +14,7 @@ class CaptionLengthConfig(ConfiguredFilter):
     max_chars: int = 2000
 
 
-@register_filter("caption_length", CaptionLengthConfig)
+@filter_kind("caption_length", CaptionLengthConfig)
 class CaptionLengthFilter(Filter):
     def __init__(self, cfg: CaptionLengthConfig) -> None:
         super().__init__(cfg.name)

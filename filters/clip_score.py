@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.core.pool import Pool
-from curation.core.stage import ConfiguredFilter, Filter, SideInput, Verdict, register_filter
+from curation.core.stage import ConfiguredFilter, Filter, SideInput, Verdict, filter_kind
 from curation.filtering.global_view import DEFAULT_SCORE
 
 
@@ -27,7 +27,7 @@ class ClipScoreConfig(ConfiguredFilter):
     max_score: float | None = None  # optional ceiling (text-in-image spam scores very high)
 
 
-@register_filter("clip_score", ClipScoreConfig)
+@filter_kind("clip_score", ClipScoreConfig)
 class ClipScoreFilter(Filter):
     def __init__(self, cfg: ClipScoreConfig) -> None:
         super().__init__(cfg.name)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.core.pool import Pool
-from curation.core.stage import ConfiguredFilter, Verdict, register_filter
+from curation.core.stage import ConfiguredFilter, Verdict, filter_kind
 from curation.filtering.global_view import (
     GlobalFilter,
     ScoreRef,
@@ -56,7 +56,7 @@ ORDER BY shard, uid
 """
 
 
-@register_filter("exact_dup", ExactDupConfig)
+@filter_kind("exact_dup", ExactDupConfig)
 class ExactDupFilter(GlobalFilter):
     lookup_columns = ("rep", "group_size")
 

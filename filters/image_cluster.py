@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from curation.core.embeddings import EmbeddingRef, gather_embeddings, load_vectors
 from curation.core.io import atomic_write_json
 from curation.core.pool import Pool
-from curation.core.stage import ConfiguredFilter, Verdict, register_filter
+from curation.core.stage import ConfiguredFilter, Verdict, filter_kind
 from curation.filtering.faiss_index import kmeans, nearest_centroid
 from curation.filtering.global_view import GlobalFilter, write_shard_lookups
 
@@ -46,7 +46,7 @@ class ImageClusterConfig(ConfiguredFilter):
     spherical: bool = True
 
 
-@register_filter("image_cluster", ImageClusterConfig)
+@filter_kind("image_cluster", ImageClusterConfig)
 class ImageClusterFilter(GlobalFilter):
     lookup_columns = ("cluster", "target")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.core.stage import ConfiguredFilter, Filter, Verdict, register_filter
+from curation.core.stage import ConfiguredFilter, Filter, Verdict, filter_kind
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _column(batch: pa.RecordBatch, name: str) -> np.ndarray:
     return pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False)
 
 
-@register_filter("image_size", ImageSizeConfig)
+@filter_kind("image_size", ImageSizeConfig)
 class ImageSizeFilter(Filter):
     def __init__(self, cfg: ImageSizeConfig) -> None:
         super().__init__(cfg.name)

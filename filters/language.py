@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from curation.core.stage import ConfiguredFilter, Filter, Verdict, register_filter
+from curation.core.stage import ConfiguredFilter, Filter, Verdict, filter_kind
 
 LABEL_PREFIX = "__label__"
 
@@ -86,7 +86,7 @@ def predict(model: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return langs, scores
 
 
-@register_filter("language", LanguageConfig)
+@filter_kind("language", LanguageConfig)
 class LanguageFilter(Filter):
     def __init__(self, cfg: LanguageConfig) -> None:
         super().__init__(cfg.name)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from curation.core.embeddings import EmbeddingRef, gather_embeddings
 from curation.core.pool import Pool
-from curation.core.stage import ConfiguredFilter, Verdict, register_filter
+from curation.core.stage import ConfiguredFilter, Verdict, filter_kind
 from curation.filtering.dedup import SearchParams, near_duplicate_groups
 from curation.filtering.global_view import GlobalFilter, ScoreRef, uid_keys, write_shard_lookups
 
@@ -43,7 +43,7 @@ class NearDupConfig(ConfiguredFilter):
     prefer: ScoreRef | None = None  # keep the highest score per group (default: the smallest uid)
 
 
-@register_filter("near_dup", NearDupConfig)
+@filter_kind("near_dup", NearDupConfig)
 class NearDupFilter(GlobalFilter):
     lookup_columns = ("rep", "group_size", "nn_sim")
 

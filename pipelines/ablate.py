@@ -7,17 +7,16 @@ from typing import Annotated
 
 import typer
 
-from curation.core.config import CONF_DIR, load_config
 from pipelines.options import SetOpt, console
-
-DEFAULT_CONFIG = CONF_DIR / "ablation" / "default.yaml"
 
 
 def ablate_command(
     config: Annotated[
-        Path,
-        typer.Argument(help="Ablation YAML (see conf/ablation/default.yaml).", exists=True, dir_okay=False),
-    ] = DEFAULT_CONFIG,
+        Path | None,
+        typer.Argument(
+            help="Ablation YAML (default: conf/ablation/default.yaml).", exists=True, dir_okay=False
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (cells, sets, report).")] = Path(
         "out/ablation"
     ),
@@ -30,21 +29,22 @@ def ablate_command(
 
     Finished cells are skipped on a rerun; failed cells are listed and retried by the next run.
     """
-    from workflows.ablation import AblationConfig, run_ablation
+    from curation.core.stagedef import STAGES, StageFailed
     from workflows.ablation_results import read_headlines
 
+    stage = STAGES.get("ablate")
     sets = [f"parallel_cells={parallel_cells}"] if parallel_cells else []
-    cfg = load_config(AblationConfig, config, [*(overrides or []), *sets])
-    result = run_ablation(cfg, out)
+    cfg = stage.load_config(config, None, [*(overrides or []), *sets])
+    failed = None
+    try:
+        stage.run(stage.make_inputs({"out": out}), cfg, None)
+    except StageFailed as exc:
+        failed = exc
     for line in read_headlines(out):
         console.print(line)
     console.print(f"results: {out / 'results.csv'}\nreport:  {out / 'report.html'}")
-    if result.failed:
-        console.print(
-            f"[red]{len(result.failed)} of {len(result.cells)} cell(s) failed[/red]: "
-            + "; ".join(f"{c.id} ({c.error})" for c in result.failed[:5])
-            + "\nRerun the same command: finished cells are skipped."
-        )
+    if failed:
+        console.print(f"[red]{failed}[/red]\nRerun the same command: finished cells are skipped.")
         raise typer.Exit(1)
 
 

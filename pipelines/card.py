@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.options import console
+from pipelines.options import console, run_stage
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
@@ -21,14 +21,9 @@ def card_command(
     results: Annotated[Path | None, typer.Option(help="Evaluation results (JSON lines) to include.")] = None,
 ) -> None:
     """Write a dataset card from recorded stats and attribute tables (nothing is recomputed)."""
-    from curation.cards.card import write_card
-    from curation.cards.data import load_card_data
-    from curation.core.pool import Pool
-
-    data = load_card_data(subset, pool, results)
-    pool_obj = Pool(pool or Path(data.subset.manifest["pool"]))
-    readme, html = write_card(data, pool_obj, out)
-    console.print(f"card: {readme}\n      {html}")
+    inputs = {"subset": subset, "out": out, "pool": pool, "results": [results] if results else []}
+    result = run_stage("card", inputs)
+    console.print(f"card: {result.summary['readme']}\n      {result.summary['html']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from curation.core.config import CONF_DIR, load_config
 from pipelines.options import (
     AddressOpt,
     ConfigOpt,
@@ -15,8 +14,7 @@ from pipelines.options import (
     MasterOpt,
     SetOpt,
     console,
-    finish,
-    print_funnel,
+    run_stage,
 )
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
@@ -32,7 +30,7 @@ def download_command(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Pool folder to write (img2dataset webdataset layout).")
     ],
-    config: ConfigOpt = CONF_DIR / "download" / "default.yaml",
+    config: ConfigOpt = None,
     overrides: SetOpt = None,
     engine: EngineOpt = "local",
     workers: Annotated[
@@ -45,18 +43,12 @@ def download_command(
     address: AddressOpt = None,
 ) -> None:
     """Download a crawl into a pool; rerun the same command to resume (finished shards are skipped)."""
-    from curation.download import CrawlError, DownloadConfig, PlanMismatch, download_crawl
-    from curation.engines import open_engine
+    from curation.download import CrawlError, PlanMismatch
 
-    cfg = load_config(DownloadConfig, config, overrides or [])
-    try:
-        with open_engine(engine, workers, master, address) as eng:
-            report = download_crawl(urls, out, cfg, eng)
-    except (CrawlError, PlanMismatch) as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2) from exc
-    print_funnel(report)
-    finish(report)
+    run_stage(
+        "download", {"crawl": urls, "out": out}, config=config, overrides=overrides,
+        engine=engine, workers=workers, master=master, address=address, errors=(CrawlError, PlanMismatch),
+    )
     console.print(f"pool: {out}\nfunnel: {out}/_stats/download-*.json", soft_wrap=True, highlight=False)
 
 

@@ -67,33 +67,23 @@ def evaluate(
     overrides: SetOpt = None,
 ) -> None:
     """Zero-shot classification and retrieval of one model on a suite; ER too if --baseline is given."""
-    from trainer.eval_config import load_eval_config
-    from trainer.evaluate import default_out_dir, evaluate_suite
-    from trainer.evaluatees import load_evaluatee, resolve_source
+    from curation.core.stagedef import STAGES
     from trainer.robustness import load_accuracy_table, records_to_table
     from trainer.robustness_report import report_robustness
-    from trainer.suites import load_suite, resolve_suite
 
     flags = {"batch_size": batch_size, "workers": workers, "device": device}
     sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
     sets += ["linear_probe.enabled=true"] if linear_probe else []
-    cfg = load_eval_config(config, [*(overrides or []), *sets])
+    stage = STAGES.get("evaluate")
+    cfg = stage.load_config(config, None, [*(overrides or []), *sets])
+    inputs = {"source": source, "model": model, "pretrained": pretrained, "suite": suite, "out": out}
     with _input_errors():
-        the_suite = load_suite(resolve_suite(suite, cfg.suites))
-        src = resolve_source(source, model, pretrained, label)
         baseline_table = load_accuracy_table(baseline) if baseline else None
-        out_dir = out or default_out_dir(src, the_suite)
-        log.info(
-            "evaluating %s on suite %r (%d test sets) -> %s",
-            src.label,
-            the_suite.name,
-            len(the_suite.test_sets),
-            out_dir,
-        )
-        records = evaluate_suite(load_evaluatee(src, cfg), the_suite, cfg, out_dir)
+        summary = stage.run(stage.make_inputs({**inputs, "label": label}), cfg, None).summary
+        out_dir = Path(summary["out"])
         if baseline_table is not None:
             report_robustness(
-                records_to_table(records, base=out_dir),
+                records_to_table(summary["records"], base=out_dir),
                 baseline_table,
                 out_dir,
                 boot=cfg.bootstrap.as_config(),

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from curation.core.config import CONF_DIR, build, load_config
 from pipelines.options import (
     AddressOpt,
     ConfigOpt,
@@ -17,15 +16,13 @@ from pipelines.options import (
     SetOpt,
     WorkersOpt,
     console,
-    finish,
-    print_funnel,
+    run_stage,
 )
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = CONF_DIR / "hardmatch" / "imagenet.yaml"
 
 InputArg = Annotated[
     Path, typer.Argument(help="A pool, a parquet file, or a folder of parquet files with uid + caption/text.")
@@ -52,7 +49,7 @@ def hardmatch_command(
     synonyms: SynonymsOpt = None,
     ambiguous: AmbiguousOpt = None,
     ground_truth: GroundTruthOpt = None,
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = None,
     overrides: SetOpt = None,
     engine: EngineOpt = "local",
     workers: WorkersOpt = 1,
@@ -65,27 +62,26 @@ def hardmatch_command(
     The shipped ImageNet synonyms belong to the ImageNet names: with --classes FILE they are not used
     unless --synonyms is given.
     """
-    from curation.builders.hardmatch import HardmatchConfig, run_hardmatch
-    from curation.engines import open_engine
+    from curation.core.stagedef import STAGES
 
-    cfg = load_config(HardmatchConfig, config, overrides or [])
+    cfg = STAGES.get("hardmatch").load_config(config, None, overrides or [])
     updates: dict[str, object] = {}
     if classes is not None and classes != cfg.classes:
         updates["classes"] = classes
         if synonyms is None and cfg.synonyms is not None:
-            log.info("--classes %s: the synonyms of %s are not used (add --synonyms)", classes, config)
+            shipped = config or "the default config"
+            log.info("--classes %s: the synonyms of %s are not used (add --synonyms)", classes, shipped)
             updates["synonyms"] = None
     if synonyms is not None:
         updates["synonyms"] = synonyms
     if ambiguous is not None:
         updates["ambiguous"] = ambiguous
-    cfg = build(HardmatchConfig, {**cfg.model_dump(), **updates}, source="command line")
-    with open_engine(engine, workers, master, address) as eng:
-        job_report, _ = run_hardmatch(
-            input_path, cfg, out, eng, ground_truth=ground_truth, overwrite=overwrite
-        )
-    print_funnel(job_report)
-    finish(job_report)
+    inputs = {"input": input_path, "out": out, "ground_truth": ground_truth, "overwrite": overwrite}
+    run_stage(
+        "hardmatch", inputs, config=config, overrides=overrides,
+        settings=updates,
+        engine=engine, workers=workers, master=master, address=address,
+    )
     console.print((out / "report.md").read_text())
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:  # type names only: importing the engines at runtime would slow every `curate` start
+    from curation.core.stagedef import StageResult
     from curation.core.stats import Funnel
     from curation.engines import JobReport
 
@@ -62,3 +63,41 @@ def finish(report: JobReport) -> None:
             + "\nRerun the same command: finished shards are skipped."
         )
         raise typer.Exit(1)
+
+
+def run_stage(
+    name: str,
+    inputs: dict[str, Any],
+    *,
+    config: Path | None = None,
+    overrides: list[str] | None = None,
+    settings: dict[str, Any] | None = None,
+    engine: str = "local",
+    workers: int = 1,
+    master: str | None = None,
+    address: str | None = None,
+    errors: tuple[type[Exception], ...] = (),
+) -> StageResult:
+    """Run the registered stage ``name`` as a command: the same ``run`` a job file step calls.
+
+    Config: the file (or the stage's default), ``settings`` (the command's own flags) merged over
+    it, then ``--set`` overrides. ``errors`` are the stage's bad-input exceptions: one red line and
+    exit status 2 instead of a traceback. Funnels are printed; failed shards exit 1.
+    """
+    from curation.core.stagedef import STAGES
+    from curation.engines import open_engine
+
+    stage = STAGES.get(name)
+    cfg = stage.load_config(config, settings, overrides or [])
+    args = stage.make_inputs(inputs, "command line")
+    try:
+        with open_engine(engine, workers, master, address) as eng:
+            result = stage.run(args, cfg, eng)
+    except errors as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from exc
+    for report in result.reports:
+        print_funnel(report)
+    for report in result.reports:
+        finish(report)
+    return result

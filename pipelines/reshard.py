@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from curation.core.config import load_config
 from pipelines.options import (
     AddressOpt,
     ConfigOpt,
@@ -16,7 +15,7 @@ from pipelines.options import (
     SetOpt,
     WorkersOpt,
     console,
-    finish,
+    run_stage,
 )
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
@@ -41,16 +40,18 @@ def reshard_command(
     overwrite: Annotated[bool, typer.Option(help="Replace a different reshard already in --out.")] = False,
 ) -> None:
     """Write the subset's samples (repeated ones as many times) into new shards; rerun to resume."""
-    from curation.engines import open_engine
-    from curation.reshard.run import ReshardConfig, run_reshard
+    from curation.core.stagedef import StageFailed
 
-    cfg = load_config(ReshardConfig, config, overrides or [])
-    with open_engine(engine, workers, master, address) as eng:
-        result = run_reshard(pool, subset, out, cfg, labels, engine=eng, overwrite=overwrite)
-    for report in result.reports:
-        finish(report)
-    stats = result.plan["stats"]
-    n = result.plan["shards"]
+    inputs = {"pool": pool, "subset": subset, "out": out, "labels": labels, "overwrite": overwrite}
+    try:
+        result = run_stage(
+            "reshard", inputs, config=config, overrides=overrides,
+            engine=engine, workers=workers, master=master, address=address,
+        )
+    except StageFailed as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    stats, n = result.summary["stats"], result.summary["shards"]
     console.print(
         f"wrote {stats['kept']} samples of {stats['seen']} subset entries into {n} shards in {out} "
         f"(dropped: {stats['dropped'] or 'none'}); train with --train-data '{out}/{{00000..{n - 1:05d}}}.tar'"

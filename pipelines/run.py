@@ -14,7 +14,7 @@ from pipelines.options import AddressOpt, MasterOpt, SetOpt, console
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 if TYPE_CHECKING:
-    from workflows.jobfile import JobSpec
+    from workflows.jobfile import JobSpec, StepRun
 
 
 def run_command(
@@ -38,18 +38,37 @@ def run_command(
     ] = False,
 ) -> None:
     """Run every step of JOB in order on one engine; a rerun skips finished steps and shards."""
-    from curation.core.pool import PoolError
-    from curation.engines import open_engine
-    from workflows.jobfile import StepFailed, load_job, run_job_file
+    from workflows.jobfile import load_job
 
     try:
         job = load_job(job_file, overrides or [])
-        if dry_run:
-            print_plan(job)
-            return
-        e = job.engine
-        name = engine or e.name
-        same = name == e.name  # the file's attach settings belong to its own engine only
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from exc
+    if dry_run:
+        print_plan(job)
+        return
+    execute_job(job, engine, workers, master, address, skip)
+
+
+def execute_job(
+    job: JobSpec,
+    engine: str | None = None,
+    workers: int | None = None,
+    master: str | None = None,
+    address: str | None = None,
+    skip: list[str] | None = None,
+) -> list[StepRun]:
+    """Run ``job`` on the engine asked for (default: the job file's); the one path of run and demo."""
+    from curation.core.pool import PoolError
+    from curation.core.stagedef import StageFailed
+    from curation.engines import open_engine
+    from workflows.jobfile import run_job_file
+
+    e = job.engine
+    name = engine or e.name
+    same = name == e.name  # the file's attach settings belong to its own engine only
+    try:
         with open_engine(
             name,
             workers or e.workers,
@@ -60,7 +79,7 @@ def run_command(
     except (ConfigError, PoolError) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from exc
-    except StepFailed as exc:
+    except StageFailed as exc:
         console.print(f"[red]step failed:[/red] {exc}\nRerun the same command: finished work is skipped.")
         raise typer.Exit(1) from exc
     table = Table(title=f"{job.name} ({name})")
@@ -69,6 +88,7 @@ def run_command(
     for r in runs:
         table.add_row(r.label, r.status, f"{r.seconds:.1f}" if r.status == "done" else "")
     console.print(table)
+    return runs
 
 
 def print_plan(job: JobSpec) -> None:
@@ -77,7 +97,17 @@ def print_plan(job: JobSpec) -> None:
     for step, done in pending_steps(job):
         state = "done (skipped on a run)" if done else "to run"
         console.print(f"[bold]{step.spec.label}[/bold] ({step.spec.stage}): {state}", highlight=False)
-        console.print(yaml.safe_dump(step.settings.model_dump(mode="json"), sort_keys=False), highlight=False)
+        shown = {
+            "inputs": step.inputs.model_dump(mode="json"),
+            "config file": str(step.config_file) if step.config_file else None,
+            "config": _dump(step.config),
+        }
+        console.print(yaml.safe_dump(shown, sort_keys=False), highlight=False)
+
+
+def _dump(config: object) -> object:
+    dump = getattr(config, "model_dump", None)
+    return dump(mode="json") if dump else config
 
 
 def register(app: typer.Typer) -> None:

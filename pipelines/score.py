@@ -7,16 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from curation.core.config import CONF_DIR, ConfigError, apply_overrides, build, read_yaml
+from curation.core.config import ConfigError
 from pipelines.options import (
     AddressOpt,
     ConfigOpt,
     EngineOpt,
     MasterOpt,
     SetOpt,
-    console,
-    finish,
-    print_funnel,
+    run_stage,
 )
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
@@ -52,13 +50,13 @@ def score_command(
     engine: EngineOpt = "local",
     master: MasterOpt = None,
     address: AddressOpt = None,
-    config: ConfigOpt = CONF_DIR / "score" / "default.yaml",
+    config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Score every pair of POOL into POOL/attributes/<column>/; a rerun skips finished shards."""
     from curation.core.pool import PoolError
-    from curation.engines import open_engine
-    from curation.scoring import ModelLoadError, score_pool
+    from curation.core.stagedef import STAGES
+    from curation.scoring import ModelLoadError
 
     flags = {
         "model": model,
@@ -70,30 +68,27 @@ def score_command(
         "embeddings": embeddings,
         "column": column,
     }
-    cfg = load_score_config(config, overrides or [], {k: v for k, v in flags.items() if v is not None})
-    try:
-        n_workers = workers or default_workers(cfg)
-        with open_engine(engine, n_workers, master, address) as eng:
-            report = score_pool(pool, cfg, eng)
-    except (ModelLoadError, PoolError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    print_funnel(report)
-    finish(report)
+    stage = STAGES.get("score")
+    check_weights(stage.config_data(config, drop_none(flags), overrides or []), config)
+    cfg = stage.load_config(config, drop_none(flags), overrides or [])
+    run_stage(
+        "score", {"pool": pool}, config=config, overrides=overrides, settings=drop_none(flags),
+        engine=engine, workers=workers or default_workers(cfg), master=master, address=address,
+        errors=(ModelLoadError, PoolError),
+    )
 
 
-def load_score_config(path: Path | None, overrides: list[str], flags: dict[str, Any]) -> ScoreConfig:
-    """YAML file, then ``--set`` overrides, then explicit flags (the most specific wins)."""
-    from curation.scoring import ScoreConfig
+def drop_none(flags: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flags.items() if v is not None}
 
-    data = apply_overrides(read_yaml(path) if path else {}, overrides)
-    data.update(flags)
+
+def check_weights(data: dict[str, Any], path: Path | None) -> None:
+    """Weights must be named (a random model needs an explicit ``pretrained: null``): say what to pass."""
     if "pretrained" not in data:
         raise ConfigError(
             f"{path or 'flags'}: no weights given; pass --pretrained with an open_clip tag of the model "
             "or a checkpoint path (the demo's reference model: the trainer's checkpoint)"
         )
-    return build(ScoreConfig, data, source=str(path) if path else "flags")
 
 
 def default_workers(cfg: ScoreConfig) -> int:

@@ -66,20 +66,17 @@ def select_command(
     keep_work: Annotated[bool, typer.Option(help="Keep gathered columns and DuckDB spill files.")] = False,
 ) -> None:
     """Select a subset: exact top-k% by any score, thresholds, filters, random controls, set operations."""
+    from curation.core.stagedef import STAGES
+    from curation.core.stats import Funnel
     from curation.engines import open_engine
-    from curation.selection.run import clean_work_dir, run_selection, save_selection
 
     spec = load_spec(config, step or [], overrides or [])
-    if out.suffix != ".npy":
-        out = out.with_suffix(".npy")
-    work = out.parent / f".{out.stem}.select-work"
+    stage = STAGES.get("select")
+    inputs = stage.make_inputs({"pool": pool, "out": out, "keep_work": keep_work}, "command line")
     with open_engine(engine, workers, master, address) as eng:
-        result = run_selection(pool, spec, work_dir=work, engine=eng)
-    path = save_selection(result, out)
-    if not keep_work:
-        clean_work_dir(work)
-    print_funnel_table(f"select {spec.name}", result.funnel)
-    for d in result.decisions:
+        summary = stage.run(inputs, spec, eng).summary
+    print_funnel_table(f"select {spec.name}", Funnel.from_dict(summary["funnel"]))
+    for d in summary["decisions"]:
         cut = d.get("cut", {})
         console.print(
             f"{d['step']}: kept {cut.get('k', '')} of {cut.get('candidates', '')} "
@@ -87,7 +84,7 @@ def select_command(
             if cut
             else f"{d['step']}: {d}"
         )
-    console.print(f"wrote {path} ({len(result.subset)} uids, {result.subset.unique_count()} distinct)")
+    console.print(f"wrote {summary['subset']} ({summary['uids']} uids, {summary['distinct']} distinct)")
 
 
 def register(app: typer.Typer) -> None:

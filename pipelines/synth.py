@@ -10,11 +10,9 @@ from urllib.parse import urlsplit
 
 import typer
 
-from curation.core.config import CONF_DIR, load_config
 from pipelines.options import ConfigOpt, SetOpt
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = CONF_DIR / "synth" / "default.yaml"
 
 
 def synth(
@@ -29,18 +27,17 @@ def synth(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Generate the synthetic web crawl, its ground truth, test suite, seed set and ImageNet analogue."""
-    from curation.synth.build import generate
-    from curation.synth.config import SynthConfig
+    from curation.core.stagedef import STAGES
 
     sets = list(overrides or [])
     sets += [f"seed={seed}"] if seed is not None else []
     sets += [f"base_url={base_url}"] if base_url is not None else []
     sets += [f"workers={workers}"] if workers is not None else []
-    cfg = load_config(SynthConfig, config or DEFAULT_CONFIG, sets)
-    try:
-        manifest = generate(cfg, out, overwrite=overwrite, progress=True)
-    except FileExistsError as exc:
-        raise typer.BadParameter(str(exc), param_hint="OUT") from exc
+    if out.exists() and not overwrite:
+        raise typer.BadParameter(f"{out} exists; pass --overwrite to replace it", param_hint="OUT")
+    stage = STAGES.get("synth")
+    inputs = stage.make_inputs({"out": out, "overwrite": overwrite, "progress": True})
+    manifest = stage.run(inputs, stage.load_config(config, None, sets), None).summary["manifest"]
     crawl = manifest["crawl"]
     junk = crawl["pairs"] - crawl["by_kind"].get("clean", 0)
     typer.echo(

@@ -73,32 +73,28 @@ def train_cmd(
     ] = False,
 ) -> None:
     """Train a CLIP (open_clip_train) or the supervised baseline on SHARDS; writes OUT/run.json."""
-    from trainer.presets import load_preset
-    from trainer.train import TrainRequest, make_plan, prepare_run_dir, subprocess_command, train
+    from curation.core.stagedef import STAGES
+    from trainer.train import make_plan, prepare_run_dir, subprocess_command
 
-    req = TrainRequest(
-        shards=shards,
-        out=out,
-        preset=load_preset(preset, config, overrides or []),
-        mode=mode,
-        samples_seen=samples_seen,
-        seed=seed,
-        device=device,
-        gpus=gpus,
-        supervised=supervised,
-        classnames=classnames,
-        overwrite=overwrite,
+    stage = STAGES.get("train")
+    inputs = stage.make_inputs(
+        {
+            "shards": shards, "out": out, "preset": preset, "preset_config": config,
+            "preset_set": overrides or [], "mode": mode, "samples_seen": samples_seen, "seed": seed,
+            "device": device, "gpus": gpus, "supervised": supervised, "classnames": classnames,
+            "overwrite": overwrite,
+        }
     )
     with _clear_errors():
         if print_command:
             import shlex
 
-            plan = make_plan(req)
+            plan = make_plan(inputs.request())
             prepare_run_dir(plan)
             print(shlex.join(subprocess_command(plan)))
             return
-        run = train(req)
-    typer.echo(f"{run.kind} model {run.model}: {run.checkpoint}")
+        run = stage.run(inputs, stage.load_config(), None).summary
+    typer.echo(f"{run['kind']} model {run['model']}: {run['checkpoint']}")
 
 
 def reference_model_cmd(
@@ -113,23 +109,19 @@ def reference_model_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train the reference CLIP (a data filtering network) on a clean seed set, equal_samples budget."""
-    from trainer.presets import load_preset
-    from trainer.train import TrainRequest, train
+    from curation.core.stagedef import STAGES
 
-    req = TrainRequest(
-        shards=seed_dir,
-        out=out,
-        preset=load_preset(preset, config, overrides or []),
-        mode="equal_samples",
-        samples_seen=samples_seen,
-        seed=seed,
-        device=device,
-        overwrite=overwrite,
-    )
+    stage = STAGES.get("reference_model")
+    inputs = {
+        "shards": seed_dir, "out": out, "preset": preset, "preset_config": config,
+        "preset_set": overrides or [], "samples_seen": samples_seen, "seed": seed, "device": device,
+        "overwrite": overwrite,
+    }
     with _clear_errors():
-        run = train(req)
+        run = stage.run(stage.make_inputs(inputs), stage.load_config(), None).summary
     typer.echo(
-        f"reference CLIP {run.model}: {run.checkpoint} (score with model={run.model}, pretrained=that path)"
+        f"reference CLIP {run['model']}: {run['checkpoint']} (score with model={run['model']}, "
+        "pretrained=that path)"
     )
 
 

@@ -19,8 +19,7 @@ from curation.core.stats import Funnel
 from curation.core.uid import compute_uid
 from curation.engines import run_job
 from curation.filtering.global_view import write_shard_lookups
-from curation.filtering.job import FilterJob, build_filter
-from pipelines.filter import FilterJobConfig
+from curation.filtering.job import FilterJob, FilterJobConfig, build_filter
 
 DATA = Path(__file__).parent / "data"
 CONF = Path(__file__).resolve().parent.parent / "conf" / "filters"

@@ -19,10 +19,9 @@ from curation.core.pool import Pool, iter_tar_samples
 from curation.engines import run_job
 from curation.filtering.copydesc import CopyDescConfig, descriptors, thumbnail
 from curation.filtering.copydesc_job import CopyDescJob
-from curation.filtering.job import FilterJob
+from curation.filtering.job import FilterJob, FilterJobConfig
 from curation.synth.truth import family_of, near_dup_figures
 from pipelines.app import app
-from pipelines.filter import FilterJobConfig
 from tests.selpools import write_image_pool
 from tests.synth_pool import SOURCES, small_crawl, write_synth_pool
 

@@ -21,9 +21,8 @@ import pytest
 from curation.core.config import CONF_DIR, load_config
 from curation.core.pool import Pool
 from curation.engines import run_job
-from curation.filtering.job import FilterJob
+from curation.filtering.job import FilterJob, FilterJobConfig
 from curation.synth.truth import clean_mask, topk_cleanliness
-from pipelines.filter import FilterJobConfig
 from tests.synth_pool import small_crawl, write_synth_pool
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 from curation.core.config import ConfigModel
 from curation.core.io import atomic_write_json, read_json
 from curation.core.progress import make_progress
+from curation.core.stagedef import StageDef, StageFailed, StageResult
 from curation.core.subset import Subset
 from workflows import ablation_cells as ops
 
@@ -456,3 +457,19 @@ def run_ablation(cfg: AblationConfig, out: Path, report: bool = True) -> Ablatio
 
         write_outputs(result, cfg)
     return result
+
+
+class AblateInputs(ConfigModel):
+    out: Path = Path("ablation")
+
+
+def run_ablate(inputs: AblateInputs, cfg: AblationConfig, engine: Any = None) -> StageResult:
+    """The ablation grid (select, reshard, train, evaluate, report); its cells resume on a rerun."""
+    result = run_ablation(cfg, inputs.out)
+    if result.failed:
+        failed = "; ".join(f"{c.id} ({c.error})" for c in result.failed[:5])
+        raise StageFailed(f"ablation: {len(result.failed)} of {len(result.cells)} cell(s) failed: {failed}")
+    return StageResult({"cells": len(result.cells), "report": str(inputs.out / "report.html")})
+
+
+STAGE = StageDef("ablate", AblateInputs, run_ablate, AblationConfig, "ablation/default.yaml")

@@ -2,7 +2,8 @@
 
 A job file names a ``workdir`` and its ``steps`` in order, each ``{stage: NAME, with: {...}}``:
 the same stage functions the ``curate`` subcommands call (download, score, filter, select,
-hardmatch, reshard, card, ...; see :mod:`workflows.jobstages`), with the same config files and
+hardmatch, reshard, card, ...: every :class:`curation.core.stagedef.StageDef` registered in
+``clip_curation.stages``), with the same config files and
 ``--set`` overrides. Data paths in ``with`` are relative to ``workdir``; config files are relative
 to the current directory (or to the project, for ``conf/...``). ``${name}`` in a value is replaced
 by ``vars.name``; ``${workdir}`` (absolute) and ``${conf}`` (the project's conf/) are always defined
@@ -22,16 +23,16 @@ import json
 import logging
 import string
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import ConfigDict, Field
 
 from curation.core.config import CONF_DIR, ConfigError, ConfigModel, apply_overrides, build, read_yaml
 from curation.core.io import atomic_write_json, read_json
-from curation.engines import Engine, JobReport
+from curation.core.stagedef import STAGES, StageDef
+from curation.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -71,60 +72,14 @@ class JobSpec(ConfigModel):
     steps: list[StepSpec]
 
 
-class StageSettings(ConfigModel):
-    """What every stage's ``with`` may hold besides its paths: a config file, inline settings, overrides.
-
-    The stage's own config is the file, then ``settings`` merged over it, then ``set`` (dotted
-    ``key=value`` overrides, as on the command line).
-    """
-
-    config: Path | None = None
-    settings: dict[str, Any] = Field(default_factory=dict)
-    set: list[str] = Field(default_factory=list)
-
-    def stage_config(self, ctx: JobContext, default: Path | None = None) -> dict[str, Any]:
-        path = self.config or default
-        data = read_yaml(ctx.config_path(path)) if path else {}
-        return apply_overrides(deep_merge(data, self.settings), self.set)
-
-    def build(self, model: type[M], ctx: JobContext, default: Path | None = None) -> M:
-        return build(model, self.stage_config(ctx, default), source=str(self.config or default or "settings"))
-
-
-M = TypeVar("M", bound=ConfigModel)
-S = TypeVar("S", bound=StageSettings)
-StageFn = Callable[[Any, "JobContext"], dict[str, Any]]
-
-
-@dataclass
-class StageDef:
-    settings: type[StageSettings]
-    run: StageFn
-
-
-STAGES: dict[str, StageDef] = {}
-
-
-def job_stage(name: str, settings: type[S]) -> Callable[[Callable[[S, JobContext], dict[str, Any]]], StageFn]:
-    """Register a stage function ``fn(settings, ctx) -> summary`` under ``name``."""
-
-    def deco(fn: Callable[[S, JobContext], dict[str, Any]]) -> StageFn:
-        STAGES[name] = StageDef(settings, fn)
-        return fn
-
-    return deco
-
-
-class StepFailed(RuntimeError):
-    """A step did not finish (e.g. shards failed); a rerun resumes it."""
+STEP_CONFIG_KEYS = ("config", "settings", "set")  # in a step's `with`: the stage's config, not its inputs
 
 
 @dataclass
 class JobContext:
-    """What a stage gets besides its settings: where the job writes, and the engine it runs on."""
+    """What a step's values are resolved against: the job's workdir (data) and the project (configs)."""
 
     workdir: Path
-    engine: Engine
 
     def path(self, p: str | Path) -> Path:
         p = Path(p)
@@ -136,20 +91,16 @@ class JobContext:
         p = Path(p)
         return p if p.is_absolute() or p.exists() else PROJECT_DIR / p
 
-    def check(self, report: JobReport) -> JobReport:
-        """Raise :class:`StepFailed` naming failed shards; the step is then rerun, resuming."""
-        if report.failed:
-            failed = ", ".join(f"{o.shard} ({o.error})" for o in report.failed[:5])
-            raise StepFailed(f"{report.job}: {len(report.failed)} shard(s) failed: {failed}")
-        return report
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = deep_merge(out[key], value) if both else value
-    return out
+    def resolve(self, inputs: ConfigModel) -> ConfigModel:
+        """Relative paths among a stage's inputs made relative to the workdir."""
+        updates: dict[str, Any] = {}
+        for name in type(inputs).model_fields:
+            value = getattr(inputs, name)
+            if isinstance(value, Path):
+                updates[name] = self.path(value)
+            elif isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+                updates[name] = [self.path(v) for v in value]
+        return inputs.model_copy(update=updates)
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
@@ -188,24 +139,36 @@ def substitute(value: Any, variables: dict[str, Any], where: str) -> Any:
 class PlannedStep:
     index: int
     spec: StepSpec
-    settings: StageSettings
+    stage: StageDef[Any, Any]
+    inputs: ConfigModel
+    config: Any
+    config_file: Path | None
     fingerprint: str
 
 
 def plan_steps(job: JobSpec, workdir: Path) -> list[PlannedStep]:
-    """Every step validated against its stage before anything runs (a typo fails in a second)."""
+    """Every step validated against its stage (inputs and config) before anything runs."""
     labels = [s.label for s in job.steps]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{job.name}: step names must be unique (give repeated stages a name): {labels}")
     variables = job_variables(job, workdir)
+    ctx = JobContext(workdir)
     planned = []
     for i, spec in enumerate(job.steps):
-        if spec.stage not in STAGES:
-            raise ConfigError(f"steps[{i}]: unknown stage {spec.stage!r}; known: {', '.join(sorted(STAGES))}")
+        where = f"steps[{i}] ({spec.label})"
+        stage = STAGES.get(spec.stage, f"steps[{i}]")
         data = substitute(spec.with_, variables, f"steps[{i}].with")
-        settings = build(STAGES[spec.stage].settings, data, source=f"steps[{i}] ({spec.label})")
+        given = {k: v for k, v in data.items() if k not in STEP_CONFIG_KEYS}
+        inputs = ctx.resolve(stage.make_inputs(given, where))
+        config_file = ctx.config_path(data["config"]) if data.get("config") else None
+        settings, overrides = data.get("settings") or {}, data.get("set") or []
+        if not isinstance(settings, dict) or not isinstance(overrides, list):
+            raise ConfigError(f"{where}: `settings` must be a mapping and `set` a list of key=value")
+        config = stage.load_config(config_file, settings, overrides)
         blob = json.dumps({"stage": spec.stage, "with": data}, sort_keys=True, default=str)
-        planned.append(PlannedStep(i, spec, settings, hashlib.sha256(blob.encode()).hexdigest()[:16]))
+        fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        file = config_file or stage.default_config_path
+        planned.append(PlannedStep(i, spec, stage, inputs, config, file, fingerprint))
     return planned
 
 
@@ -215,8 +178,6 @@ def step_marker(workdir: Path, step: PlannedStep) -> Path:
 
 def pending_steps(job: JobSpec, workdir: Path | None = None) -> list[tuple[PlannedStep, bool]]:
     """Every step, validated, with whether a rerun would skip it (finished with the same settings)."""
-    import workflows.jobstages  # noqa: F401  (registers the stages)
-
     root = Path(workdir or job.workdir).resolve()
     out = []
     for step in plan_steps(job, root):
@@ -237,16 +198,13 @@ class StepRun:
 def run_job_file(
     job: JobSpec, engine: Engine, skip: list[str] | None = None, workdir: Path | None = None
 ) -> list[StepRun]:
-    """Run (or resume) every step on ``engine``; raises :class:`StepFailed` at the first failing step."""
-    import workflows.jobstages  # noqa: F401  (registers the stages)
-
+    """Run (or resume) every step on ``engine``; raises :class:`StageFailed` at the first failing step."""
     root = Path(workdir or job.workdir).resolve()
     steps = plan_steps(job, root)
     unknown = sorted(set(skip or []) - {s.spec.label for s in steps})
     if unknown:
         raise ConfigError(f"--skip {unknown}: no such step in {job.name}")
     root.mkdir(parents=True, exist_ok=True)
-    ctx = JobContext(root, engine)
     runs = []
     for step in steps:
         label, marker = step.spec.label, step_marker(root, step)
@@ -259,7 +217,7 @@ def run_job_file(
             continue
         log.info("[%s] %s (%s) on %s", job.name, label, step.spec.stage, engine.name)
         started = time.perf_counter()
-        summary = STAGES[step.spec.stage].run(step.settings, ctx)
+        summary = step.stage.run(step.inputs, step.config, engine).check(label).summary
         seconds = round(time.perf_counter() - started, 2)
         record = {"stage": step.spec.stage, "fingerprint": step.fingerprint, "seconds": seconds}
         atomic_write_json(marker, {**record, "engine": engine.name, "summary": summary})

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.core.config import ConfigModel
+from curation.core.registry import Registry
 from curation.core.stats import StageStats
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ class Stage(ABC):
 
 class Filter(Stage):
     """A stage that decides keep/drop per row; the base class writes the verdict columns."""
+
+    config_cls: ClassVar[type[ConfiguredFilter]]  # set by @filter_kind
 
     @abstractmethod
     def verdict(self, batch: pa.RecordBatch) -> Verdict: ...
@@ -133,15 +136,19 @@ class ConfiguredFilter(ConfigModel):
     name: str | None = None
 
 
-FILTERS: dict[str, tuple[type[Filter], type[ConfiguredFilter]]] = {}
+FILTERS: Registry[type[Filter]] = Registry("filter kind", "filters")
 
 
-def register_filter(kind: str, config: type[ConfiguredFilter]) -> Callable[[type[Filter]], type[Filter]]:
-    """Class decorator: make a filter constructible from config by its ``kind``."""
+def filter_kind(kind: str, config: type[ConfiguredFilter]) -> Callable[[type[Filter]], type[Filter]]:
+    """Class decorator: the ``kind`` a filter answers to and its config block's model.
+
+    Registration itself is one entry-point line (``[project.entry-points."clip_curation.filters"]``
+    in ``pyproject.toml``, or the same group in a plugin package); its name must equal ``kind``.
+    """
 
     def deco(cls: type[Filter]) -> type[Filter]:
         cls.kind = kind
-        FILTERS[kind] = (cls, config)
+        cls.config_cls = config
         return cls
 
     return deco

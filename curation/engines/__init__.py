@@ -2,12 +2,11 @@
 
 Every engine calls :func:`curation.core.runner.process_shard` for each shard, so outputs, stats and
 markers are identical whichever engine ran them. ``local`` is a process pool; ``spark`` and
-``ray`` register themselves here when their modules are imported.
+``ray`` are entry points of ``clip_curation.engines`` (``pyproject.toml``), loaded when named.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from curation.core.progress import shard_progress
+from curation.core.registry import Registry
 from curation.core.runner import ShardJob, ShardOutcome, load_shard_stats
 from curation.core.stats import Funnel, StageStats, merge
 
@@ -37,11 +37,7 @@ class Engine(ABC):
         """Release cluster resources the engine started."""
 
 
-ENGINES: dict[str, str] = {
-    "local": "curation.engines.local:LocalEngine",
-    "spark": "curation.engines.spark:SparkEngine",
-    "ray": "curation.engines.ray:RayEngine",
-}
+ENGINES: Registry[Callable[..., Engine]] = Registry("engine", "engines")  # local, spark, ray, plugins
 
 
 ATTACH_OPTION = {"spark": "master", "ray": "address"}  # how each cluster engine attaches to a cluster
@@ -49,14 +45,10 @@ ATTACH_OPTION = {"spark": "master", "ray": "address"}  # how each cluster engine
 
 def get_engine(name: str, **options: Any) -> Engine:
     """Build an engine by name; its module is imported only when asked for."""
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    module_name, cls_name = ENGINES[name].split(":")
     try:
-        module = importlib.import_module(module_name)
+        cls = ENGINES.get(name, "engine")
     except ModuleNotFoundError as exc:
         raise ValueError(f"engine {name!r} is not available: {exc}") from exc
-    cls: Callable[..., Engine] = getattr(module, cls_name)
     return cls(**options)
 
 

@@ -10,15 +10,12 @@ that need the whole pool (:class:`curation.filtering.global_view.GlobalFilter`) 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-import filters as filters_pkg
-from curation.core.config import ConfigError, build
+from curation.core.config import ConfigError, ConfigModel, build
 from curation.core.io import atomic_write_parquet
 from curation.core.pool import Pool
 from curation.core.runner import ShardJob, is_done
@@ -29,20 +26,20 @@ from curation.filtering.global_view import GlobalFilter, join_side_inputs, run_p
 KEY_COLUMNS = ("uid", "source")
 
 
-def load_filter_modules() -> None:
-    """Import every module of ``filters/`` so each registers its kind."""
-    for info in pkgutil.iter_modules(filters_pkg.__path__):
-        importlib.import_module(f"filters.{info.name}")
+class FilterJobConfig(ConfigModel):
+    """A filter config file: the attribute folder's name and the filters, in order."""
+
+    name: str = "filters"
+    filters: list[dict[str, Any]]
 
 
 def build_filter(spec: dict[str, Any]) -> Filter:
     """A filter from its config block ``{kind: ..., name: ..., <settings>}``."""
-    load_filter_modules()
     kind = spec.get("kind")
-    if kind not in FILTERS:
-        raise ConfigError(f"filters: unknown kind {kind!r}; known: {', '.join(sorted(FILTERS))}")
-    cls, config_cls = FILTERS[kind]
-    return cls(build(config_cls, spec, source=f"filter {spec.get('name') or kind}"))
+    cls = FILTERS.get(str(kind), f"filters ({spec.get('name') or kind})")
+    if getattr(cls, "kind", None) != kind:
+        raise ConfigError(f"filter kind {kind!r}: its class says kind {getattr(cls, 'kind', None)!r}")
+    return cls(build(cls.config_cls, spec, source=f"filter {spec.get('name') or kind}"))
 
 
 def drop_repeated_columns(table: pa.Table) -> pa.Table:

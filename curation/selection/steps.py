@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 
 from curation.core.config import ConfigError, ConfigModel, build
 from curation.core.pool import Pool
+from curation.core.registry import Registry
 from curation.core.subset import Subset
 from curation.selection.frame import ColumnRef, Frame, SelectionError
 from curation.selection.ranking import ROW_ID, draw_sample, find_cut, sql_literal
@@ -108,14 +109,16 @@ class Step(ABC):
         """Add this step's columns to ``frame``, restricted to the rows ``within`` keeps."""
 
 
-STEPS: dict[str, type[Step]] = {}
+STEPS: Registry[type[Step]] = Registry("step kind", "select_steps")
 
 
-def register_step(kind: str, config: type[StepConfig] = StepConfig) -> Callable[[type[Step]], type[Step]]:
+def step_kind(kind: str, config: type[StepConfig] = StepConfig) -> Callable[[type[Step]], type[Step]]:
+    """Class decorator: the ``kind`` a step answers to and its settings' model (registration is the
+    step's entry-point line in ``clip_curation.select_steps``; its name must equal ``kind``)."""
+
     def deco(cls: type[Step]) -> type[Step]:
         cls.kind = kind
         cls.config_cls = config
-        STEPS[kind] = cls
         return cls
 
     return deco
@@ -125,13 +128,11 @@ def parse_step(spec: Any, where: str = "steps") -> Step:
     """A step from its one-key mapping ``{kind: settings}``."""
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(
-            f"{where}: a step is a mapping with exactly one key, its kind ({', '.join(sorted(STEPS))}); "
+            f"{where}: a step is a mapping with exactly one key, its kind ({', '.join(STEPS.names())}); "
             f"got {spec!r}"
         )
     ((kind, value),) = spec.items()
-    if kind not in STEPS:
-        raise ConfigError(f"{where}: unknown step kind {kind!r}; known: {', '.join(sorted(STEPS))}")
-    return STEPS[kind].from_spec(value, f"{where}.{kind}")
+    return STEPS.get(kind, where).from_spec(value, f"{where}.{kind}")
 
 
 def gate(frame: Frame, within: Compiled, passed: str, reason: str, mult: str = "1") -> Compiled:
@@ -148,7 +149,7 @@ def sql_str(s: str) -> str:
 # --- leaves ---------------------------------------------------------------------------------------
 
 
-@register_step("all")
+@step_kind("all")
 class AllStep(Step):
     """Every sample of the pool (the unfiltered baseline)."""
 
@@ -161,7 +162,7 @@ class FilterConfig(StepConfig):
     names: list[str] | None = None  # filters whose verdicts count; None: every <name>_keep column
 
 
-@register_step("filter", FilterConfig)
+@step_kind("filter", FilterConfig)
 class FilterStep(Step):
     """Keep rows every named filter kept (``<name>_keep``); the reason is ``filtered_<name>``."""
 
@@ -209,7 +210,7 @@ class ThresholdConfig(StepConfig):
         return self
 
 
-@register_step("threshold", ThresholdConfig)
+@step_kind("threshold", ThresholdConfig)
 class ThresholdStep(Step):
     """An absolute threshold (DataComp's ``--threshold``: keep score >= min)."""
 
@@ -240,7 +241,7 @@ class SubsetConfig(StepConfig):
     path: str  # a subset .npy (DataComp format), e.g. from another tool
 
 
-@register_step("subset", SubsetConfig)
+@step_kind("subset", SubsetConfig)
 class SubsetStep(Step):
     """Rows whose uid is in a subset file (its multiplicities carry over)."""
 
@@ -291,7 +292,7 @@ def round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
-@register_step("topk", TopKConfig)
+@step_kind("topk", TopKConfig)
 class TopKStep(Step):
     """The best ``fraction``/``count`` rows by a score, exact over the whole pool (see ranking.py)."""
 
@@ -378,7 +379,7 @@ def random_key_sql(seed: int, uid: str = "uid") -> str:
     return f"md5_number_upper({sql_str(f'{seed}:')} || lower({uid}))"
 
 
-@register_step("random", RandomConfig)
+@step_kind("random", RandomConfig)
 class RandomStep(Step):
     """A seeded uniform sample of exact size: the rows with the smallest seeded hash of their uid."""
 
@@ -441,7 +442,7 @@ class DataCompBasicConfig(StepConfig):
     height: str = "original_height"
 
 
-@register_step("datacomp_basic", DataCompBasicConfig)
+@step_kind("datacomp_basic", DataCompBasicConfig)
 class DataCompBasicStep(Step):
     """DataComp's "basic filtering" baseline: English (fastText), caption and image-size rules."""
 
@@ -496,7 +497,7 @@ class ListStep(Step):
         return cls(StepConfig(name=name), nested)
 
 
-@register_step("steps")
+@step_kind("steps")
 class ChainStep(ListStep):
     """A sequence: each step works on the rows the previous one kept ("basic filter, then top 30%")."""
 
@@ -524,7 +525,7 @@ class CombineStep(ListStep):
         return f"CASE WHEN {m} = 0 THEN {parts[0].r} END"
 
 
-@register_step("union")
+@step_kind("union")
 class UnionStep(CombineStep):
     """Rows any child keeps; a repeated row keeps its largest multiplicity."""
 
@@ -532,7 +533,7 @@ class UnionStep(CombineStep):
         return f"greatest({', '.join(mults)})"
 
 
-@register_step("intersection")
+@step_kind("intersection")
 class IntersectionStep(CombineStep):
     """Rows every child keeps (smallest multiplicity); the reason is the first child that dropped it."""
 
@@ -543,7 +544,7 @@ class IntersectionStep(CombineStep):
         return "CASE " + " ".join(f"WHEN {p.m} = 0 THEN {p.r}" for p in parts) + " END"
 
 
-@register_step("difference")
+@step_kind("difference")
 class DifferenceStep(CombineStep):
     """The first child's rows that none of the others keep."""
 
@@ -557,7 +558,7 @@ class DifferenceStep(CombineStep):
         return f"CASE WHEN {parts[0].m} = 0 THEN {parts[0].r} WHEN {m} = 0 THEN {excluded} END"
 
 
-@register_step("concat")
+@step_kind("concat")
 class ConcatStep(CombineStep):
     """Multiset sum: a row kept by two children is written twice (mixing that upsamples overlaps)."""
 
@@ -569,7 +570,7 @@ class RepeatConfig(StepConfig):
     times: int = Field(ge=0)
 
 
-@register_step("repeat", RepeatConfig)
+@step_kind("repeat", RepeatConfig)
 class RepeatStep(Step):
     """Every row of a step ``times`` times (upsampling): ``{times: 2, of: STEP}``."""
 

@@ -1,0 +1,31 @@
+"""The ``card`` stage: a dataset card (README.md + self-contained HTML) from recorded stats only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from curation.core.config import ConfigModel
+from curation.core.stagedef import NoConfig, StageDef, StageResult
+
+
+class CardInputs(ConfigModel):
+    subset: Path = Field(description="Subset .npy (DataComp format) with its manifest.")
+    out: Path = Field(description="Directory for README.md, card.html and figures.")
+    pool: Path | None = Field(None, description="Pool directory; default: the manifest's pool.")
+    results: list[Path] = Field(default_factory=list, description="Evaluation results (JSON lines).")
+
+
+def run_card(inputs: CardInputs, cfg: NoConfig, engine: Any = None) -> StageResult:
+    from curation.cards.card import write_card
+    from curation.cards.data import load_card_data
+    from curation.core.pool import Pool
+
+    data = load_card_data(inputs.subset, inputs.pool, inputs.results or None)
+    readme, html = write_card(data, Pool(inputs.pool or Path(data.subset.manifest["pool"])), inputs.out)
+    return StageResult({"readme": str(readme), "html": str(html)})
+
+
+STAGE = StageDef("card", CardInputs, run_card)
