@@ -40,7 +40,7 @@ from trainer.runs import CHECKPOINT_FILE, RunError, load_run, save_checkpoint
 from trainer.seeding import EpochSeededShuffle, WorkerSeed
 
 if TYPE_CHECKING:
-    from trainer.train import RunPlan
+    from trainer.plan import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,8 @@ RESULT_FILE = "result.json"
 
 def run_supervised(plan: RunPlan) -> dict[str, Any]:
     """Parent side: run the loop in a training process on RUN/plan.json; its run.json fields."""
-    from trainer.train import check_launchable, run_training_subprocess
+    from trainer.launch import run_training_subprocess
+    from trainer.plan import check_launchable
 
     check_launchable(plan)
     state_dir = plan.request.out / STATE_DIR
@@ -353,7 +354,7 @@ def run_supervised(plan: RunPlan) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     """Training process: ``python -m trainer.supervised RUN --device DEV``."""
-    from trainer.train import plan_from_file
+    from trainer.plan import plan_from_file
 
     run_dir, device = Path(argv[0]), argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
     (run_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)

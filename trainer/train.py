@@ -20,33 +20,20 @@ RUN layout::
 from __future__ import annotations
 
 import logging
-import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from curation.core.config import build
 from curation.core.io import atomic_write_json, read_json
-from trainer.budget import Budget, plan_budget
-from trainer.oclog import StepLine, parse_line, summarize_file
+from trainer.launch import run_training_subprocess
+from trainer.oclog import summarize_file
+from trainer.plan import PLAN_FILE, RunPlan, TrainError, TrainRequest, check_launchable, make_plan
 from trainer.presets import Preset
 from trainer.runs import (
     CHECKPOINT_FILE,
@@ -57,120 +44,27 @@ from trainer.runs import (
     save_checkpoint,
     strip_module_prefix,
 )
-from trainer.shards import ShardSet, open_shards
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 OPENCLIP_NAME = "openclip"  # open_clip_train --name, i.e. RUN/openclip/
-PLAN_FILE = "plan.json"
 ATTEMPTS_FILE = "attempts.json"
 DEVICE_INDEPENDENT = ("device",)  # plan keys that may change between an interrupted run and its resume
-EXPECTED_WARNING = "No pretrained weights loaded"  # training from scratch is the point
 
 
-class TrainError(RuntimeError):
-    """Training could not start or did not finish; the message says why and where the log is."""
 
 
-@dataclass(frozen=True)
-class TrainRequest:
-    shards: Path
-    out: Path
-    preset: Preset
-    mode: str = "one_epoch"
-    samples_seen: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    gpus: int = 1
-    supervised: bool = False
-    classnames: Path | None = None
-    overwrite: bool = False
 
 
-@dataclass
-class RunPlan:
-    """Everything that determines the trained weights (plus the device), fixed when a run starts."""
-
-    request: TrainRequest
-    shards: ShardSet
-    budget: Budget
-    device: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str:
-        return "supervised" if self.request.supervised else "clip"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "preset": self.request.preset.model_dump(mode="json"),
-            "data": str(self.shards.directory),
-            "data_samples": self.shards.num_samples,
-            "budget": self.budget.to_dict(),
-            "seed": self.request.seed,
-            "gpus": self.request.gpus,
-            "device": self.device,
-            **self.extra,
-        }
 
 
-def resolve_train_device(device: str, gpus: int = 1) -> str:
-    """``auto`` is CUDA when present (or when several GPUs are asked for); else as given."""
-    if device == "auto":
-        return "cuda" if gpus > 1 or torch.cuda.is_available() else "cpu"
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        raise TrainError(f"--device {device}: expected auto, cpu or cuda[:N]")
-    return device
 
 
-def check_launchable(plan: RunPlan) -> None:
-    """Before starting training here: CUDA must exist when asked for; never a silent CPU run."""
-    if plan.device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"device {plan.device}: CUDA is not available here (use --device cpu or auto)")
-    if plan.request.gpus > 1 and not plan.device.startswith("cuda"):
-        raise TrainError(f"--gpus {plan.request.gpus} needs CUDA (open_clip_train's DDP wraps CUDA devices)")
 
 
-def make_plan(req: TrainRequest) -> RunPlan:
-    """Check the request and fix the budget. Devices are checked only when training is launched here
-    (``check_launchable``): ``--print-command`` plans for other machines, and a run trained by a
-    cluster launch can be exported on a machine without GPUs."""
-    shards = open_shards(req.shards)
-    budget = plan_budget(req.mode, shards.num_samples, req.preset, req.samples_seen)
-    if req.gpus < 1:
-        raise TrainError(f"--gpus must be at least 1, got {req.gpus}")
-    if req.preset.batch_size % req.gpus:
-        raise TrainError(f"batch size {req.preset.batch_size} does not split evenly over {req.gpus} GPUs")
-    if req.supervised and req.gpus > 1:
-        raise TrainError("the supervised baseline trains on one device; run it without --gpus")
-    readers = max(1, req.preset.workers) * req.gpus
-    if not budget.resampled and len(shards.tars) < readers:
-        raise TrainError(
-            f"one_epoch reads each shard once: {len(shards.tars)} shard(s) cannot feed {readers} loader "
-            "workers; lower workers (--set workers=N) or reshard into more shards"
-        )
-    return RunPlan(req, shards, budget, resolve_train_device(req.device, req.gpus))
 
 
-def plan_from_file(run_dir: Path, device: str) -> RunPlan:
-    """The plan a run started with (``RUN/plan.json``), for the training process to rebuild."""
-    d = read_json(run_dir / PLAN_FILE)
-    req = TrainRequest(
-        shards=Path(d["data"]),
-        out=run_dir,
-        preset=build(Preset, d["preset"], source=str(run_dir / PLAN_FILE)),
-        mode=d["budget"]["mode"],
-        samples_seen=d["budget"]["samples_seen"],
-        seed=d["seed"],
-        device=device,
-        gpus=d["gpus"],
-        supervised=d["kind"] == "supervised",
-    )
-    plan = make_plan(req)
-    plan.extra.update({k: v for k, v in d.items() if k not in plan.to_dict()})
-    return plan
 
 
 def prepare_run_dir(plan: RunPlan) -> bool:
@@ -284,92 +178,10 @@ def subprocess_command(plan: RunPlan) -> list[str]:
     return [sys.executable, *entry]
 
 
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    # Busy-waiting OpenMP threads stall badly when cores are shared (10x slower steps measured on a
-    # loaded 2-core machine); passive waiting costs nothing measurable on an idle one.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
 
 
-class ProgressReporter:
-    """Turns open_clip_train's step lines into a rich progress bar and concise log lines."""
-
-    def __init__(self, budget: Budget) -> None:
-        self.budget = budget
-        self.progress = Progress(
-            TextColumn("[bold]train[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("samples  loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-        )
-        self.task = self.progress.add_task("train", total=budget.chunks * budget.samples_per_chunk, loss="-")
-
-    def __enter__(self) -> ProgressReporter:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    def step(self, s: StepLine) -> None:
-        self.progress.update(
-            self.task,
-            total=self.budget.chunks * s.total,
-            completed=s.epoch * s.total + s.done,
-            loss=f"{s.loss:.4f}",
-        )
-        log.info(
-            "epoch %d/%d  %d/%d samples  loss %.4f (avg %.4f)  lr %.3g  %.0f samples/s",
-            s.epoch + 1, self.budget.chunks, s.done, s.total, s.loss, s.loss_avg, s.lr, s.samples_per_s,
-        )  # fmt: skip
 
 
-def run_training_subprocess(cmd: list[str], log_dir: Path, budget: Budget, what: str) -> None:
-    """Run a training process to its end, streaming its step lines to the progress bar; raise on failure.
-
-    Training always runs in a child process: it gets its own environment (``subprocess_env``), the
-    same launch works under torchrun, and a crash of the training cannot take the CLI with it.
-    """
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log.info("%s: %s", what, shlex.join(cmd[1:]))
-    tail: deque[str] = deque(maxlen=40)
-    with (
-        open(log_dir / "console.log", "a", encoding="utf-8") as console,
-        ProgressReporter(budget) as reporter,
-        subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            env=subprocess_env(),
-        ) as proc,
-    ):
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                console.write(line)
-                tail.append(line.rstrip())
-                step = parse_line(line)
-                if step is not None:
-                    reporter.step(step)
-                elif ("| WARNING |" in line or "| ERROR |" in line) and EXPECTED_WARNING not in line:
-                    log.warning("%s: %s", what, line.split("| ", 2)[-1].strip())
-        except BaseException:
-            proc.terminate()
-            raise
-        rc = proc.wait()
-    if rc != 0:
-        raise TrainError(
-            f"{what} exited with status {rc}; last output:\n" + "\n".join(tail)
-            + f"\n(full output: {log_dir / 'console.log'})"
-        )  # fmt: skip
 
 
 def export_clip_checkpoint(plan: RunPlan) -> tuple[Path, int]:
