@@ -1,12 +1,13 @@
 """Captions normalised for whole-word matching, a batch at a time, as one string per batch.
 
-Matching class names needs the same canonical text on both sides: case-folded, apostrophes
-dropped ("potter's", "potterʼs", "potter´s" -> "potters"), every other character that is not a letter or a digit turned
-into a space, runs of spaces collapsed, and each caption padded with one space so a name matches
-as ``" name "`` only at word boundaries. Doing this row by row in Python is slow, and Arrow's
-regex replacement is slow too, so a batch is joined into one string and normalised with a few
-C-level passes (``lower``, ``translate``, ``replace`` for runs of spaces). Rows that are not ASCII
-(the minority of web captions) take Arrow's Unicode-aware path first (NFKC, ``\\p{L}``/``\\p{N}``).
+Matching class names needs the same canonical text on both sides: case-folded, apostrophes and
+their look-alikes dropped ("potter's", "potterʼs", "potter´s" -> "potters"), every other character
+that is not a letter or a digit turned into a space, runs of spaces collapsed, and each caption
+padded with one space so a name matches as ``" name "`` only at word boundaries. Doing this row by
+row in Python is slow, and Arrow's regex replacement is slow too, so a batch is joined into one
+string and normalised with a few C-level passes (``lower``, ``translate``, ``replace`` for runs of
+spaces). Rows that are not ASCII (the minority of web captions) take Arrow's Unicode-aware path
+first (NFKC, ``\\p{L}``/``\\p{N}``).
 
 Rows are separated by ``SEP`` (NUL, removed from captions beforehand), so a position in the
 string maps back to its row by a sorted search over the separator positions.

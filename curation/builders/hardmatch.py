@@ -286,7 +286,9 @@ def drop_repeated_uids(matches: pa.Table) -> tuple[pa.Table, int, int]:
         pc.if_else(mask, pa.scalar(None, pa.string()), class_name).dictionary_encode(),
     )
     matches = matches.set_column(
-        matches.schema.get_field_index("reason"), "reason", pc.if_else(mask, "duplicate_uid", matches["reason"])
+        matches.schema.get_field_index("reason"),
+        "reason",
+        pc.if_else(mask, "duplicate_uid", matches["reason"]),
     )
     return matches, int(drop.sum()), conflicting
 
