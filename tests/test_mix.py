@@ -279,7 +279,7 @@ def test_cli_rejects_a_malformed_weight(sources, tmp_path):
 def test_a_uid_listed_twice_in_a_source_is_one_candidate(sources):
     inputs = [{"path": sources["laion"], "source": "laion"}, {"path": sources["laion"], "source": "laion"}]
     inputs.append({"path": sources["laion"], "source": "again"})
-    cfg = MixConfig(inputs=inputs, counts={"laion": 3000, "again": 10})
+    cfg = MixConfig(inputs=inputs, counts={"laion": 3000, "again": 10}, overlap="allow")
     res = mix(cfg, gather_candidates(cfg.inputs))
     m = res.subset.manifest
     assert (
@@ -287,4 +287,4 @@ def test_a_uid_listed_twice_in_a_source_is_one_candidate(sources):
     )
     counts = Counter(res.subset.hex())
     assert max(counts.values()) == 2 and sum(c == 2 for c in counts.values()) == 10  # the 10 also in "again"
-    assert m["uids_in_several_sources"] == 10
+    assert m["uids_in_several_sources"] == 10 and res.stats.extra["cross_source_copies"] == 10
