@@ -435,9 +435,7 @@ def test_duplicate_class_names_are_merged_and_labelled(caplog):
     assert {"name": "missile", "label": 744, "labelled_as": 657} in vocab.merged_classes()
 
 
-@pytest.mark.parametrize(
-    "caption", ["Potter\u02bcs wheel", "potter\u00b4s wheel", "potter\u2032s wheel", "Potter\uff07s wheel"]
-)
+@pytest.mark.parametrize("caption", ["Potter\u02bcs wheel", "potter\u00b4s wheel", "potter\u2032s wheel"])
 def test_apostrophe_variants_match_a_possessive_class_name(caption):
     m = _matcher(["potter's wheel", "wheel"])
     assert _labels(m, [caption]) == ["potter's wheel"]
