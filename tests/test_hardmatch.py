@@ -376,7 +376,7 @@ def _run_table(tmp_path: Path, uids: list[str | None], captions: list[str], name
     job_report, report = run_hardmatch(path, HardmatchConfig(classes=str(classes)), out)
     assert not job_report.failed, job_report.failed
     assert report is not None
-    return out, report
+    return out, report, job_report
 
 
 def _reasons(out: Path) -> list[str | None]:
@@ -384,16 +384,17 @@ def _reasons(out: Path) -> list[str | None]:
 
 
 def test_a_null_uid_is_a_bad_uid_drop_not_a_failed_shard(tmp_path):
-    out, report = _run_table(tmp_path, [HEX[0], None, HEX[2]], ["a dog", "a dog", "a cat"])
+    out, report, job_report = _run_table(tmp_path, [HEX[0], None, HEX[2]], ["a dog", "a dog", "a cat"])
     assert _reasons(out) == [None, "bad_uid", None]
     assert report["labelled"] == 2 and report["dropped"] == {"bad_uid": 1}
     assert report["funnel"]["seen"] == 3  # every row accounted for
+    assert job_report.stats[0].total.dropped == {"bad_uid": 1}
     assert len(Subset.load(out / "hardmatch.npy")) == 2
 
 
 def test_a_non_hex_uid_is_a_bad_uid_drop_not_a_traceback(tmp_path):
     uids = [HEX[0], "z" * 32, "abc", HEX[3].upper()]
-    out, report = _run_table(tmp_path, uids, ["a dog", "a dog", "a cat", "a cat"])
+    out, report, _ = _run_table(tmp_path, uids, ["a dog", "a dog", "a cat", "a cat"])
     assert _reasons(out) == [None, "bad_uid", "bad_uid", None]
     labels = pq.read_table(out / "labels.parquet")
     assert sorted(labels["uid"].to_pylist()) == sorted([HEX[0], HEX[3]])  # upper case uid kept, lowered
@@ -403,13 +404,14 @@ def test_a_non_hex_uid_is_a_bad_uid_drop_not_a_traceback(tmp_path):
 def test_a_uid_repeated_with_different_captions_is_a_duplicate_uid_drop(tmp_path):
     uids = [HEX[0], HEX[1], HEX[0], HEX[1], HEX[0]]
     caps = ["a dog", "a cat", "a cat", "a cat", "nothing"]  # HEX[0]: dog, then cat, then no match
-    out, report = _run_table(tmp_path, uids, caps)
+    out, report, job_report = _run_table(tmp_path, uids, caps)
     labels = pq.read_table(out / "labels.parquet").to_pylist()
     assert {(r["uid"], r["class_name"]) for r in labels} == {(HEX[0], "dog"), (HEX[1], "cat")}
     # the report counts what the subset holds, the funnel balances, and the conflict is said
     assert report["labelled"] == 2 == len(Subset.load(out / "hardmatch.npy"))
     assert report["dropped"] == {"duplicate_uid": 3}
     assert report["repeated_uids"] == 3 and report["conflicting_uids"] == 1
+    assert job_report.stats[0].to_dict() == report["funnel"]  # what the CLI and job files print
     assert sum(r["labelled"] for r in report["per_class"]) == 2
     assert "duplicate_uid" in (out / "report.md").read_text()
 
