@@ -1,5 +1,9 @@
 """ImageNet-Captions: ImageNet images with the title, description and tags their Flickr authors wrote.
 
+(Over 400 lines: the id parsing, the join, the captions and the pool job share one plan table and
+one list of per-row reasons, so a row's whole fate reads in one file; text cleaning is apart, in
+:mod:`curation.builders.metaclean`.)
+
 Fang et al. (2022) traced ~460k ImageNet training images back to Flickr and paired them with their
 original text, giving a controlled image-text dataset ("Title: Reflected Duck. Description: ...
 Tags: lake, water, bird"). This builder does the same from three inputs:

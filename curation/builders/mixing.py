@@ -1,5 +1,8 @@
 """Mixing sources: one subset drawn from several sources by weights or by counts.
 
+(Over 400 lines: gathering, planning, drawing and the manifest are one pass over the same uid
+arrays, and the manifest must say exactly what each step did, so they stay together.)
+
 The reference papers ask "does mixing sources dilute robustness?"; answering it needs mixes whose
 proportions are exactly what was asked and that come out the same for a seed. Candidates are
 gathered per source (from a pool's ``source`` column, or a name given to a subset), sorted by uid
