@@ -32,6 +32,10 @@ SamplingOpt = Annotated[
     str | None, typer.Option("--sampling", help="without_replacement, with_replacement or repeat.")
 ]
 ShortfallOpt = Annotated[str | None, typer.Option("--shortfall", help="cap, shrink or error.")]
+OverlapOpt = Annotated[
+    str | None,
+    typer.Option("--overlap", help="A uid in several inputs: exclude (drawn by one source) or allow."),
+]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Error when a source cannot give its share.")]
 
 
@@ -85,6 +89,7 @@ def mix_command(
     seed: SeedOpt = None,
     sampling: SamplingOpt = None,
     shortfall: ShortfallOpt = None,
+    overlap: OverlapOpt = None,
     strict: StrictOpt = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -101,6 +106,7 @@ def mix_command(
         "seed": seed,
         "sampling": sampling,
         "shortfall": "error" if strict else shortfall,
+        "overlap": overlap,
     }
     if cli["weights"] is not None or cli["counts"] is not None:  # the command line replaces the spec
         data.pop("weights", None)

@@ -292,3 +292,90 @@ def test_cli(inputs, tmp_path):
     assert len(list(out.glob("[0-9]*.tar"))) == 3
     with tarfile.open(out / "00000.tar") as tar:
         assert any(n.endswith(".cls") for n in tar.getnames())
+
+
+# --------------------------------------------------------------- ids and text a real crawl has (issue 21)
+
+
+def _statuses(inputs, tmp_path, flickr_ids: list) -> dict[str, tuple[str, str | None]]:
+    """image_id -> (status, caption) of a run whose index gives the first cases these flickr ids."""
+    ids = [c[0] for c in CASES[: len(flickr_ids)]]
+    index = pa.table(
+        {"image_id": ids, "label": pa.array([0] * len(ids), pa.int32()), "flickr_id": flickr_ids}
+    )
+    pq.write_table(index, tmp_path / "ids.parquet")
+    out = tmp_path / "pool"
+    report, _ = run_imagenet_captions(
+        tmp_path / "ids.parquet", inputs["meta"], inputs["images"], out, ImagenetCaptionsConfig()
+    )
+    assert not report.failed
+    Funnel.from_dict(json.loads((out / "report.json").read_text())["funnel"]).check()
+    return {r["image_id"]: (r["status"], r["caption"]) for r in _rows(out)}  # ids are distinct here
+
+
+@pytest.mark.parametrize("fid", ["101.7", "102.4"])
+def test_a_fractional_flickr_id_is_bad_not_rounded(inputs, tmp_path, fid):
+    # "101.7" must not become 102 (n01_2's photo) nor 101; either way it is no Flickr id
+    rows = _statuses(inputs, tmp_path, [fid, "107"])
+    assert rows["n01_1"] == ("bad_flickr_id", None)
+    assert rows["n01_2"] == ("success", "Title: First")
+
+
+def test_an_exponent_flickr_id_is_bad_not_parsed(inputs, tmp_path):
+    rows = _statuses(inputs, tmp_path, ["1.01e2", "1e2", " 107 "])
+    assert rows["n01_1"] == ("bad_flickr_id", None)  # 1.01e2 == 101 as a number: still not an id
+    assert rows["n01_2"] == ("bad_flickr_id", None)
+    assert rows["n01_3"] == ("success", "Title: First")  # spaces around digits are fine
+
+
+def test_float_flickr_id_columns_accept_whole_numbers_only(inputs, tmp_path):
+    rows = _statuses(inputs, tmp_path, pa.array([101.0, 101.5, None], pa.float64()))
+    assert rows["n01_1"] == ("success", "Title: Reflected Duck. Tags: lake, water, bird")
+    assert rows["n01_2"] == ("bad_flickr_id", None) and rows["n01_3"][0] == "no_flickr_id"
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("I <3 my dog >_< and a < b > c", "I <3 my dog >_< and a < b > c"),  # look-alikes are text
+        ("I &lt;3 my dog &gt;_&lt;", "I <3 my dog >_<"),  # escaped look-alikes too
+        ("1<2 and 3>2", "1<2 and 3>2"),
+    ],
+)
+def test_text_that_only_looks_like_markup_is_kept(raw, clean):
+    assert clean_text(pa.array([raw])).to_pylist() == [clean]
+
+
+@pytest.mark.parametrize(
+    "raw", ["a&nbsp;&nbsp;b", "a\u00a0b", "a\u2009b", "a\u3000\u3000b", "a\u200b \u202fb", "a\u2028b"]
+)
+def test_every_unicode_space_becomes_one_ascii_space(raw):
+    assert clean_text(pa.array([raw])).to_pylist() == ["a b"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("<b>lake</b>!", "lake!"),
+        ("<i>Reflected</i> <a href='x'>Duck</a>.", "Reflected Duck."),
+        ("&lt;b&gt;bold&lt;/b&gt;!", "bold!"),
+        ("hi<script>alert(1)</script> there", "hi there"),
+    ],
+)
+def test_inline_tags_leave_no_space_block_tags_one(raw, clean):
+    assert clean_text(pa.array([raw])).to_pylist() == [clean]
+
+
+@pytest.mark.parametrize("raw", ["Potter\u02bcs wheel", "Potter\u00b4s wheel", "Potter\u2019s wheel"])
+def test_apostrophe_variants_are_normalised(raw):
+    assert clean_text(pa.array([raw])).to_pylist() == ["Potter's wheel"]
+
+
+def test_a_separator_set_on_the_command_line_is_used_as_typed(inputs, tmp_path):
+    out = tmp_path / "sep"
+    args = ["imagenet-captions", str(inputs["index"]), str(inputs["meta"]), "--images", str(inputs["images"])]
+    sets = ["--set", "separator= | ", "--set", "parts=[{field: title}, {field: tags}]"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), *sets])
+    assert result.exit_code == 0, result.output
+    rows = _rows(out)
+    assert rows[0]["image_id"] == "n01_1" and rows[0]["caption"] == "Reflected Duck | lake, water, bird"

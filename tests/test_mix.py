@@ -279,7 +279,7 @@ def test_cli_rejects_a_malformed_weight(sources, tmp_path):
 def test_a_uid_listed_twice_in_a_source_is_one_candidate(sources):
     inputs = [{"path": sources["laion"], "source": "laion"}, {"path": sources["laion"], "source": "laion"}]
     inputs.append({"path": sources["laion"], "source": "again"})
-    cfg = MixConfig(inputs=inputs, counts={"laion": 3000, "again": 10})
+    cfg = MixConfig(inputs=inputs, counts={"laion": 3000, "again": 10}, overlap="allow")
     res = mix(cfg, gather_candidates(cfg.inputs))
     m = res.subset.manifest
     assert (
@@ -287,4 +287,67 @@ def test_a_uid_listed_twice_in_a_source_is_one_candidate(sources):
     )
     counts = Counter(res.subset.hex())
     assert max(counts.values()) == 2 and sum(c == 2 for c in counts.values()) == 10  # the 10 also in "again"
-    assert m["uids_in_several_sources"] == 10
+    assert m["uids_in_several_sources"] == 10 and res.stats.extra["cross_source_copies"] == 10
+
+
+# ------------------------------------------------------------- typos and overlapping inputs (issue 21)
+
+
+def test_a_weight_for_a_source_not_in_the_inputs_is_an_error_naming_it(sources, tmp_path):
+    cands = gather_candidates(_cfg(sources, weights=WEIGHTS).inputs)
+    with pytest.raises(MixError, match=r"\['fourm'\]"):
+        mix(MixConfig(weights={**WEIGHTS, "fourm": 0.1}, total=1000), cands)
+    args = [
+        "mix",
+        str(sources["pool"]),
+        f"laion={sources['laion']}",
+        "-o",
+        str(tmp_path / "t.npy"),
+        "-t",
+        "500",
+    ]
+    for s, w in {**WEIGHTS, "fourm": 0.1}.items():
+        args += ["-w", f"{s}={w}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "fourm" in result.output
+    assert not (tmp_path / "t.npy").exists()
+
+
+def _pool_and_a_subset_of_it(sources, tmp_path) -> list[dict[str, object]]:
+    """The conf/mix/example.yaml pattern: a pool and a subset drawn from that same pool."""
+    photo = [u for u, s in sources["truth"].items() if s == "photo"]
+    forum = [u for u, s in sources["truth"].items() if s == "forum"]
+    Subset.from_hex(sorted(photo[:1500] + forum[:1500]), {"name": "hm"}).save(tmp_path / "hm.npy")
+    return [{"path": sources["pool"]}, {"path": tmp_path / "hm.npy", "source": "hardmatch"}]
+
+
+def test_overlapping_inputs_write_no_uid_twice_and_say_so(sources, tmp_path):
+    inputs = _pool_and_a_subset_of_it(sources, tmp_path)
+    weights = {"photo": 0.4, "forum": 0.2, "news": 0.1, "hardmatch": 0.3}
+    cfg = MixConfig(inputs=inputs, weights=weights, total=5000)
+    res = mix(cfg, gather_candidates(cfg.inputs))
+    counts = Counter(res.subset.hex())
+    assert len(res.subset) == 5000 and max(counts.values()) == 1  # no uid twice
+    stats = res.stats
+    stats.check_balanced()
+    assert stats.extra["upsampled_copies"] == 0 and stats.extra["cross_source_copies"] == 0
+    taken = stats.total.dropped["in_other_source"]
+    assert taken > 0  # hardmatch (first by name) took uids photo and forum then could not draw
+    m = res.subset.manifest
+    assert m["overlap"] == "exclude" and m["candidates_in_several_sources"] == 3000
+    assert sum(r["taken_by_other_sources"] for r in m["sources"].values()) == taken
+    assert m["uids_written_more_than_once"] == 0 and m["uids_in_several_sources"] == 0
+    assert {s: r["selected"] for s, r in m["sources"].items()} == {
+        "forum": 1000, "hardmatch": 1500, "news": 500, "photo": 2000,
+    }  # fmt: skip
+
+
+def test_overlap_allow_writes_repeats_and_counts_them(sources, tmp_path):
+    inputs = _pool_and_a_subset_of_it(sources, tmp_path)
+    weights = {"photo": 0.4, "forum": 0.2, "news": 0.1, "hardmatch": 0.3}
+    cfg = MixConfig(inputs=inputs, weights=weights, total=5000, overlap="allow")
+    res = mix(cfg, gather_candidates(cfg.inputs))
+    repeats = len(res.subset) - len(set(res.subset.hex()))
+    assert repeats > 0
+    assert res.stats.extra["upsampled_copies"] == repeats == res.stats.extra["cross_source_copies"]
+    assert res.subset.manifest["uids_written_more_than_once"] == repeats

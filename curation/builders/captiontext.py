@@ -1,12 +1,13 @@
 """Captions normalised for whole-word matching, a batch at a time, as one string per batch.
 
-Matching class names needs the same canonical text on both sides: case-folded, apostrophes
-dropped ("potter's" -> "potters"), every other character that is not a letter or a digit turned
-into a space, runs of spaces collapsed, and each caption padded with one space so a name matches
-as ``" name "`` only at word boundaries. Doing this row by row in Python is slow, and Arrow's
-regex replacement is slow too, so a batch is joined into one string and normalised with a few
-C-level passes (``lower``, ``translate``, ``replace`` for runs of spaces). Rows that are not ASCII
-(the minority of web captions) take Arrow's Unicode-aware path first (NFKC, ``\\p{L}``/``\\p{N}``).
+Matching class names needs the same canonical text on both sides: case-folded, apostrophes and
+their look-alikes dropped ("potter's", "potterʼs", "potter´s" -> "potters"), every other character
+that is not a letter or a digit turned into a space, runs of spaces collapsed, and each caption
+padded with one space so a name matches as ``" name "`` only at word boundaries. Doing this row by
+row in Python is slow, and Arrow's regex replacement is slow too, so a batch is joined into one
+string and normalised with a few C-level passes (``lower``, ``translate``, ``replace`` for runs of
+spaces). Rows that are not ASCII (the minority of web captions) take Arrow's Unicode-aware path
+first (NFKC, ``\\p{L}``/``\\p{N}``).
 
 Rows are separated by ``SEP`` (NUL, removed from captions beforehand), so a position in the
 string maps back to its row by a sorted search over the separator positions.
@@ -21,7 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 SEP = "\x00"
-_APOSTROPHES = "'`\u2019"
+# Apostrophes and the characters typed in their place: ASCII, grave, right/left single quotes,
+# modifier letter apostrophe / turned comma (U+02BC/U+02BB: letters, so \p{L} would keep them),
+# acute accent (U+00B4: NFKC turns it into a space + combining mark), prime, fullwidth apostrophe.
+_APOSTROPHES = "'`\u2019\u2018\u201b\u02bc\u02bb\u00b4\u2032\uff07"
 _ASCII_TABLE = str.maketrans(
     {
         **{chr(c): " " for c in range(128) if not chr(c).isalnum()},
@@ -78,8 +82,8 @@ def _ascii_block(arr: pa.Array) -> str:
 
 
 def _unicode_block(arr: pa.Array) -> str:
+    arr = pc.replace_substring_regex(arr, f"[{_APOSTROPHES}]", "")  # before NFKC, which splits U+00B4
     arr = pc.utf8_lower(pc.utf8_normalize(arr, "NFKC"))
-    arr = pc.replace_substring_regex(arr, f"[{_APOSTROPHES}]", "")
     arr = pc.replace_substring_regex(arr, r"[^\p{L}\p{N}]", " ")
     return _collapse_spaces(_joined(arr).casefold())
 

@@ -6,17 +6,24 @@ the plurals of all of these. Parenthetical glosses ("kite (bird of prey)") are d
 they disambiguate for people, they are not what captions say.
 
 Forms are normalised exactly as captions are (:mod:`curation.builders.captiontext`), so matching is a
-plain substring search of ``" form "`` in ``" caption "``. A form may name several classes (a homonym:
-open_clip lists "missile" twice); such forms, and forms nested inside other classes' forms
-("leopard" in "snow leopard"), are reported so users can judge the class list.
+plain substring search of ``" form "`` in ``" caption "``. A form may name several classes (a homonym,
+such as "crane" when synonyms give it to both crane classes); such forms, and forms nested inside
+other classes' forms ("leopard" in "snow leopard"), are reported so users can judge the class list.
+
+Classes whose whole names are equal after normalisation are the same words for two labels (open_clip
+lists "missile" at 657 and 744, "sunglasses" at 836 and 837). No caption can tell them apart, so
+every caption naming them would be ``ambiguous`` and both classes would never be labelled. They are
+merged for matching: the lowest label gets their forms and synonyms, the later ones are never
+labelled, a warning is logged and the report lists them (``merged_classes``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +32,8 @@ import numpy as np
 from curation.builders.captiontext import normalize_phrases
 from curation.builders.plurals import phrase_plurals
 from curation.core.config import CONF_DIR, ConfigError, read_yaml
+
+log = logging.getLogger(__name__)
 
 WORD_SEP = " "  # words of a normalised form (see curation.builders.captiontext)
 PAREN_RE = re.compile(r"\s*\([^)]*\)")
@@ -98,6 +107,22 @@ def name_alternatives(name: str, parenthetical: Literal["drop", "keep"] = "drop"
     return [o for o in out if o]
 
 
+def merged_duplicates(class_names: list[str]) -> dict[int, int]:
+    """Labels whose name equals an earlier label's after normalisation -> that earlier label."""
+    first: dict[str, int] = {}
+    merged: dict[int, int] = {}
+    for label, key in enumerate(normalize_phrases(list(class_names))):
+        if key and key in first:
+            merged[label] = first[key]
+            log.warning(
+                "classes %d and %d are both named %r: merged, captions naming it get label %d",
+                first[key], label, class_names[label], first[key],
+            )  # fmt: skip
+        else:
+            first.setdefault(key, label)
+    return merged
+
+
 @dataclass
 class Vocabulary:
     """Surface forms and the classes each names (CSR: ``form_ptr``, ``form_classes``)."""
@@ -107,6 +132,7 @@ class Vocabulary:
     form_ptr: np.ndarray
     form_classes: np.ndarray
     form_origin: list[str]  # "name", "synonym" or "plural" (of the first class that has it)
+    merged: dict[int, int] = field(default_factory=dict)  # label never given -> label used instead
 
     @classmethod
     def build(
@@ -117,10 +143,12 @@ class Vocabulary:
         parenthetical: Literal["drop", "keep"] = "drop",
     ) -> Vocabulary:
         synonyms = synonyms or {}
+        merged = merged_duplicates(class_names)
         raw: list[tuple[str, int, str]] = []  # (phrase, class, origin)
         for label, name in enumerate(class_names):
-            raw += [(alt, label, "name") for alt in name_alternatives(name, parenthetical)]
-            raw += [(s, label, "synonym") for s in synonyms.get(name, [])]
+            target = merged.get(label, label)
+            raw += [(alt, target, "name") for alt in name_alternatives(name, parenthetical)]
+            raw += [(s, target, "synonym") for s in synonyms.get(name, [])]
         normed = normalize_phrases([p for p, _, _ in raw])
         classes_of: dict[str, list[int]] = defaultdict(list)
         origin: dict[str, str] = {}
@@ -137,7 +165,7 @@ class Vocabulary:
             if plurals:
                 for words in phrase_plurals(form.split(WORD_SEP)):
                     add(WORD_SEP.join(words), label, "plural")
-        covered = {c for v in classes_of.values() for c in v}
+        covered = {c for v in classes_of.values() for c in v} | set(merged)
         empty = [n for lbl, n in enumerate(class_names) if lbl not in covered]
         if empty:
             raise ConfigError(f"classes {empty[:5]} have no usable name after normalisation")
@@ -145,10 +173,17 @@ class Vocabulary:
         counts = np.array([len(classes_of[f]) for f in forms], dtype=np.int64)
         ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         values = np.array([c for f in forms for c in sorted(classes_of[f])], dtype=np.int32)
-        return cls(list(class_names), forms, ptr, values, [origin[f] for f in forms])
+        return cls(list(class_names), forms, ptr, values, [origin[f] for f in forms], merged)
 
     def classes_of(self, form_id: int) -> list[int]:
         return self.form_classes[self.form_ptr[form_id] : self.form_ptr[form_id + 1]].tolist()
+
+    def merged_classes(self) -> list[dict[str, object]]:
+        """Duplicate class names merged into the first label that has them (see the module doc)."""
+        return [
+            {"name": self.class_names[lbl], "label": lbl, "labelled_as": kept}
+            for lbl, kept in sorted(self.merged.items())
+        ]
 
     def homonyms(self) -> list[dict[str, object]]:
         """Forms that name more than one class: every caption using them is ambiguous."""

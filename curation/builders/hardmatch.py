@@ -11,6 +11,11 @@ default, or labelled with the class named first).
 
 The job writes one match table per shard (runner markers, any engine); :func:`finalize` gathers
 them into the labelled subset, ``labels.parquet`` and the report.
+
+Rows a crawl gets wrong are dropped one by one with a reason, never by failing a shard: a null or
+non-hex uid is ``bad_uid``; a uid seen again (in any shard) is ``duplicate_uid`` for every row after
+the first, whose decision stands, and the report counts the repeats whose caption gave another
+decision (``conflicting_uids``). The funnel is recounted after that, so it balances per row.
 """
 
 from __future__ import annotations
@@ -139,7 +144,7 @@ class ClassMatcher:
         )
 
 
-def decide(m: BatchMatches, policy: str) -> tuple[np.ndarray, pa.Array]:
+def decide(m: BatchMatches, policy: str, bad_uid: np.ndarray | None = None) -> tuple[np.ndarray, pa.Array]:
     """Labels (NO_LABEL where dropped) and drop reasons (null where kept) under ``policy``."""
     single = m.n_classes == 1
     multi = m.n_classes > 1
@@ -149,7 +154,18 @@ def decide(m: BatchMatches, policy: str) -> tuple[np.ndarray, pa.Array]:
     reason[m.empty] = "empty_caption"
     if policy == "drop":
         reason[multi] = "ambiguous"
+    if bad_uid is not None:
+        label[bad_uid] = NO_LABEL
+        reason[bad_uid] = "bad_uid"
     return label, pa.array(reason, pa.string())
+
+
+def bad_uids(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Rows whose uid is null or not 32 hexadecimal characters (they cannot be put in a subset)."""
+    if not (pa.types.is_string(uids.type) or pa.types.is_large_string(uids.type)):
+        uids = uids.cast(pa.string())
+    ok = pc.fill_null(pc.match_substring_regex(uids, "^[0-9a-fA-F]{32}$"), False)
+    return ~np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 class HardmatchJob(ShardJob):
@@ -179,14 +195,14 @@ class HardmatchJob(ShardJob):
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
         self.setup()
         assert self.matcher is not None
-        table = self.source.read(shard, ["uid", "caption", "source"])
+        table = self.source.read(shard, ["uid", "caption", "source"], keep_null_uids=True)
         source = table["source"] if "source" in table.column_names else None
         parts, seconds = [], 0.0
         for start in range(0, max(table.num_rows, 1), self.cfg.batch_size):
             batch = table.slice(start, self.cfg.batch_size)
             t0 = time.perf_counter()
             m = self.matcher.match(batch["caption"])
-            label, reason = decide(m, self.cfg.ambiguous)
+            label, reason = decide(m, self.cfg.ambiguous, bad_uids(batch["uid"]))
             seconds += time.perf_counter() - t0
             parts.append(_match_table(batch, m, label, reason, self.matcher.vocab))
         result = pa.concat_tables(parts)
@@ -208,7 +224,7 @@ def _match_table(
     names = pa.array(vocab.class_names, pa.string())
     valid = label != NO_LABEL
     cols = {
-        "uid": batch["uid"],
+        "uid": batch["uid"].cast(pa.string()),
         "source": batch["source"]
         if "source" in batch.column_names
         else pa.nulls(batch.num_rows, pa.string()),
@@ -238,23 +254,64 @@ def gather_matches(out: str | Path) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def labels_table(matches: pa.Table) -> tuple[pa.Table, int]:
-    """uid, label, class_name, source, form of the labelled captions, sorted by uid, one row per uid.
+def drop_repeated_uids(matches: pa.Table) -> tuple[pa.Table, int, int]:
+    """Every row of a uid after its first (in shard order) becomes a ``duplicate_uid`` drop.
 
-    A uid that occurs twice in a pool (the same url and caption downloaded twice) gets one label row;
-    the number of such repeats is returned so the report can say so.
+    Returns the table, how many rows were dropped so, and how many uids had a repeat whose decision
+    (label and reason) differs from the first row's: one uid with two captions that say different
+    things, which a subset (one entry per uid) cannot keep both of.
+    """
+    rows = np.flatnonzero(pc.fill_null(pc.not_equal(matches["reason"], "bad_uid"), True).to_numpy())
+    uids = hex_column_to_array(matches["uid"].take(pa.array(rows)))
+    _, first, inverse = np.unique(uids, return_index=True, return_inverse=True)
+    repeat = np.arange(len(rows)) != first[inverse]
+    if not repeat.any():
+        return matches, 0, 0
+    label = matches["label"].fill_null(NO_LABEL).to_numpy()[rows]
+    reason = matches["reason"].fill_null("").to_numpy(zero_copy_only=False)[rows]
+    first_row = first[inverse]
+    differs = repeat & ((label != label[first_row]) | (reason != reason[first_row]))
+    conflicting = len(np.unique(inverse[differs]))
+    drop = np.zeros(matches.num_rows, dtype=bool)
+    drop[rows[repeat]] = True
+    mask = pa.array(drop)
+    null_label = pa.scalar(None, matches["label"].type)
+    matches = matches.set_column(
+        matches.schema.get_field_index("label"), "label", pc.if_else(mask, null_label, matches["label"])
+    )
+    class_name = matches["class_name"].cast(pa.string())
+    matches = matches.set_column(
+        matches.schema.get_field_index("class_name"),
+        "class_name",
+        pc.if_else(mask, pa.scalar(None, pa.string()), class_name).dictionary_encode(),
+    )
+    matches = matches.set_column(
+        matches.schema.get_field_index("reason"),
+        "reason",
+        pc.if_else(mask, "duplicate_uid", matches["reason"]),
+    )
+    return matches, int(drop.sum()), conflicting
+
+
+def labels_table(matches: pa.Table) -> pa.Table:
+    """uid, label, class_name, source, form of the labelled captions, sorted by uid.
+
+    Run on the output of :func:`drop_repeated_uids`, so there is one row per uid.
     """
     kept = matches.filter(pc.is_valid(matches["label"]))
-    uids = hex_column_to_array(kept["uid"])
-    order = np.argsort(uids, kind="stable")
-    sorted_uids = uids[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = sorted_uids[1:] != sorted_uids[:-1]
-    take = pa.array(order[first])
-    table = kept.take(take).select(["uid", "label", "class_name", "source", "form"])
+    order = np.argsort(hex_column_to_array(kept["uid"]), kind="stable")
+    table = kept.take(pa.array(order)).select(["uid", "label", "class_name", "source", "form"])
     table = table.set_column(2, "class_name", table["class_name"].cast(pa.string()))
-    table = table.set_column(4, "form", table["form"].cast(pa.string()))
-    return table, int((~first).sum())
+    return table.set_column(4, "form", table["form"].cast(pa.string()))
+
+
+def recount(matches: pa.Table, stats: StageStats) -> StageStats:
+    """The stage's funnel over the final match table (after repeated uids are dropped)."""
+    keep = matches["label"].is_valid().to_numpy(zero_copy_only=False)
+    out = count_verdicts(STAGE, keep, matches["reason"], matches["source"])
+    out.extra.update(stats.extra)
+    out.check_balanced()
+    return out
 
 
 def finalize(
@@ -266,14 +323,16 @@ def finalize(
 ) -> dict[str, object]:
     """Write ``hardmatch.npy`` (+ manifest), ``labels.parquet``, ``classnames.txt`` and the report."""
     out = Path(out)
-    matches = gather_matches(out)
-    labels, repeats = labels_table(matches)
+    matches, repeats, conflicting = drop_repeated_uids(gather_matches(out))
+    stats = recount(matches, stats)
+    labels = labels_table(matches)
     atomic_write_parquet(out / "labels.parquet", labels)
     atomic_write_text(out / "classnames.txt", "\n".join(vocab.class_names) + "\n")
     settings = cfg.model_dump(mode="json")
     evaluation = evaluate(matches, ground_truth) if ground_truth else None
     report = build_report(matches, vocab, stats, settings, evaluation)
     report["repeated_uids"] = repeats
+    report["conflicting_uids"] = conflicting
     manifest = {
         "name": "hardmatch",
         "operation": "hardmatch",
@@ -325,4 +384,9 @@ def run_hardmatch(
         return report, None
     stats = merge(report.stats)[0]
     stats.check_balanced()
-    return report, finalize(out, cfg, stats, matcher.vocab, ground_truth)
+    result = finalize(out, cfg, stats, matcher.vocab, ground_truth)
+    final = StageStats.from_dict(result["funnel"])
+    if final.to_dict() != stats.to_dict():  # uids repeated across rows: callers see the final funnel
+        for k, outcome in enumerate(report.outcomes):
+            outcome.stats = [final] if k == 0 else []
+    return report, result

@@ -69,3 +69,32 @@ def evaluate(
         out["precision"] = out["precision_vs_image_class"]
         out["precision_definition"] = "label == the class the image shows (class_name)"
     return out
+
+
+def read_labelled_captions(path: str | Path) -> tuple[list[str], list[str | None]]:
+    """A hand-labelled caption set: TSV ``gold, caption, note`` ('-' = names no class or several)."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.reader((line for line in f if not line.startswith("#")), delimiter="\t")]
+    header, body = rows[0], rows[1:]
+    if header[:2] != ["gold", "caption"]:
+        raise ValueError(f"{path}: expected columns gold, caption, note; got {header}")
+    return [r[1] for r in body], [None if r[0] == "-" else r[0] for r in body]
+
+
+def score_labels(predicted: list[str | None], gold: list[str | None]) -> dict[str, object]:
+    """Precision (right labels / labels given) and recall (right labels / captions with a gold class)."""
+    pairs = list(zip(predicted, gold, strict=True))
+    given = sum(p is not None for p, _ in pairs)
+    right = sum(p is not None and p == g for p, g in pairs)
+    wanted = sum(g is not None for _, g in pairs)
+    return {
+        "captions": len(pairs),
+        "with_gold_class": wanted,
+        "labelled": given,
+        "correct": right,
+        "precision": _rate(right, given),
+        "recall": _rate(right, wanted),
+        "errors": [{"predicted": p, "gold": g, "index": i} for i, (p, g) in enumerate(pairs) if p != g],
+    }

@@ -113,6 +113,7 @@ def build_report(
         if table.num_rows
         else [],
         "homonyms": vocab.homonyms(),
+        "merged_classes": vocab.merged_classes(),
         "nested_names": vocab.nested(),
     }
     if evaluation is not None:
@@ -137,6 +138,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- captions: {report['input_captions']}, labelled: {report['labelled']} "
         f"({100 * report['labelled_fraction']:.2f}%)",
         f"- dropped: {', '.join(f'{k} {v}' for k, v in report['dropped'].items()) or 'none'}",
+        f"- repeated uids (later rows dropped as duplicate_uid): {report.get('repeated_uids', 0)}, "
+        f"of which with a different decision than the kept row: {report.get('conflicting_uids', 0)}",
         f"- captions naming several classes: {report['ambiguous_captions']} "
         f"(policy: {report['settings'].get('ambiguous')})",
         f"- classes never named: {len(report['classes_without_match'])}"
@@ -176,6 +179,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     )
     lines += ["", "## Names shared by several classes (homonyms)", ""]
     lines += [f"- {h['form']}: {', '.join(h['classes'])}" for h in report["homonyms"][:20]] or ["- none"]
+    lines += ["", "## Duplicate class names merged (the later label is never given)", ""]
+    lines += [
+        f"- {m['name']}: label {m['label']} -> {m['labelled_as']}" for m in report["merged_classes"]
+    ] or ["- none"]
     lines += ["", "## Names inside other classes' names", ""]
     lines += [
         f"- {r['form']} ({r['class']}) in {r['inside']} ({r['inside_class']})"

@@ -1,5 +1,9 @@
 """ImageNet-Captions: ImageNet images with the title, description and tags their Flickr authors wrote.
 
+(Over 400 lines: the id parsing, the join, the captions and the pool job share one plan table and
+one list of per-row reasons, so a row's whole fate reads in one file; text cleaning is apart, in
+:mod:`curation.builders.metaclean`.)
+
 Fang et al. (2022) traced ~460k ImageNet training images back to Flickr and paired them with their
 original text, giving a controlled image-text dataset ("Title: Reflected Duck. Description: ...
 Tags: lake, water, bird"). This builder does the same from three inputs:
@@ -140,21 +144,19 @@ def read_meta(path: str | Path, fmt: str = "auto") -> pa.Table:
 JOIN_SQL = """
 WITH
   i AS (
-    SELECT row_idx, CAST(image_id AS VARCHAR) AS image_id, label, class_name, flickr_id,
-           TRY_CAST(flickr_id AS BIGINT) AS fid,
+    SELECT row_idx, CAST(image_id AS VARCHAR) AS image_id, label, class_name, flickr_id, fid, fid_bad,
            row_number() OVER (PARTITION BY CAST(image_id AS VARCHAR) ORDER BY row_idx) AS id_rank
     FROM idx),
   m_all AS (
-    SELECT TRY_CAST(photo_id AS BIGINT) AS pid, title, description, tags,
-           row_number() OVER (PARTITION BY TRY_CAST(photo_id AS BIGINT) ORDER BY meta_row) AS r
+    SELECT pid, title, description, tags, row_number() OVER (PARTITION BY pid ORDER BY meta_row) AS r
     FROM meta),
   m AS (SELECT * FROM m_all WHERE pid IS NOT NULL AND r = 1),
   g AS (SELECT * FROM (
           SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY img_row) AS r FROM img) WHERE r = 1)
 SELECT i.row_idx, i.image_id, i.label, i.class_name, i.fid AS flickr_id,
        CASE WHEN i.id_rank > 1 THEN 'duplicate_image'
-            WHEN i.flickr_id IS NULL THEN 'no_flickr_id'
-            WHEN i.fid IS NULL THEN 'bad_flickr_id'
+            WHEN i.fid_bad THEN 'bad_flickr_id'
+            WHEN i.fid IS NULL THEN 'no_flickr_id'
             WHEN m.pid IS NULL THEN 'no_metadata' END AS join_reason,
        m.title, m.description, m.tags,
        g.container, g.path, g."offset", g.size, g.ext
@@ -165,9 +167,8 @@ ORDER BY i.row_idx
 
 META_STATS_SQL = """
 WITH
-  fids AS (SELECT DISTINCT TRY_CAST(flickr_id AS BIGINT) AS fid FROM idx),
-  m AS (SELECT TRY_CAST(photo_id AS BIGINT) AS pid,
-               row_number() OVER (PARTITION BY TRY_CAST(photo_id AS BIGINT) ORDER BY meta_row) AS r
+  fids AS (SELECT DISTINCT fid FROM idx),
+  m AS (SELECT pid, row_number() OVER (PARTITION BY pid ORDER BY meta_row) AS r
         FROM meta)
 SELECT count(*) AS meta_rows,
        count(*) FILTER (WHERE pid IS NULL) AS meta_rows_without_photo_id,
@@ -178,10 +179,50 @@ FROM m
 """
 
 
+DIGITS_RE = r"^[0-9]+$"
+MAX_EXACT_FLOAT = 2**53  # above this a float id may already have been rounded
+
+
+def parse_ids(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """Flickr ids as int64 (null where missing or bad) and which non-missing ids are bad.
+
+    An id is a non-negative integer: an integer column, a float column holding whole numbers (pandas
+    writes int columns with gaps as floats), or a string of decimal digits (spaces around allowed).
+    "1016.7", "1e3", "-5", "0x10" and ids past int64 are bad, never rounded or parsed as numbers;
+    an empty string is a missing id.
+    """
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    kind = col.type
+    if pa.types.is_dictionary(kind) or pa.types.is_large_string(kind):
+        col = col.cast(pa.string())
+        kind = col.type
+    present = pc.is_valid(col).to_numpy(zero_copy_only=False)
+    if pa.types.is_integer(kind):
+        ok = present & pc.fill_null(pc.greater_equal(col, 0), False).to_numpy(zero_copy_only=False)
+        values = pc.if_else(pa.array(ok), col.cast(pa.int64(), safe=False), pa.scalar(None, pa.int64()))
+        return values, present & ~ok
+    if pa.types.is_floating(kind):
+        x = col.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.float64)
+        ok = present & np.isfinite(x) & (x >= 0) & (x < MAX_EXACT_FLOAT) & (np.floor(x) == x)
+        return pa.array(np.where(ok, x, 0).astype(np.int64), pa.int64(), mask=~ok), present & ~ok
+    if not pa.types.is_string(kind):
+        return pa.nulls(len(col), pa.int64()), present
+    text = pc.utf8_trim_whitespace(col)
+    present &= pc.fill_null(pc.greater(pc.utf8_length(text), 0), False).to_numpy(zero_copy_only=False)
+    digits = pc.fill_null(pc.match_substring_regex(text, DIGITS_RE), False).to_numpy(zero_copy_only=False)
+    short = digits & (pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False) <= 18)
+    ok = present & short
+    values = pc.if_else(pa.array(ok), text, pa.scalar(None, pa.string())).cast(pa.int64())
+    return values, present & ~ok
+
+
 def join_tables(index: pa.Table, meta: pa.Table, images: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     """One row per index row (in index order) with its metadata, image location and join reason."""
+    fid, fid_bad = parse_ids(index["flickr_id"])
     idx = index.append_column("row_idx", pa.array(np.arange(index.num_rows, dtype=np.int64)))
+    idx = idx.append_column("fid", fid).append_column("fid_bad", pa.array(fid_bad))
     meta = meta.append_column("meta_row", pa.array(np.arange(meta.num_rows, dtype=np.int64)))
+    meta = meta.append_column("pid", parse_ids(meta["photo_id"])[0])
     img = images.append_column("img_row", pa.array(np.arange(images.num_rows, dtype=np.int64)))
     con = duckdb.connect()
     try:
@@ -291,7 +332,7 @@ def build_plan(
 ERROR_MESSAGES = {
     "duplicate_image": "image_id already listed earlier in the index",
     "no_flickr_id": "index row has no flickr_id",
-    "bad_flickr_id": "flickr_id is not an integer",
+    "bad_flickr_id": "flickr_id is not a non-negative whole number (e.g. '1016.7', '1e3')",
     "no_metadata": "no metadata row for this flickr_id",
     "empty_text": "title, description and tags are all empty after cleaning",
     "missing_image": "image not found in the images folder",

@@ -1,5 +1,8 @@
 """Mixing sources: one subset drawn from several sources by weights or by counts.
 
+(Over 400 lines: gathering, planning, drawing and the manifest are one pass over the same uid
+arrays, and the manifest must say exactly what each step did, so they stay together.)
+
 The reference papers ask "does mixing sources dilute robustness?"; answering it needs mixes whose
 proportions are exactly what was asked and that come out the same for a seed. Candidates are
 gathered per source (from a pool's ``source`` column, or a name given to a subset), sorted by uid
@@ -11,6 +14,13 @@ Counts per source for a target total come from largest-remainder rounding (exact
 count within one of its exact share). Without replacement a source cannot give more than it has:
 the ``shortfall`` policy caps it (and reports it), shrinks the total to keep the proportions, or
 errors. With replacement a source can give more than it has, which repeats uids (upsampling).
+
+Sources can overlap: a subset drawn from a pool shares its uids with the pool's sources. Under
+``overlap: exclude`` (the default) sources draw in name order and each draws only from the
+candidates no earlier source has taken, so no uid is written twice unless a source upsamples
+itself; ``overlap: allow`` draws every source independently and writes a uid once per source that
+drew it. The stats (``in_other_source`` drops, ``cross_source_copies``, ``upsampled_copies``) and
+the manifest say which happened and how often.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ log = logging.getLogger(__name__)
 
 Sampling = Literal["without_replacement", "with_replacement", "repeat"]
 Shortfall = Literal["cap", "shrink", "error"]
+Overlap = Literal["exclude", "allow"]
 
 
 class MixError(ValueError):
@@ -60,6 +71,7 @@ class MixConfig(ConfigModel):
     total: int | None = Field(default=None, ge=0)
     sampling: Sampling = "without_replacement"
     shortfall: Shortfall = "cap"
+    overlap: Overlap = "exclude"  # a uid in several sources: drawn by one of them only, or by each
     seed: int = 0
 
     @model_validator(mode="after")
@@ -195,6 +207,12 @@ def plan_mix(cfg: MixConfig, available: Mapping[str, int]) -> MixPlan:
     """How many samples to draw from each source, and what falls short."""
     spec = cfg.weights if cfg.weights is not None else cfg.counts
     assert spec is not None
+    unknown = sorted(s for s, w in spec.items() if s not in available and w > 0)
+    if unknown:
+        raise MixError(
+            f"weights/counts name sources {unknown} that are not in the inputs (which have "
+            f"{sorted(available)}); a typo would silently change every other share"
+        )
     unlisted = sorted(set(available) - set(spec))
     if unlisted:
         raise MixError(
@@ -266,34 +284,61 @@ class MixResult:
     stats: StageStats
 
 
+def _draw_source(
+    cfg: MixConfig, plan: MixPlan, i: int, uids: np.ndarray, taken: list[np.ndarray]
+) -> tuple[np.ndarray, Counts]:
+    """Draw source ``i`` of the plan from its candidates (less those taken under ``overlap: exclude``)."""
+    s = plan.sources[i]
+    pool = uids
+    if cfg.overlap == "exclude" and taken and len(uids):
+        pool = uids[~np.isin(uids, np.concatenate(taken))]
+    k = int(plan.selected[i])
+    if len(pool) < k and (cfg.sampling == "without_replacement" or len(pool) == 0):
+        detail = f"{s}: asked {k}, has {len(pool)} after {len(uids) - len(pool)} taken by other sources"
+        if cfg.shortfall == "error":
+            raise MixError(f"not enough samples ({detail}); use shortfall: cap, or overlap: allow")
+        plan.notes.append(f"overlap shortfall ({detail}): capped")
+        log.warning("%s", plan.notes[-1])
+        k = len(pool)
+        plan.selected[i] = k
+    idx = draw_indices(source_rng(cfg.seed, s), len(pool), k, cfg.sampling)
+    n_distinct = len(np.unique(idx))  # candidate entries drawn at least once
+    counts = Counts(seen=len(uids), kept=n_distinct)
+    if len(pool) > n_distinct:
+        counts.dropped["not_sampled"] = len(pool) - n_distinct
+    if len(uids) > len(pool):
+        counts.dropped["in_other_source"] = len(uids) - len(pool)
+    return pool[idx], counts
+
+
 def mix(cfg: MixConfig, candidates: Candidates) -> MixResult:
     """Draw the mix from gathered candidates."""
     plan = plan_mix(cfg, candidates.available())
-    parts, uid_cols, src_cols, copy_cols = [], [], [], []
+    parts, uid_cols, src_cols, copy_cols, taken = [], [], [], [], []
     stats = StageStats("mix")
     unique = np.zeros(len(plan.sources), dtype=np.int64)
     for i, s in enumerate(plan.sources):
         uids = candidates.by_source.get(s, np.empty(0, UID_DTYPE))
-        idx = draw_indices(source_rng(cfg.seed, s), len(uids), int(plan.selected[i]), cfg.sampling)
-        chosen = uids[idx]
+        chosen, counts = _draw_source(cfg, plan, i, uids, taken)
         parts.append(chosen)
-        n_distinct = len(np.unique(idx))  # candidate entries drawn at least once
         u, c = np.unique(chosen, return_counts=True)
+        taken.append(u)
         uid_cols.append(u)
         copy_cols.append(c)
         src_cols.append(np.full(len(u), i, dtype=np.int32))
         unique[i] = len(u)
-        counts = Counts(seen=len(uids), kept=n_distinct)
-        if len(uids) > n_distinct:
-            counts.dropped["not_sampled"] = len(uids) - n_distinct
         stats.by_source[s] = counts
         stats.total.add(counts)
         stats.extra["written"] += len(chosen)
-    stats.extra["upsampled_copies"] = stats.extra["written"] - stats.total.kept
     all_uids = np.concatenate(parts) if parts else np.empty(0, UID_DTYPE)
+    distinct = np.concatenate(uid_cols) if uid_cols else np.empty(0, UID_DTYPE)
+    n_distinct = len(np.unique(distinct))
+    stats.extra["distinct_written"] = n_distinct
+    stats.extra["upsampled_copies"] = stats.extra["written"] - n_distinct  # every repeat, any cause
+    stats.extra["cross_source_copies"] = len(distinct) - n_distinct  # repeats from drawing 2 sources
     table = pa.table(
         {
-            "uid": array_to_hex_column(np.concatenate(uid_cols) if uid_cols else np.empty(0, UID_DTYPE)),
+            "uid": array_to_hex_column(distinct),
             "source": pa.DictionaryArray.from_arrays(
                 pa.array(np.concatenate(src_cols) if src_cols else np.empty(0, np.int32)),
                 pa.array(plan.sources, pa.string()),
@@ -301,12 +346,17 @@ def mix(cfg: MixConfig, candidates: Candidates) -> MixResult:
             "copies": pa.array(np.concatenate(copy_cols) if copy_cols else np.empty(0, np.int64), pa.int32()),
         }
     )
-    manifest = mix_manifest(cfg, candidates, plan, unique, np.concatenate(uid_cols) if uid_cols else None)
+    manifest = mix_manifest(cfg, candidates, plan, unique, distinct if uid_cols else None, stats)
     return MixResult(Subset(all_uids, manifest), table, plan, stats)
 
 
 def mix_manifest(
-    cfg: MixConfig, cands: Candidates, plan: MixPlan, unique: np.ndarray, distinct: np.ndarray | None
+    cfg: MixConfig,
+    cands: Candidates,
+    plan: MixPlan,
+    unique: np.ndarray,
+    distinct: np.ndarray | None,
+    stats: StageStats | None = None,
 ) -> dict[str, Any]:
     total = int(plan.selected.sum())
     actual = plan.selected / total if total else np.zeros(len(plan.sources))
@@ -321,6 +371,9 @@ def mix_manifest(
             "shortfall": int(plan.shortfall[i]),
             "actual_proportion": round(float(actual[i]), 6),
             "duplicate_candidates": cands.duplicates.get(s, 0),
+            "taken_by_other_sources": int(stats.by_source[s].dropped.get("in_other_source", 0))
+            if stats is not None and s in stats.by_source
+            else 0,
         }
         for i, s in enumerate(plan.sources)
     }
@@ -339,11 +392,22 @@ def mix_manifest(
         if total
         else None,
         "sources": per_source,
-        "uids_in_several_sources": int((uid_sources > 1).sum()),
+        "overlap": cfg.overlap,
+        "uids_in_several_sources": int((uid_sources > 1).sum()),  # drawn by several (overlap: allow)
+        "candidates_in_several_sources": candidates_in_several_sources(cands),
+        "uids_written_more_than_once": int(stats.extra["upsampled_copies"]) if stats is not None else 0,
         "notes": plan.notes,
         "inputs": cands.inputs,
         "config": cfg.model_dump(mode="json"),
     }
+
+
+def candidates_in_several_sources(cands: Candidates) -> int:
+    """How many distinct uids are candidates of more than one source (a subset drawn from a pool...)."""
+    if not cands.by_source:
+        return 0
+    _, n = np.unique(np.concatenate(list(cands.by_source.values())), return_counts=True)
+    return int((n > 1).sum())
 
 
 def sources_path(npy_path: Path) -> Path:

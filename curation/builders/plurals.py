@@ -1,6 +1,8 @@
 """English plural forms of class names, for matching captions that say "two snow leopards".
 
-Rules are the simple regular ones plus a short list of irregular and invariant nouns. Where the
+Rules are the simple regular ones plus a short list of irregular and invariant nouns; compounds of
+"man" take "-men" (harvestman -> harvestmen; "-mans" is produced too, and a short list of nouns
+that only look like compounds, such as human and German, take "-s" alone). Where the
 spelling rule is uncertain (``-o``: pianos / potatoes; ``-f``: roofs / wolves) both forms are
 produced: a form that never occurs costs nothing, a missed plural costs recall.
 """
@@ -39,6 +41,14 @@ INVARIANT: frozenset[str] = frozenset(
     }
 )  # fmt: skip
 
+# Nouns in -man that are not compounds of "man" and take a plain -s ("humans", not "humen").
+MAN_REGULAR: frozenset[str] = frozenset(
+    {
+        "human", "german", "roman", "shaman", "talisman", "caiman", "cayman", "ottoman", "dolman",
+        "doberman", "pullman", "walkman", "desman", "hetman", "ataman", "dobermann",
+    }
+)  # fmt: skip
+
 VOWELS = frozenset("aeiou")
 
 
@@ -50,6 +60,8 @@ def word_plurals(word: str) -> list[str]:
         return list(IRREGULAR[word])
     if word in INVARIANT:
         return [word]
+    if word.endswith("man") and len(word) > 3:  # harvestman -> harvestmen, fireman -> firemen
+        return [word + "s"] if word in MAN_REGULAR else [word[:-3] + "men", word + "s"]
     forms: list[str] = [word] if word.endswith("fish") else []  # "goldfish", also "goldfishes"
     if word.endswith(("s", "x", "z", "ch", "sh")):
         forms.append(word + "es")

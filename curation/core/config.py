@@ -56,12 +56,18 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         node: Any = out
         for p in parts[:-1]:
             node = _child(node, p, item)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        # a value starting with | or > is a YAML block-scalar header ("separator= | " parses as ""): keep it
+        value = raw if _is_block_indicator(raw) else yaml.safe_load(raw) if raw.strip() else ""
         if isinstance(node, list):
             node[_index(node, parts[-1], item)] = value
         else:
             node[parts[-1]] = value
     return out
+
+
+def _is_block_indicator(raw: str) -> bool:
+    """A one-line value that YAML would read as a block scalar (``|``, ``>-``, `` | ``): meant as typed."""
+    return raw.strip()[:1] in ("|", ">")
 
 
 def _index(node: list[Any], part: str, item: str) -> int:

@@ -103,12 +103,21 @@ def with_caption(table: pa.Table) -> pa.Table:
     raise PoolError(f"no caption column (looked for {', '.join(CAPTION_COLUMNS)}) in {table.column_names}")
 
 
-def with_uid(table: pa.Table) -> pa.Table:
-    """Keep the source's uid column, else derive one from url and caption (see curation.core.uid)."""
-    if "uid" in table.column_names and table["uid"].null_count == 0:
+def with_uid(table: pa.Table, keep_null: bool = False) -> pa.Table:
+    """Keep the source's uid column, else derive one from url and caption (see curation.core.uid).
+
+    With ``keep_null`` a uid column with nulls and no url to derive them from is kept as it is, so a
+    caller can drop those rows one by one instead of failing the shard.
+    """
+    has_uid = "uid" in table.column_names
+    if has_uid and (table["uid"].null_count == 0 or (keep_null and "url" not in table.column_names)):
         return table.set_column(table.schema.get_field_index("uid"), "uid", pc.utf8_lower(table["uid"]))
     if "url" not in table.column_names:
-        raise PoolError("rows have neither a uid nor a url column to derive one from")
+        raise PoolError(
+            "uid column has null uids and there is no url column to derive them from"
+            if has_uid
+            else "rows have neither a uid nor a url column to derive one from"
+        )
     uids = pa.array(compute_uids(table["url"].to_pylist(), table["caption"].to_pylist()), pa.string())
     if "uid" in table.column_names:
         uids = pc.coalesce(pc.utf8_lower(table["uid"]), uids)

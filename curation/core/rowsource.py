@@ -58,11 +58,11 @@ class RowSource:
             return self.path / f"{shard}.parquet"
         return self.path
 
-    def read(self, shard: str, columns: list[str] | None = None) -> pa.Table:
+    def read(self, shard: str, columns: list[str] | None = None, keep_null_uids: bool = False) -> pa.Table:
         """The shard's samples with ``uid`` and ``caption`` (successful downloads only, in a pool).
 
         With ``columns``, only what they need is read from disk (plus ``status``, and ``url`` and the
-        caption when uids must be derived).
+        caption when uids must be derived). ``keep_null_uids``: see :func:`with_uid`.
         """
         table = self._successes(shard, self._needed(shard, columns, derive_uid=False))
         derive = "uid" not in table.column_names or table["uid"].null_count > 0
@@ -70,7 +70,7 @@ class RowSource:
             table = self._successes(shard, self._needed(shard, columns, derive_uid=True))
         if columns is None or "caption" in columns or derive:
             table = with_caption(table)
-        return with_uid(table)
+        return with_uid(table, keep_null=keep_null_uids)
 
     def _successes(self, shard: str, columns: list[str] | None) -> pa.Table:
         table = self._read_raw(shard, columns)
