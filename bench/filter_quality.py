@@ -38,12 +38,12 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation.core.config import CONF_DIR, load_config
-from curation.core.embeddings import EmbeddingRef, gather_embeddings
 from curation.core.pool import Pool, iter_tar_samples
 from curation.engines import run_job
 from curation.filtering.copydesc import CopyDescConfig
 from curation.filtering.copydesc_job import CopyDescJob
 from curation.filtering.dedup import SearchParams, near_duplicate_groups
+from curation.filtering.embeddings import EmbeddingRef, gather_embeddings
 from curation.filtering.global_view import uid_keys
 from curation.filtering.job import FilterJob
 from curation.synth.truth import family_of, near_dup_figures

@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.core.embeddings import EmbeddingRef, gather_embeddings, load_vectors
 from curation.core.io import atomic_write_json
 from curation.core.pool import Pool
 from curation.core.stage import ConfiguredFilter, Verdict, filter_kind
+from curation.filtering.embeddings import EmbeddingRef, gather_embeddings, load_vectors
 from curation.filtering.faiss_index import kmeans, nearest_centroid
 from curation.filtering.global_view import GlobalFilter, write_shard_lookups
 

@@ -21,10 +21,10 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.core.embeddings import EmbeddingRef, gather_embeddings
 from curation.core.pool import Pool
 from curation.core.stage import ConfiguredFilter, Verdict, filter_kind
 from curation.filtering.dedup import SearchParams, near_duplicate_groups
+from curation.filtering.embeddings import EmbeddingRef, gather_embeddings
 from curation.filtering.global_view import GlobalFilter, ScoreRef, uid_keys, write_shard_lookups
 
 LOOKUP_SCHEMA = pa.schema(
