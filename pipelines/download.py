@@ -24,14 +24,25 @@ from pipelines.options import (
 
 def download_command(
     urls: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             help="Crawl: a parquet file or a folder of them (url, caption or text, optional uid, source)."
         ),
-    ],
+    ] = None,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Pool folder to write (img2dataset webdataset layout).")
-    ],
+        Path | None, typer.Option("--out", "-o", help="Pool folder to write (img2dataset webdataset layout).")
+    ] = None,
+    append: Annotated[
+        bool,
+        typer.Option("--append", help="Add the crawl's rows with uids not in the --out pool, as new shards."),
+    ] = False,
+    retry_failed: Annotated[
+        Path | None,
+        typer.Option(
+            "--retry-failed",
+            help="Pool whose retriable failures (timeout, connection, 5xx, 429) are fetched again; no URLS.",
+        ),
+    ] = None,
     config: ConfigOpt = CONF_DIR / "download" / "default.yaml",
     overrides: SetOpt = None,
     engine: EngineOpt = "local",
@@ -44,14 +55,28 @@ def download_command(
     master: MasterOpt = None,
     address: AddressOpt = None,
 ) -> None:
-    """Download a crawl into a pool; rerun the same command to resume (finished shards are skipped)."""
+    """Download a crawl into a pool; rerun the same command to resume (finished shards are skipped).
+
+    `--append` adds a new crawl slice to an existing pool; `--retry-failed POOL` fetches its
+    retriable failures again. Both write new shards and keep one final verdict per crawl row.
+    """
     from curation.download import CrawlError, DownloadConfig, PlanMismatch, download_crawl
+    from curation.download import retry_failed as retry_failed_pool
     from curation.engines import open_engine
 
+    if retry_failed is not None:
+        if urls is not None or append:
+            raise typer.BadParameter("--retry-failed POOL takes no URLS and no --append")
+        out = retry_failed
+    elif urls is None or out is None:
+        raise typer.BadParameter("give URLS and --out POOL (or --retry-failed POOL)")
     cfg = load_config(DownloadConfig, config, overrides or [])
     try:
         with open_engine(engine, workers, master, address) as eng:
-            report = download_crawl(urls, out, cfg, eng)
+            if retry_failed is not None:
+                report = retry_failed_pool(retry_failed, cfg, eng)
+            else:
+                report = download_crawl(urls, out, cfg, eng, append=append)
     except (CrawlError, PlanMismatch) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from exc
