@@ -97,8 +97,8 @@ def _expected(crawled: Crawled, column: str) -> dict[str, str | None]:
 
 
 def _host_paths(crawled: Crawled, host: str) -> list[str]:
-    return [u.split("/", 3)[3] for u, s in zip(crawled.crawl["url"].to_pylist(), crawled.crawl["source"].to_pylist(),
-                                             strict=True) if s == host]  # fmt: skip
+    rows = zip(crawled.crawl["url"].to_pylist(), crawled.crawl["source"].to_pylist(), strict=True)
+    return [u.split("/", 3)[3] for u, s in rows if s == host]
 
 
 @pytest.mark.slow
@@ -195,7 +195,10 @@ def _robots_server(routes: dict[str, tuple[int, dict[str, str], bytes]]) -> tupl
         ({"/robots.txt": (429, {"Retry-After": "5"}, b"")}, "unreachable"),
         ({"/robots.txt": (503, {}, b"")}, "unreachable"),
         # a redirect within the limit is followed to its rules
-        ({"/robots.txt": (301, {"Location": "/r.txt"}, b""), "/r.txt": (200, {}, b"User-agent: *\n")}, "rules"),
+        (
+            {"/robots.txt": (301, {"Location": "/r.txt"}, b""), "/r.txt": (200, {}, b"User-agent: *\n")},
+            "rules",
+        ),
         # a loop: past max_redirects the file is unavailable (RFC 9309: allow)
         ({"/robots.txt": (302, {"Location": "/robots.txt"}, b"")}, "allow_all"),
         # a hop to an address the url policy blocks is not followed
