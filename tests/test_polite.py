@@ -14,6 +14,7 @@ from pathlib import Path
 from threading import Thread
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -248,3 +249,60 @@ def test_cached_answers_are_reused_until_they_are_older_than_max_age(tmp_path):
         assert hits["/robots.txt"] == 2
     finally:
         httpd.shutdown()
+
+
+@pytest.mark.slow
+def test_an_appended_slice_selects_byte_for_byte_what_a_fresh_run_over_the_union_selects(tmp_path):
+    from bench.incremental import SUBSETS, run
+
+    result = run(tmp_path, pairs=400, fraction=0.1)
+    assert result["identical"] == {name: True for name in SUBSETS}
+    assert all(result["sizes"].values())
+    append = result["append"]
+    assert append["score shards run"] == append["copydesc shards run"] == 1  # only the new shard
+    assert result["fresh"]["score shards run"] == result["shards"] - 1  # the union fits one shard fewer
+    # the slice's rows already in the pool were not fetched again: one verdict per uid, the union's
+    appended = Pool(tmp_path / "appended").read_attributes("download", ["uid", "download_reason"])
+    fresh = Pool(tmp_path / "fresh").read_attributes("download", ["uid", "download_reason"])
+    assert appended.num_rows == fresh.num_rows == len(set(fresh["uid"].to_pylist()))
+    assert sorted(appended.to_pylist(), key=str) == sorted(fresh.to_pylist(), key=str)
+    assert result["skipped"] > 0
+
+
+def _metadata_shard(pool: Path, shard: str, rows: list[tuple[str, str]]) -> None:
+    """A pool shard of downloaded rows (uid, sha256): enough for exact dedup, which reads no images."""
+    table = [{"uid": uid, "url": f"http://example.com/{uid}.jpg", "caption": "a photo of a cat",
+              "status": "success", "sha256": sha} for uid, sha in rows]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(table), pool / f"{shard}.parquet")
+
+
+def _uid(n: int) -> str:
+    return f"{n:032x}"
+
+
+def test_a_grown_pool_refilters_only_the_shards_whose_dedup_decision_changed(tmp_path):
+    from curation.engines import run_job
+    from curation.filtering.job import FilterJob
+
+    specs = [{"kind": "caption_length", "min_words": 2}, {"kind": "exact_dup"}]
+    grown, fresh = tmp_path / "grown", tmp_path / "fresh"
+    for pool in (grown, fresh):
+        pool.mkdir()
+        _metadata_shard(pool, "00000", [(_uid(10), "h1"), (_uid(11), "h2")])
+        _metadata_shard(pool, "00001", [(_uid(20), "h3"), (_uid(21), "h4")])
+    run_job(FilterJob(grown, specs, "dedup"))
+    # the appended shard duplicates uid 10's image under a smaller uid: uid 10 is now the duplicate
+    for pool in (grown, fresh):
+        _metadata_shard(pool, "00002", [(_uid(5), "h1"), (_uid(30), "h5")])
+    report = run_job(FilterJob(grown, specs, "dedup"))
+    assert {o.shard: o.status for o in report.outcomes} == {
+        "00000": "done",
+        "00001": "skipped",
+        "00002": "done",
+    }
+    run_job(FilterJob(fresh, specs, "dedup"))
+    a = Pool(grown).read_attributes("dedup").sort_by("uid")
+    b = Pool(fresh).read_attributes("dedup").sort_by("uid")
+    assert a.equals(b)
+    dropped = a.filter(pc.equal(a["exact_dup_keep"], False))["uid"].to_pylist()
+    assert dropped == [_uid(10)]
