@@ -306,3 +306,18 @@ def test_a_grown_pool_refilters_only_the_shards_whose_dedup_decision_changed(tmp
     assert a.equals(b)
     dropped = a.filter(pc.equal(a["exact_dup_keep"], False))["uid"].to_pylist()
     assert dropped == [_uid(10)]
+
+
+def test_the_cli_checks_how_retry_and_append_are_asked_for(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.app import app
+
+    crawl = tmp_path / "crawl.parquet"
+    pq.write_table(pa.table({"url": ["http://example.com/a.jpg"], "text": ["a cat"]}), crawl)
+    both = CliRunner().invoke(app, ["download", str(crawl), "--retry-failed", str(tmp_path)])
+    assert both.exit_code == 2 and "takes no URLS" in both.output
+    no_plan = CliRunner().invoke(app, ["download", "--retry-failed", str(tmp_path)])
+    assert no_plan.exit_code == 2 and "has no download plan" in no_plan.output
+    append = CliRunner().invoke(app, ["download", str(crawl), "--out", str(tmp_path / "new"), "--append"])
+    assert append.exit_code == 2 and "no download plan to append to" in append.output

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,7 @@ def prepare_plan(crawl: Path, pool: Path, cfg: DownloadConfig, append: bool = Fa
         if any(pool.glob("[0-9]*.parquet")):
             raise PlanMismatch(f"{pool} already holds pool shards that curate download did not plan")
         plan = DownloadPlan(cfg.number_sample_per_shard, fp)
-        add_parts(plan, pool, cfg, [(f, read_crawl(f, cfg.columns)) for f in files], CRAWL)
+        add_parts(plan, pool, cfg, ((f, read_crawl(f, cfg.columns), 0) for f in files), CRAWL)
         return plan
     plan = load_plan(pool)
     check_settings(plan, fp["settings"], pool)
@@ -191,24 +192,20 @@ def prepare_plan(crawl: Path, pool: Path, cfg: DownloadConfig, append: bool = Fa
         log.info("%s is already part of %s; resuming its download", crawl, pool)
         return plan
     known = part_uids(pool, plan.parts)
-    tables = []
-    for f in files:
-        table = read_crawl(f, cfg.columns)
-        table, _, _ = resolve_uids(table)
-        new = pc.invert(pc.is_in(table["uid"], value_set=known))
-        tables.append((f, table.filter(new), table.num_rows - (pc.sum(new.cast(pa.int64())).as_py() or 0)))
-    skipped = sum(n for *_, n in tables)
-    log.info("appending %s: %d rows already in the pool are skipped", crawl, skipped)
-    add_parts(
-        plan,
-        pool,
-        cfg,
-        [(f, t) for f, t, _ in tables],
-        APPEND,
-        crawl=fp["crawl"],
-        skipped=[n for *_, n in tables],
-    )
+    parts = add_parts(plan, pool, cfg, _new_rows(files, cfg, known), APPEND, crawl=fp["crawl"])
+    log.info("appended %s: %d rows already in the pool skipped", crawl, sum(p.skipped_known for p in parts))
     return plan
+
+
+def _new_rows(
+    files: list[Path], cfg: DownloadConfig, known: pa.Array
+) -> Iterator[tuple[Path, pa.Table, int]]:
+    """Each crawl file's rows whose uid is not in ``known``, and how many were (one file in memory)."""
+    for f in files:
+        table, _, _ = resolve_uids(read_crawl(f, cfg.columns))
+        new = pc.invert(pc.is_in(table["uid"], value_set=known))
+        kept = table.filter(new)
+        yield f, kept, table.num_rows - kept.num_rows
 
 
 def load_plan(pool: Path) -> DownloadPlan:
@@ -245,21 +242,20 @@ def add_parts(
     plan: DownloadPlan,
     pool: Path,
     cfg: DownloadConfig,
-    tables: list[tuple[Path | None, pa.Table]],
+    tables: Iterable[tuple[Path | None, pa.Table, int]],
     kind: str,
     crawl: list[dict[str, Any]] | None = None,
-    skipped: list[int] | None = None,
     refresh_robots: bool = False,
 ) -> list[CrawlPart]:
-    """Plan ``tables`` as new parts after the existing ones, then write the plan (last)."""
+    """Plan ``(file, rows, rows skipped as known)`` as new parts after the existing ones; the plan last."""
     policy = UrlPolicy(cfg.url_policy.allow_hosts)
     robots = robots_cache(pool, cfg, policy)
     added = []
-    for i, (file, table) in enumerate(tables):
+    for file, table, skipped in tables:
         part = _plan_table(
             len(plan.parts), file, table, pool, cfg, policy, robots, plan.next_shard, kind, refresh_robots
         )
-        part.crawl, part.skipped_known = crawl, (skipped or [0] * len(tables))[i]
+        part.crawl, part.skipped_known = crawl, skipped
         plan.parts.append(part)
         added.append(part)
     atomic_write_json(plan_path(pool), plan.to_dict())

@@ -129,6 +129,11 @@ def plan_retry(pool: Path, plan: DownloadPlan, cfg: DownloadConfig) -> tuple[Cra
         time.sleep(wait)
     log.info("retrying %d rows of %d accounting units", found.rows.num_rows, len(found.units))
     (part,) = add_parts(
-        plan, pool, cfg, [(None, found.rows)], RETRY, refresh_robots=ROBOTS_UNAVAILABLE in cfg.retry.reasons
+        plan,
+        pool,
+        cfg,
+        [(None, found.rows, 0)],
+        RETRY,
+        refresh_robots=ROBOTS_UNAVAILABLE in cfg.retry.reasons,
     )
     return part, found.units
