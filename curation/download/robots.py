@@ -32,7 +32,6 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -227,11 +226,3 @@ def matched_rule(parser: Protego, url: str, token: str) -> str:
     except (AttributeError, ImportError, TypeError):
         pass
     return "disallowed"
-
-
-def robots_report(cache: RobotsCache) -> dict[str, Any]:
-    """Answers by kind, for the log and the plan."""
-    kinds: dict[str, int] = {}
-    for answer in cache.answers.values():
-        kinds[answer.kind] = kinds.get(answer.kind, 0) + 1
-    return kinds
