@@ -22,14 +22,25 @@ from pipelines.options import (
 
 def download_command(
     urls: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             help="Crawl: a parquet file or a folder of them (url, caption or text, optional uid, source)."
         ),
-    ],
+    ] = None,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Pool folder to write (img2dataset webdataset layout).")
-    ],
+        Path | None, typer.Option("--out", "-o", help="Pool folder to write (img2dataset webdataset layout).")
+    ] = None,
+    append: Annotated[
+        bool,
+        typer.Option("--append", help="Add the crawl's rows with uids not in the --out pool, as new shards."),
+    ] = False,
+    retry_failed: Annotated[
+        Path | None,
+        typer.Option(
+            "--retry-failed",
+            help="Pool whose retriable failures (timeout, connection, 5xx, 429) are fetched again; no URLS.",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     engine: EngineOpt = "local",
@@ -42,11 +53,22 @@ def download_command(
     master: MasterOpt = None,
     address: AddressOpt = None,
 ) -> None:
-    """Download a crawl into a pool; rerun the same command to resume (finished shards are skipped)."""
+    """Download a crawl into a pool; rerun the same command to resume (finished shards are skipped).
+
+    `--append` adds a new crawl slice to an existing pool; `--retry-failed POOL` fetches its
+    retriable failures again. Both write new shards and keep one final verdict per crawl row.
+    """
     from curation.download import CrawlError, PlanMismatch
 
+    if retry_failed is not None:
+        if urls is not None or append:
+            raise typer.BadParameter("--retry-failed POOL takes no URLS and no --append")
+        out = retry_failed
+    elif urls is None or out is None:
+        raise typer.BadParameter("give URLS and --out POOL (or --retry-failed POOL)")
+    inputs = {"crawl": urls, "out": out, "append": append, "retry_failed": retry_failed is not None}
     run_stage(
-        "download", {"crawl": urls, "out": out}, config=config, overrides=overrides,
+        "download", inputs, config=config, overrides=overrides,
         engine=engine, workers=workers, master=master, address=address, errors=(CrawlError, PlanMismatch),
     )
     console.print(f"pool: {out}\nfunnel: {out}/_stats/download-*.json", soft_wrap=True, highlight=False)

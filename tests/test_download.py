@@ -323,6 +323,7 @@ SETTINGS = [
     "downloader.thread_count=8",
     f"downloader.timeout={TIMEOUT_S}",
     "columns.carry=[kind]",
+    "robots.enabled=false",  # these tests are about img2dataset's outcomes; tests/test_polite.py has robots
 ]
 
 

@@ -15,6 +15,11 @@ download_reason, error_message: the raw img2dataset message or the policy's deta
 writes its ``download`` stage stats to ``POOL/_stats/<unit>.json``, the pool-level stats folder
 that dataset cards read before the attribute stages', and its marker to ``POOL/_done/<unit>.done``.
 A rerun finds the markers and reads the same stats back.
+
+A retry pass (``--retry-failed``) adds ``retry`` parts: a row fetched again is accounted for in
+its latest attempt only, so the units of earlier parts leave out the uids a later retry part holds
+(their markers are removed when the retry is planned, and they are accounted again). Each crawl row
+then has one verdict, its latest, and the funnel still counts every crawl row once.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from curation.core.io import atomic_write_parquet, read_json
 from curation.core.runner import ShardJob
 from curation.core.stats import StageStats
 from curation.download.failures import NOT_RECORDED, SUCCESS, failure_reasons
-from curation.download.plan import DownloadPlan, download_dir, input_dir, rejected_path
+from curation.download.plan import RETRY, DownloadPlan, download_dir, input_dir, part_uids, rejected_path
 
 STAGE = "download"
 UNIT_PREFIX = f"{STAGE}-"  # unit names are unique in POOL/_stats and POOL/_done
@@ -64,6 +69,7 @@ class DownloadAccounting(ShardJob):
     def __init__(self, pool: Path, plan: DownloadPlan) -> None:
         self.pool = Path(pool)
         self.plan = plan
+        self._superseded: dict[int, pa.Array] = {}
 
     def shards(self) -> list[str]:
         rejected = [f"{REJECTED_PREFIX}{p.index:05d}" for p in self.plan.parts if p.rejected]
@@ -75,9 +81,14 @@ class DownloadAccounting(ShardJob):
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
         name = shard.removeprefix(UNIT_PREFIX)
         if name.startswith(REJECTED_PREFIX):
-            table, extra = self._rejected(int(name.removeprefix(REJECTED_PREFIX))), {}
+            index = int(name.removeprefix(REJECTED_PREFIX))
+            table, extra = self._rejected(index), {}
         else:
+            index = self.plan.locate(name)[0].index
             table, extra = self._downloaded(name)
+        later = self.superseded(index)
+        if len(later):
+            table = table.filter(pc.invert(pc.is_in(table["uid"], value_set=later)))
         atomic_write_parquet(staging / "attributes" / STAGE / f"{name}.parquet", table)
         stats = StageStats.from_verdicts(
             STAGE,
@@ -88,6 +99,13 @@ class DownloadAccounting(ShardJob):
         stats.extra.update(extra)
         stats.check_balanced()
         return [stats]
+
+    def superseded(self, index: int) -> pa.Array:
+        """Uids that a retry part after part ``index`` fetched again (their verdict is there)."""
+        if index not in self._superseded:
+            later = [p for p in self.plan.parts if p.kind == RETRY and p.index > index]
+            self._superseded[index] = part_uids(self.pool, later)
+        return self._superseded[index]
 
     def _downloaded(self, shard: str) -> tuple[pa.Table, dict[str, float]]:
         stats_file = self.pool / f"{shard}_stats.json"

@@ -93,7 +93,16 @@ class DownloaderConfig(ConfigModel):
     timeout: int = Field(10, ge=1)
     retries: int = Field(0, ge=0)
     max_shard_retry: int = Field(1, ge=0)
-    user_agent_token: str | None = None
+    user_agent_token: str = Field(
+        "curation-bot",
+        pattern=r"^[A-Za-z_-]+$",
+        description="Product token: named in the User-Agent and matched against robots.txt groups.",
+    )
+    contact_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s;()]+$",
+        description="A page of yours saying who crawls and how to opt out; sent in every User-Agent.",
+    )
     disallowed_header_directives: list[str] = Field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"],
         description="X-Robots-Tag directives that opt an image out (img2dataset's default).",
@@ -102,6 +111,42 @@ class DownloaderConfig(ConfigModel):
         "file", description="img2dataset's own prints: to POOL/_download/img2dataset.log, or as they come."
     )
 
+    def agent_token(self) -> str:
+        """img2dataset's ``user_agent_token``: it sends ``(compatible; <this>; +<its repo>)``."""
+        return f"{self.user_agent_token}; +{self.contact_url}" if self.contact_url else self.user_agent_token
+
+
+class RobotsConfig(ConfigModel):
+    """robots.txt before fetch (RFC 9309), per scheme + host + port; see docs/download.md."""
+
+    enabled: bool = True
+    on_unavailable: Literal["disallow", "allow"] = Field(
+        "disallow", description="robots.txt answered 5xx or 429, or was unreachable: RFC 9309 says disallow."
+    )
+    timeout: float = Field(10.0, gt=0, description="Seconds per robots.txt request.")
+    max_redirects: int = Field(5, ge=0, description="Redirect hops followed (RFC 9309: at least 5).")
+    max_bytes: int = Field(
+        512_000, ge=1024, description="robots.txt bytes read (RFC 9309: at least 500 KiB)."
+    )
+    max_age_s: float = Field(
+        86_400, gt=0, description="A cached robots.txt older than this is fetched again (RFC 9309: 24 h)."
+    )
+    threads: int = Field(16, ge=1, description="robots.txt files fetched at once (one per host).")
+
+
+class RetryConfig(ConfigModel):
+    """``curate download --retry-failed POOL``: which last reasons are worth another attempt."""
+
+    reasons: list[str] = Field(
+        default_factory=lambda: ["timeout", "connection_error", "http_5xx", "rate_limited"],
+        description="Drop reasons that are retried (add robots_unavailable to re-ask robots.txt).",
+    )
+    max_attempts: int = Field(3, ge=1, description="Attempts per row, the first download included.")
+    retry_after_s: float = Field(
+        60.0, ge=0, description="Wait after a 429 that named no Retry-After, counted from its shard's end."
+    )
+    max_wait_s: float = Field(600.0, ge=0, description="Longest wait for any Retry-After before a pass.")
+
 
 class DownloadConfig(ConfigModel):
     number_sample_per_shard: int = Field(10_000, ge=10, description="Input urls per pool shard.")
@@ -109,6 +154,8 @@ class DownloadConfig(ConfigModel):
     url_policy: UrlPolicyConfig = Field(default_factory=UrlPolicyConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
     downloader: DownloaderConfig = Field(default_factory=DownloaderConfig)
+    robots: RobotsConfig = Field(default_factory=RobotsConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
 
     @model_validator(mode="after")
     def _blurring_needs_reencoding(self) -> DownloadConfig:

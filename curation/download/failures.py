@@ -20,6 +20,7 @@ NOT_RECORDED = "not_recorded"  # img2dataset wrote no row for the url (a per-sam
 
 FAILURE_RULES: tuple[tuple[str, str], ...] = (
     (r"^HTTP Error 404\b", "http_404"),
+    (r"^HTTP Error 429\b", "rate_limited"),  # retried by --retry-failed after its Retry-After
     (r"^HTTP Error 4\d\d\b", "http_4xx"),
     (r"^HTTP Error 5\d\d\b", "http_5xx"),
     (r"^HTTP Error 3\d\d\b", "http_redirect"),  # redirect loops, redirects urllib refuses

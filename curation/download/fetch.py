@@ -67,7 +67,7 @@ def img2dataset_arguments(input_folder: Path, pool: Path, cfg: DownloadConfig) -
         "timeout": d.timeout,
         "retries": d.retries,
         "max_shard_retry": d.max_shard_retry,
-        "user_agent_token": d.user_agent_token,
+        "user_agent_token": d.agent_token(),
         "disallowed_header_directives": list(d.disallowed_header_directives),
         "compute_hash": "sha256",
         "incremental_mode": "incremental",

@@ -9,12 +9,22 @@ reads the input folder in the same sorted order and numbers shards consecutively
 shard ``first_shard + j``. ``POOL/_download/plan.json`` is written last; it records this layout and
 a fingerprint of the crawl and the settings that shape the pool, so a rerun reuses the plan (and
 img2dataset resumes) while a rerun with another crawl or settings is refused.
+
+Checks, in order: the url policy (``invalid_url``, ``blocked_url``), the uid (``invalid_uid``), then
+robots.txt for the rows still standing (``robots_disallowed``, ``robots_unavailable``; see
+:mod:`curation.download.robots`), so no robots.txt is asked of a host the policy blocks.
+
+Parts have a kind. ``crawl``: the pool's own crawl files. ``append`` (``--append``): a later crawl's
+rows whose uid the pool has not seen, as new parts, hence new shard ids after the existing ones
+(per-shard stages then process only those). ``retry`` (``--retry-failed``): earlier rows fetched
+again; their verdicts supersede the earlier ones, so they add no crawl rows to the funnel.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +37,14 @@ import pyarrow.parquet as pq
 from curation.core.io import atomic_path, atomic_write_json, read_json
 from curation.core.uid import compute_uids
 from curation.download.config import CrawlColumns, DownloadConfig
+from curation.download.robots import RobotsCache
 from curation.download.urlpolicy import UrlPolicy
 
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
 INVALID_UID = "invalid_uid"
+CRAWL, APPEND, RETRY = "crawl", "append", "retry"
 POOL_COLUMNS = ("url", "caption", "uid", "source")
 CAPTION_CANDIDATES = ("caption", "text")
 
@@ -56,6 +68,9 @@ class CrawlPart:
     rejected: int
     first_shard: int
     n_shards: int
+    kind: str = "crawl"  # crawl | append | retry
+    crawl: list[dict[str, Any]] | None = None  # append: the appended crawl's fingerprint
+    skipped_known: int = 0  # append: crawl rows whose uid the pool already had
 
 
 @dataclass
@@ -81,7 +96,12 @@ class DownloadPlan:
 
     @property
     def rows(self) -> int:
-        return sum(p.rows for p in self.parts)
+        """Crawl rows the pool accounts for (retry parts re-fetch rows already counted)."""
+        return sum(p.rows for p in self.parts if p.kind != RETRY)
+
+    @property
+    def next_shard(self) -> int:
+        return max((p.first_shard + p.n_shards for p in self.parts), default=0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": PLAN_VERSION, **asdict(self)}
@@ -127,64 +147,180 @@ def fingerprint(files: list[Path], cfg: DownloadConfig) -> dict[str, Any]:
     """What determines the pool's layout and content: the crawl files and the shaping settings."""
     crawl = [{"name": f.name, "bytes": f.stat().st_size, "rows": pq.read_metadata(f).num_rows} for f in files]
     settings = cfg.model_dump(
-        mode="json", include={"columns", "url_policy", "image", "number_sample_per_shard"}
+        mode="json",
+        include={
+            "columns": True,
+            "url_policy": True,
+            "image": True,
+            "number_sample_per_shard": True,
+            "robots": {"enabled", "on_unavailable"},
+        },
     )
     return {"crawl": crawl, "settings": settings}
 
 
-def prepare_plan(crawl: Path, pool: Path, cfg: DownloadConfig) -> DownloadPlan:
-    """Reuse the pool's plan if it was made from the same crawl and settings, else make it."""
+def prepare_plan(crawl: Path, pool: Path, cfg: DownloadConfig, append: bool = False) -> DownloadPlan:
+    """Reuse the pool's plan if it was made from the same crawl and settings, else make it.
+
+    ``append``: add ``crawl``'s rows with uids the pool has not seen as new parts (once: a rerun of
+    the same append reuses them).
+    """
     files = crawl_files(crawl)
     fp = fingerprint(files, cfg)
     path = plan_path(pool)
-    if path.exists():
-        plan = DownloadPlan.from_dict(read_json(path))
-        if plan.fingerprint != fp:
+    if not path.exists():
+        if append:
+            raise PlanMismatch(f"{pool} has no download plan to append to; drop --append for a new pool")
+        if any(pool.glob("[0-9]*.parquet")):
+            raise PlanMismatch(f"{pool} already holds pool shards that curate download did not plan")
+        plan = DownloadPlan(cfg.number_sample_per_shard, fp)
+        add_parts(plan, pool, cfg, ((f, read_crawl(f, cfg.columns), 0) for f in files), CRAWL)
+        return plan
+    plan = load_plan(pool)
+    check_settings(plan, fp["settings"], pool)
+    if not append:
+        if plan.fingerprint["crawl"] != fp["crawl"]:
             raise PlanMismatch(
-                f"{pool} was downloaded from another crawl or with other settings "
-                f"({', '.join(_differences(plan.fingerprint, fp))}); use a new --out or the same settings"
+                f"{pool} was downloaded from another crawl (crawl); use a new --out, the same crawl, "
+                "or --append to add this crawl's new rows"
             )
         log.info(
             "reusing the download plan in %s (%d rows, %d shards)", path, plan.rows, len(plan.shard_ids())
         )
         return plan
-    if any(pool.glob("[0-9]*.parquet")):
-        raise PlanMismatch(f"{pool} already holds pool shards that curate download did not plan")
-    plan = DownloadPlan(cfg.number_sample_per_shard, fp)
-    policy = UrlPolicy(cfg.url_policy.allow_hosts)
-    next_shard = 0
-    for index, file in enumerate(files):
-        part = _plan_file(index, file, pool, cfg, policy, next_shard)
-        plan.parts.append(part)
-        next_shard += part.n_shards
-    atomic_write_json(path, plan.to_dict())
+    if plan.fingerprint["crawl"] == fp["crawl"] or any(p.crawl == fp["crawl"] for p in plan.parts):
+        log.info("%s is already part of %s; resuming its download", crawl, pool)
+        return plan
+    known = part_uids(pool, plan.parts)
+    parts = add_parts(plan, pool, cfg, _new_rows(files, cfg, known), APPEND, crawl=fp["crawl"])
+    log.info("appended %s: %d rows already in the pool skipped", crawl, sum(p.skipped_known for p in parts))
     return plan
 
 
-def _plan_file(
-    index: int, file: Path, pool: Path, cfg: DownloadConfig, policy: UrlPolicy, first_shard: int
+def _new_rows(
+    files: list[Path], cfg: DownloadConfig, known: pa.Array
+) -> Iterator[tuple[Path, pa.Table, int]]:
+    """Each crawl file's rows whose uid is not in ``known``, and how many were (one file in memory)."""
+    for f in files:
+        table, _, _ = resolve_uids(read_crawl(f, cfg.columns))
+        new = pc.invert(pc.is_in(table["uid"], value_set=known))
+        kept = table.filter(new)
+        yield f, kept, table.num_rows - kept.num_rows
+
+
+def load_plan(pool: Path) -> DownloadPlan:
+    """The pool's plan; input or rejected files of an unfinished addition (not in the plan) are removed."""
+    path = plan_path(pool)
+    if not path.exists():
+        raise PlanMismatch(f"{pool} has no download plan ({path}); is it a pool curate download wrote?")
+    plan = DownloadPlan.from_dict(read_json(path))
+    known = {f"{p.index:05d}.parquet" for p in plan.parts}
+    for orphan in [*input_dir(pool).glob("*.parquet"), *(download_dir(pool) / "rejected").glob("*.parquet")]:
+        if orphan.name not in known:
+            log.warning("removing %s: written by an addition to the pool that did not finish", orphan)
+            orphan.unlink()
+    return plan
+
+
+def check_settings(plan: DownloadPlan, settings: dict[str, Any], pool: Path) -> None:
+    if plan.fingerprint["settings"] != settings:
+        diff = ", ".join(_differences(plan.fingerprint["settings"], settings))
+        raise PlanMismatch(
+            f"{pool} was downloaded with other settings ({diff}); use a new --out or the same settings"
+        )
+
+
+def part_uids(pool: Path, parts: list[CrawlPart]) -> pa.Array:
+    """Every uid the ``parts`` handed to img2dataset or rejected."""
+    files = [input_dir(pool) / f"{p.index:05d}.parquet" for p in parts]
+    files += [rejected_path(pool, p.index) for p in parts if p.rejected]
+    chunks = [c for f in files for c in pq.read_table(f, columns=["uid"])["uid"].chunks]
+    return pa.chunked_array(chunks, pa.string()).combine_chunks()
+
+
+def add_parts(
+    plan: DownloadPlan,
+    pool: Path,
+    cfg: DownloadConfig,
+    tables: Iterable[tuple[Path | None, pa.Table, int]],
+    kind: str,
+    crawl: list[dict[str, Any]] | None = None,
+    refresh_robots: bool = False,
+) -> list[CrawlPart]:
+    """Plan ``(file, rows, rows skipped as known)`` as new parts after the existing ones; the plan last."""
+    policy = UrlPolicy(cfg.url_policy.allow_hosts)
+    robots = robots_cache(pool, cfg, policy)
+    added = []
+    for file, table, skipped in tables:
+        part = _plan_table(
+            len(plan.parts), file, table, pool, cfg, policy, robots, plan.next_shard, kind, refresh_robots
+        )
+        part.crawl, part.skipped_known = crawl, skipped
+        plan.parts.append(part)
+        added.append(part)
+    atomic_write_json(plan_path(pool), plan.to_dict())
+    return added
+
+
+def robots_cache(pool: Path, cfg: DownloadConfig, policy: UrlPolicy) -> RobotsCache | None:
+    if not cfg.robots.enabled:
+        return None
+    d = cfg.downloader
+    return RobotsCache(
+        download_dir(pool) / "robots.json", cfg.robots, policy, d.user_agent_token, d.agent_token()
+    )
+
+
+def _plan_table(
+    index: int,
+    file: Path | None,
+    table: pa.Table,
+    pool: Path,
+    cfg: DownloadConfig,
+    policy: UrlPolicy,
+    robots: RobotsCache | None,
+    first_shard: int,
+    kind: str,
+    refresh_robots: bool = False,
 ) -> CrawlPart:
-    table = read_crawl(file, cfg.columns)
     reasons, details = policy.classify(table["url"])
     table, uid_reasons, uid_details = resolve_uids(table)
-    ok = pc.and_(pc.is_null(reasons), pc.is_null(uid_reasons))
+    reasons, details = pc.coalesce(reasons, uid_reasons), pc.coalesce(details, uid_details)
+    if robots is not None:
+        candidates = np.flatnonzero(pc.is_null(reasons).to_numpy(zero_copy_only=False))
+        take = pa.array(candidates, pa.int64())
+        r, d = robots.classify(table["url"].take(take), refresh_unreachable=refresh_robots)
+        reasons, details = _scatter(reasons, candidates, r), _scatter(details, candidates, d)
+    ok = pc.is_null(reasons)
     n_ok = pc.sum(ok.cast(pa.int64())).as_py() or 0
     keep = table.filter(ok)
     with atomic_path(input_dir(pool) / f"{index:05d}.parquet") as tmp:
         pq.write_table(keep, tmp, row_group_size=cfg.number_sample_per_shard, compression="zstd")
-    rejected = table.append_column("reason", pc.coalesce(reasons, uid_reasons))
-    rejected = rejected.append_column("detail", pc.coalesce(details, uid_details)).filter(pc.invert(ok))
+    rejected = table.append_column("reason", reasons).append_column("detail", details).filter(pc.invert(ok))
     if rejected.num_rows:
         with atomic_path(rejected_path(pool, index)) as tmp:
             pq.write_table(rejected, tmp, compression="zstd")
     n_shards = math.ceil(n_ok / cfg.number_sample_per_shard)
+    name = file.name if file is not None else f"{kind} part {index}"
+    counts = pc.value_counts(rejected["reason"]).to_pylist() if rejected.num_rows else []
     log.info(
-        "%s: %d rows, %d to download in %d shards, %d rejected by the url/uid checks",
-        file.name, table.num_rows, n_ok, n_shards, rejected.num_rows,
+        "%s: %d rows, %d to download in %d shards, %d rejected before download %s",
+        name, table.num_rows, n_ok, n_shards, rejected.num_rows,
+        {c["values"]: c["counts"] for c in counts} or "",
     )  # fmt: skip
     return CrawlPart(
-        index, str(file.resolve()), table.num_rows, n_ok, rejected.num_rows, first_shard, n_shards
-    )
+        index, str(file.resolve()) if file is not None else "", table.num_rows, n_ok, rejected.num_rows,
+        first_shard, n_shards, kind,
+    )  # fmt: skip
+
+
+def _scatter(values: pa.Array, rows: np.ndarray, new: pa.Array) -> pa.Array:
+    """``values`` with ``new`` written at ``rows`` (where ``new`` is not null)."""
+    out = values.to_numpy(zero_copy_only=False).astype(object)
+    updates = new.to_numpy(zero_copy_only=False)
+    hit = ~pc.is_null(new).to_numpy(zero_copy_only=False)
+    out[rows[hit]] = updates[hit]
+    return pa.array(out, pa.string())
 
 
 def read_crawl(file: Path, columns: CrawlColumns) -> pa.Table:

@@ -3,6 +3,8 @@
 Safe to rerun at any point: the plan is reused, img2dataset's incremental mode skips finished
 shards (and the call is skipped entirely when none is missing), and the accounting units' markers
 return the stats already on disk, so a rerun downloads nothing new and reports identical numbers.
+``append`` adds a crawl's new rows as new shards; :func:`retry_failed` fetches again the rows whose
+last attempt failed for a reason worth retrying (see :mod:`curation.download.retry`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from curation.core.stats import Funnel, FunnelError, StageStats, merge
 from curation.download.accounting import UNIT_PREFIX, DownloadAccounting, unit_name
 from curation.download.config import DownloadConfig
 from curation.download.fetch import img2dataset_arguments, run_img2dataset
-from curation.download.plan import CrawlError, DownloadPlan, download_dir, input_dir, prepare_plan
+from curation.download.plan import (
+    CrawlError,
+    DownloadPlan,
+    check_settings,
+    download_dir,
+    fingerprint,
+    input_dir,
+    load_plan,
+    prepare_plan,
+)
+from curation.download.retry import plan_retry
 from curation.engines import Engine, JobReport, get_engine, run_job
 
 log = logging.getLogger(__name__)
@@ -37,8 +49,13 @@ def download_stats(pool: Path) -> StageStats:
     return stages[0]
 
 
-def download_crawl(crawl: Path, pool: Path, cfg: DownloadConfig, engine: Engine | str = "local") -> JobReport:
+def download_crawl(
+    crawl: Path, pool: Path, cfg: DownloadConfig, engine: Engine | str = "local", append: bool = False
+) -> JobReport:
     """Download ``crawl`` (a parquet file or folder) into ``pool``; returns the accounting report.
+
+    ``append``: ``pool`` exists; only ``crawl``'s rows with uids it has not seen are fetched, into
+    new shards.
 
     img2dataset distributes the shards itself; the engine picks its distributor (local:
     multiprocessing, spark: pyspark, ray: ray) and starts the cluster session it runs on, so the
@@ -46,7 +63,32 @@ def download_crawl(crawl: Path, pool: Path, cfg: DownloadConfig, engine: Engine 
     """
     eng = get_engine(engine) if isinstance(engine, str) else engine
     try:
-        return _download(Path(crawl), Path(pool), with_distributor(cfg, eng.distributor), eng)
+        cfg = with_distributor(cfg, eng.distributor)
+        Path(pool).mkdir(parents=True, exist_ok=True)
+        plan = prepare_plan(Path(crawl), Path(pool), cfg, append=append)
+        return _fetch_and_account(Path(pool), plan, cfg, eng)
+    finally:
+        if isinstance(engine, str):
+            eng.close()
+
+
+def retry_failed(pool: Path, cfg: DownloadConfig, engine: Engine | str = "local") -> JobReport:
+    """Finish ``pool``'s download, then fetch again its retriable failures as new shards."""
+    pool = Path(pool)
+    eng = get_engine(engine) if isinstance(engine, str) else engine
+    try:
+        cfg = with_distributor(cfg, eng.distributor)
+        plan = load_plan(pool)
+        check_settings(plan, fingerprint([], cfg)["settings"], pool)
+        report = _fetch_and_account(pool, plan, cfg, eng)  # a pending shard first, as a rerun would
+        if report.failed:
+            return report
+        part, units = plan_retry(pool, plan, cfg)
+        if part is None:
+            return report
+        for unit in units:  # their retried rows are accounted for in the retry part now
+            marker_path(pool, unit).unlink(missing_ok=True)
+        return _fetch_and_account(pool, plan, cfg, eng)
     finally:
         if isinstance(engine, str):
             eng.close()
@@ -64,9 +106,7 @@ def with_distributor(cfg: DownloadConfig, distributor: str) -> DownloadConfig:
     return cfg.model_copy(update={"downloader": downloader})
 
 
-def _download(crawl: Path, pool: Path, cfg: DownloadConfig, eng: Engine) -> JobReport:
-    pool.mkdir(parents=True, exist_ok=True)
-    plan = prepare_plan(Path(crawl), pool, cfg)
+def _fetch_and_account(pool: Path, plan: DownloadPlan, cfg: DownloadConfig, eng: Engine) -> JobReport:
     pending = {s: plan.shard_rows(s) for s in plan.shard_ids() if not (pool / f"{s}_stats.json").exists()}
     job = DownloadAccounting(pool, plan)
     for shard in pending:  # a shard img2dataset (re)downloads must be accounted for again

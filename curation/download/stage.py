@@ -8,15 +8,17 @@ from pathlib import Path
 
 from pydantic import Field
 
-from curation.core.config import ConfigModel
+from curation.core.config import ConfigError, ConfigModel
 from curation.core.stagedef import StageDef, StageResult
 from curation.download.config import DownloadConfig
 from curation.engines import Engine
 
 
 class DownloadInputs(ConfigModel):
-    crawl: Path = Field(description="Crawl parquet file or folder (url, caption/text, uid, source).")
+    crawl: Path | None = Field(None, description="Crawl parquet file or folder (url, caption, uid, source).")
     out: Path = Path("pool")
+    append: bool = Field(False, description="Add the crawl's rows with uids not in `out` as new shards.")
+    retry_failed: bool = Field(False, description="Fetch the retriable failures of the pool `out` again.")
     serve: Path | None = Field(
         None, description="A synthetic crawl folder: serve its web on 127.0.0.1 and fetch from there."
     )
@@ -35,15 +37,20 @@ def served_crawl(synth: Path, crawl: Path, local_crawl: Path) -> Iterator[Path]:
 
 
 def run_download(inputs: DownloadInputs, cfg: DownloadConfig, engine: Engine) -> StageResult:
+    from curation.download import retry_failed
     from curation.download.run import download_crawl
 
+    if inputs.retry_failed:
+        return StageResult.from_reports(retry_failed(inputs.out, cfg, engine))
+    if inputs.crawl is None:
+        raise ConfigError("download: `crawl` is required (unless retry_failed)")
     if inputs.serve is None:
-        report = download_crawl(inputs.crawl, inputs.out, cfg, engine)
+        report = download_crawl(inputs.crawl, inputs.out, cfg, engine, append=inputs.append)
     else:
         local = inputs.out.parent / f"{inputs.out.name}.crawl_local.parquet"
         local.parent.mkdir(parents=True, exist_ok=True)
         with served_crawl(inputs.serve, inputs.crawl, local) as crawl:
-            report = download_crawl(crawl, inputs.out, cfg, engine)
+            report = download_crawl(crawl, inputs.out, cfg, engine, append=inputs.append)
     return StageResult.from_reports(report)
 
 

@@ -64,33 +64,78 @@ class GlobalFilter(Filter):
         return [SideInput(self.prepared_dir, self.lookup_columns)]
 
 
-def run_prepare(f: GlobalFilter, pool: Pool, out: Path) -> None:
-    """Phase 1 with the runner's guarantees: skipped when already done, atomic, complete for every shard."""
+def run_prepare(f: GlobalFilter, pool: Pool, out: Path) -> list[str]:
+    """Phase 1 with the runner's guarantees: skipped when already done, atomic, complete for every shard.
+
+    Returns the shards whose lookup is new or differs from the previous phase 1 (every shard on a
+    first run, none when reused). A pool that gained shards since (``curate download --append``)
+    gets phase 1 again over the union; only shards whose lookup changed need filtering again.
+    """
     fingerprint = f.fingerprint(pool)
     marker = out / MARKER
+    grown = False
     if marker.exists():
         done = read_json(marker).get("fingerprint") or {}
-        if done != fingerprint:
+        if done == fingerprint:
+            log.info("filter %s: reusing phase 1 in %s", f.name, out)
+            return []
+        grown = _only_new_shards(done, fingerprint)
+        if not grown:
             raise ConfigError(
                 f"filter {f.name!r}: {out} was prepared with a different config or pool "
                 f"(config then: {done.get('config')}, now: {fingerprint['config']}); "
                 "delete that folder or use another job name"
             )
-        log.info("filter %s: reusing phase 1 in %s", f.name, out)
-        return
+        log.info("filter %s: the pool has new shards; phase 1 again over all of them", f.name)
     staging = out.parent / f".staging-{out.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         f.prepare(pool, staging)
-        missing = [s for s in pool.shard_ids() if not (staging / f"{s}.parquet").exists()]
+        shards = pool.shard_ids()
+        missing = [s for s in shards if not (staging / f"{s}.parquet").exists()]
         if missing:
             raise RuntimeError(f"filter {f.name!r}: phase 1 wrote no lookup for shards {missing[:5]}")
+        changed = [
+            s for s in shards if not (grown and _same_table(out / f"{s}.parquet", staging / f"{s}.parquet"))
+        ]
         atomic_write_json(staging / MARKER, {"fingerprint": fingerprint})
         shutil.rmtree(out, ignore_errors=True)
         os.replace(staging, out)
+        return changed
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _only_new_shards(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """The fingerprints differ only by shards added to the pool."""
+    rest = {k: v for k, v in before.items() if k != "shards"}
+    return rest == {k: v for k, v in now.items() if k != "shards"} and set(before.get("shards", [])) < set(
+        now.get("shards", [])
+    )
+
+
+FLOAT_TOLERANCE = 1e-5  # float lookups (similarities) vary in the last bits with BLAS summation order
+
+
+def _same_table(a: Path, b: Path) -> bool:
+    """Same lookup rows in any order (phase 1 may reorder a shard's rows), floats to ``FLOAT_TOLERANCE``."""
+    if not a.exists():
+        return False
+    old, new = pq.read_table(a).sort_by("uid"), pq.read_table(b).sort_by("uid")
+    if old.schema != new.schema or old.num_rows != new.num_rows:
+        return False
+    for name in old.column_names:
+        x, y = old[name], new[name]
+        if not pa.types.is_floating(x.type):
+            if not x.equals(y):
+                return False
+        elif not (pc.is_null(x).equals(pc.is_null(y)) and np.allclose(
+            x.to_numpy(zero_copy_only=False), y.to_numpy(zero_copy_only=False), rtol=0, atol=FLOAT_TOLERANCE,
+            equal_nan=True,
+        )):  # fmt: skip
+            return False
+    return True
 
 
 def join_side_inputs(table: pa.Table, shard: str, filters: Sequence[Filter], pool: Pool) -> pa.Table:

@@ -18,7 +18,7 @@ import pyarrow as pa
 from curation.core.config import ConfigError, ConfigModel, build
 from curation.core.io import atomic_write_parquet
 from curation.core.pool import Pool
-from curation.core.runner import ShardJob, is_done
+from curation.core.runner import ShardJob, is_done, marker_path
 from curation.core.stage import FILTERS, Filter, funnel_stats
 from curation.core.stats import StageStats
 from curation.filtering.global_view import GlobalFilter, join_side_inputs, run_prepare
@@ -80,12 +80,17 @@ class FilterJob(ShardJob):
         return self.pool.attributes_dir(self.name)
 
     def prepare(self) -> None:
-        """Phase 1 of every global filter, unless every shard is already done."""
+        """Phase 1 of every global filter, unless every shard is already done.
+
+        After new shards arrived (an appended crawl), phase 1 runs over all shards and the shards
+        whose lookups changed are filtered again; the others keep their verdicts.
+        """
         if all(is_done(self.output_dir(), s) for s in self.shards()):
             return
         for f in self.global_filters():
             assert f.prepared_dir is not None
-            run_prepare(f, self.pool, f.prepared_dir)
+            for shard in run_prepare(f, self.pool, f.prepared_dir):  # its global verdicts may differ
+                marker_path(self.output_dir(), shard).unlink(missing_ok=True)
 
     def setup(self) -> None:
         for f in self.filters:

@@ -4,7 +4,14 @@ Standard library only (``ThreadingHTTPServer``), so img2dataset downloads from i
 the web. Faults per url path: ``dead_404`` and ``server_500`` answer with that status, ``slow``
 answers after a delay, ``non_image`` serves its HTML file with an HTML content type, ``redirect``
 answers 302 to the real file. Corrupt images need no entry: their bytes on disk are corrupt.
-It binds 127.0.0.1 and refuses other interfaces unless asked explicitly.
+Politeness cases: ``x_robots_tag`` serves the file with that ``X-Robots-Tag`` header,
+``transient`` answers ``status`` (503) to the first ``times`` requests of the path and then the
+file, ``rate_limited`` answers 429 with ``Retry-After: retry_after_s`` until that many seconds
+have passed since its first 429. ``robots`` overrides ``/robots.txt`` per server (a text, or a
+status code to answer with), so several servers on one root are hosts with different policies
+(:func:`serve_hosts`). Every request is counted by path in :attr:`SynthServer.requests`, so a
+test can prove what was never fetched. It binds 127.0.0.1 and refuses other interfaces unless
+asked explicitly.
 """
 
 from __future__ import annotations
@@ -13,10 +20,13 @@ import functools
 import ipaddress
 import json
 import logging
+import math
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,9 +42,15 @@ class _Handler(SimpleHTTPRequestHandler):
 
     faults: Mapping[str, Mapping[str, Any]]
     _content_type: str | None = None
+    _extra_headers: dict[str, str]
+    _seen: int = 0
 
-    def __init__(self, *args: Any, faults: Mapping[str, Mapping[str, Any]], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, faults: Mapping[str, Mapping[str, Any]], state: _State, **kwargs: Any
+    ) -> None:
         self.faults = faults
+        self.state = state
+        self._extra_headers = {}
         super().__init__(*args, **kwargs)
 
     def do_GET(self) -> None:
@@ -45,9 +61,20 @@ class _Handler(SimpleHTTPRequestHandler):
         if self._apply_fault():
             super().do_HEAD()
 
+    def end_headers(self) -> None:
+        for name, value in self._extra_headers.items():
+            self.send_header(name, value)
+        super().end_headers()
+
     def _apply_fault(self) -> bool:
         """Act on the path's fault; True if the file should then be served normally."""
-        fault = self.faults.get(unquote(urlsplit(self.path).path))
+        path = unquote(urlsplit(self.path).path)
+        with self.state.lock:
+            self.state.requests[path] += 1
+            self._seen = self.state.requests[path]  # this request's number, for transient faults
+        if path == "/robots.txt" and self.state.robots is not None:
+            return self._robots()
+        fault = self.faults.get(path)
         if fault is None:
             return True
         action = _ACTIONS.get(str(fault.get("kind")))
@@ -57,6 +84,40 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def _status(self, fault: Mapping[str, Any]) -> bool:
         self.send_error(int(fault["status"]))
+        return False
+
+    def _robots(self) -> bool:
+        robots = self.state.robots
+        if isinstance(robots, int):
+            self.send_error(robots)
+            return False
+        body = str(robots).encode()
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return False
+
+    def _x_robots_tag(self, fault: Mapping[str, Any]) -> bool:
+        self._extra_headers["X-Robots-Tag"] = str(fault["value"])
+        return True
+
+    def _transient(self, fault: Mapping[str, Any]) -> bool:
+        if self._seen > int(fault.get("times", 1)):
+            return True
+        self.send_error(int(fault.get("status", HTTPStatus.SERVICE_UNAVAILABLE)))
+        return False
+
+    def _rate_limited(self, fault: Mapping[str, Any]) -> bool:
+        path = unquote(urlsplit(self.path).path)
+        wait = float(fault["retry_after_s"])
+        with self.state.lock:
+            first = self.state.limited_since.setdefault(path, time.monotonic())
+        if time.monotonic() - first >= wait:
+            return True
+        self._extra_headers["Retry-After"] = str(math.ceil(wait))
+        self.send_error(HTTPStatus.TOO_MANY_REQUESTS)
         return False
 
     def _slow(self, fault: Mapping[str, Any]) -> bool:
@@ -91,7 +152,20 @@ _ACTIONS = {
     "slow": _Handler._slow,
     "redirect": _Handler._redirect,
     "non_image": _Handler._wrong_type,
+    "x_robots_tag": _Handler._x_robots_tag,
+    "transient": _Handler._transient,
+    "rate_limited": _Handler._rate_limited,
 }
+
+
+@dataclass
+class _State:
+    """Shared by a server's handler threads: the request log and the faults' memory."""
+
+    robots: str | int | None = None
+    requests: Counter[str] = field(default_factory=Counter)
+    limited_since: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Server(ThreadingHTTPServer):
@@ -126,7 +200,14 @@ def load_faults(root: Path) -> dict[str, dict[str, Any]]:
 class SynthServer:
     """A running server; use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        allow_remote: bool = False,
+        robots: str | int | None = None,
+    ):
         self.root = Path(root)
         web = self.root / "web"
         if not web.is_dir():
@@ -135,12 +216,21 @@ class SynthServer:
             raise PermissionError(
                 f"refusing to serve on non-loopback host {host!r} (pass allow_remote=True, or --allow-remote)"
             )
-        handler = functools.partial(_Handler, directory=str(web), faults=load_faults(self.root))
+        self._state = _State(robots)
+        handler = functools.partial(
+            _Handler, directory=str(web), faults=load_faults(self.root), state=self._state
+        )
         self._httpd = _Server((host, port), handler)
         self.host = host
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="synth-http", daemon=True)
         self._thread.start()
+
+    @property
+    def requests(self) -> Counter[str]:
+        """Requests so far by url path (a copy)."""
+        with self._state.lock:
+            return Counter(self._state.requests)
 
     @property
     def base_url(self) -> str:
@@ -174,3 +264,17 @@ def serve(
 ) -> SynthServer:
     """Start serving ``root/web`` in a background thread; ``port=0`` picks a free port."""
     return SynthServer(root, host, port, allow_remote)
+
+
+def serve_hosts(root: str | Path, robots: Mapping[str, str | int | None]) -> dict[str, SynthServer]:
+    """One server per name on 127.0.0.1 (distinct ports, one web root), each with its own robots.txt
+    (a text, a status code, or None for the file on disk). Close them all when done."""
+    servers: dict[str, SynthServer] = {}
+    try:
+        for name, text in robots.items():
+            servers[name] = SynthServer(root, robots=text)
+    except BaseException:
+        for server in servers.values():
+            server.close()
+        raise
+    return servers
