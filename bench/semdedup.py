@@ -52,11 +52,11 @@ def run_child(args: argparse.Namespace) -> dict:
         x = np.fromfile(path, dtype=np.float16).reshape(args.n, args.dim).astype(np.float32)
         centroids = kmeans(x, args.k, args.niter, 0, True, args.max_points_per_centroid)
         cluster = nearest_centroid(centroids, x, spherical=True)
-        extra = {"clusters": int(len(np.unique(cluster)))}
+        extra = {"clusters": len(np.unique(cluster))}
     else:
         emb = EmbeddingFile(path, args.n, args.dim)
         res = semdedup(emb, SemDedupParams(args.k, args.niter, 0, args.max_points_per_centroid))
-        extra = {"clusters": int(len(np.unique(res.cluster))), "dup_at_0.05": int((res.max_sim > 0.95).sum())}
+        extra = {"clusters": len(np.unique(res.cluster)), "dup_at_0.05": int((res.max_sim > 0.95).sum())}
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return {"seconds": seconds, "peak_bytes": peak, **extra}
@@ -85,7 +85,8 @@ def main() -> None:
         results = {}
         for child in ("kmeans", "semdedup"):
             cmd = [sys.executable, __file__, "--child", child, "--file", str(path)]
-            cmd += ["--n", str(args.n), "--dim", str(args.dim), "--k", str(args.k), "--niter", str(args.niter)]
+            cmd += ["--n", str(args.n), "--dim", str(args.dim), "--k", str(args.k)]
+            cmd += ["--niter", str(args.niter)]
             cmd += ["--max-points-per-centroid", str(args.max_points_per_centroid)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results[child] = json.loads(out.strip().splitlines()[-1])

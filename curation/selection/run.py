@@ -36,6 +36,7 @@ from curation.core.subset import Subset
 from curation.core.uid import UID_DTYPE
 from curation.core.uidvec import hex_to_uids, sort_uids
 from curation.engines import Engine, run_job
+from curation.selection import metaclip as _metaclip  # noqa: F401 - registers metaclip_balance
 from curation.selection.frame import (
     ColumnRef,
     DuckDBConfig,
@@ -110,6 +111,8 @@ def _run(
     work.mkdir(parents=True, exist_ok=True)
     for s in steps:
         s.bind(pool)
+    for s in steps:
+        s.prepare(pool, lambda job: run_job(job, engine, workers=workers))
     refs = [c for s in steps for c in s.columns()]
     subsets = [p for s in steps for p in s.subsets()]
     con = connect(spec.duckdb, work)
