@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_ROWS = 65536  # rows per block when streaming the embedding file
 SIM_BLOCK = 1 << 24  # similarity-matrix entries computed at once inside a cluster (64 MiB of float32)
+COLUMN_BLOCK = 512  # columns per block: blocks skip most of the lower triangle of a large cluster
 
 
 @dataclass
@@ -119,19 +120,20 @@ def assign(emb: EmbeddingFile, centroids: np.ndarray) -> tuple[np.ndarray, np.nd
 def earlier_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rows in order: each row's highest cosine to a row before it, and that row (-1, -1 for row 0).
 
-    The strict upper triangle of ``x @ x.T``, column maxima, computed a block of columns at a time.
+    The strict upper triangle of ``x @ x.T``, column maxima, a block of ``COLUMN_BLOCK`` columns at a
+    time against only the rows before the block's end (about half the full product).
     """
     n = len(x)
     best = np.full(n, -1.0, np.float32)
     arg = np.full(n, -1, np.int64)
-    step = max(1, SIM_BLOCK // max(1, n))
+    step = max(1, min(COLUMN_BLOCK, SIM_BLOCK // max(1, n)))
     for start in range(1, n, step):
         stop = min(n, start + step)
         sims = x[:stop] @ x[start:stop].T  # rows: candidates before, columns: this block
         sims[np.arange(stop)[:, None] >= np.arange(start, stop)[None, :]] = -np.inf
         a = sims.argmax(axis=0)
         best[start:stop] = np.maximum(sims[a, np.arange(stop - start)], -1.0)
-        arg[start:stop] = np.where(np.isfinite(sims[a, np.arange(stop - start)]), a, -1)
+        arg[start:stop] = a
     return best, arg
 
 
