@@ -13,6 +13,7 @@ without clustering again. A sample without a usable embedding is dropped as ``mi
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ class SemDedupConfig(ConfiguredFilter):
     seed: int = 0
     max_points_per_centroid: int = 256
     keep_embeddings: bool = False  # keep the float16 copy of the embeddings in the phase-1 folder
+    cluster_groups: int = Field(64, ge=1)  # shards of the per-cluster pass on the engine
 
 
 def eps_label(eps: float) -> str:
@@ -87,7 +89,7 @@ class SemDedupFilter(GlobalFilter):
             emb = writer.close()
             c = self.cfg
             params = SemDedupParams(c.k, c.niter, c.seed, c.max_points_per_centroid)
-            res = semdedup(emb, params, tie_key=uid_keys(kept_uids))
+            res = semdedup(emb, params, uid_keys(kept_uids), self.schedule, out, c.cluster_groups)
             np.save(out / "centroids.npy", res.centroids)
             res_cluster, res_max = res.cluster, res.max_sim
             nearest_uid = pc.if_else(
@@ -99,6 +101,9 @@ class SemDedupFilter(GlobalFilter):
             )
             if not c.keep_embeddings:
                 (out / EMBEDDING_FILE).unlink()
+            for scratch in ("order.npy", "bounds.npy"):
+                (out / scratch).unlink(missing_ok=True)
+            shutil.rmtree(out / "clusters", ignore_errors=True)
         table = pa.table(
             {
                 "shard": pa.array(shards, pa.string()).take(pa.array(np.asarray(shard_of)[rows], pa.int32())),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -93,12 +94,41 @@ def test_filter_drops_all_but_one_of_each_family_and_sweeps_eps(tmp_path):
     assert (prepared / "centroids.npy").exists() and not (prepared / "embeddings.f16").exists()
 
 
-def test_same_verdicts_with_another_worker_count(tmp_path):
+def test_cluster_groups_cover_every_cluster_once():
+    bounds = np.concatenate([[0], np.cumsum([50, 1, 1, 1, 200, 3, 0, 40])])
+    for n in (1, 3, 8, 20):
+        groups = sd.cluster_groups(bounds, n)
+        assert groups[0][0] == 0 and groups[-1][1] == 8 and len(groups) <= n
+        assert all(a < b for a, b in groups) and all(g[1] == h[0] for g, h in itertools.pairwise(groups))
+    assert sd.cluster_groups(np.array([0]), 4) == []
+
+
+def test_cluster_pass_on_the_engine_gives_the_same_verdicts(tmp_path):
+    """workers=1 runs the cluster groups in this process, workers=2 in two spawned ones."""
     root = tmp_path / "pool"
     root.mkdir()
     write_pool(root)
-    spec = [{"kind": "semdedup", "k": 4}]
+    spec = [{"kind": "semdedup", "k": 4, "cluster_groups": 3}]
     run_job(FilterJob(root, spec, "a"), "local", workers=1)
     run_job(FilterJob(root, spec, "b"), "local", workers=2)
     a, b = Pool(root).read_attributes("a"), Pool(root).read_attributes("b")
     assert a["semdedup_reason"].to_pylist() == b["semdedup_reason"].to_pylist()
+    np.testing.assert_allclose(
+        np.array(a["semdedup_max_sim"].to_pylist(), float), np.array(b["semdedup_max_sim"].to_pylist(), float)
+    )
+    prepared = root / "attributes" / "b" / "_prepared" / "semdedup"
+    assert not (prepared / "clusters").exists() and not (prepared / "order.npy").exists()
+
+
+def test_the_engine_pass_equals_the_in_process_pass(tmp_path):
+    rng = np.random.default_rng(1)
+    x = unit(rng, 300, 8)
+    emb = write_file(tmp_path, x)
+    params = sd.SemDedupParams(k=6, niter=10)
+    here = sd.semdedup(emb, params)
+    work = tmp_path / "work"
+    work.mkdir()
+    there = sd.semdedup(emb, params, schedule=lambda job: run_job(job, "local"), work=work, groups=4)
+    np.testing.assert_array_equal(here.max_sim, there.max_sim)
+    np.testing.assert_array_equal(here.nearest, there.nearest)
+    assert len(list((work / "clusters").glob("g*.npz"))) == 4

@@ -24,6 +24,7 @@ from curation.core.pool import Pool
 from curation.core.runner import ShardJob, is_done
 from curation.core.stage import FILTERS, Filter, funnel_stats
 from curation.core.stats import StageStats
+from curation.engines import run_job
 from curation.filtering.global_view import GlobalFilter, join_side_inputs, run_prepare
 
 KEY_COLUMNS = ("uid", "source")
@@ -86,9 +87,14 @@ class FilterJob(ShardJob):
         """Phase 1 of every global filter, unless every shard is already done."""
         if all(is_done(self.output_dir(), s) for s in self.shards()):
             return
+        engine = self.engine
         for f in self.global_filters():
             assert f.prepared_dir is not None
-            run_prepare(f, self.pool, f.prepared_dir)
+            f.schedule = (lambda job: run_job(job, engine)) if engine is not None else None
+            try:
+                run_prepare(f, self.pool, f.prepared_dir)
+            finally:
+                f.schedule = None  # the filters are pickled to workers with the job
 
     def setup(self) -> None:
         for f in self.filters:

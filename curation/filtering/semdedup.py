@@ -11,18 +11,23 @@ Out of core: the embeddings are written once to a float16 file; k-means trains o
 of at most ``k * max_points_per_centroid`` rows; assignment streams the file in blocks; clusters
 are processed one at a time, reading only their own rows through a mapping opened and closed per
 cluster, and a cluster's similarity rows are computed in blocks, so memory is bounded by the
-largest cluster's block, not by the pool.
+largest cluster's block, not by the pool. Given a scheduler, the per-cluster pass runs on an engine
+as a shard job whose shards are ranges of clusters of about equal work (:class:`ClusterJob`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from curation.core.runner import ShardJob
+from curation.core.stats import Counts, StageStats
 from curation.filtering.faiss_index import kmeans, nearest_centroid
 
 log = logging.getLogger(__name__)
@@ -137,8 +142,77 @@ def earlier_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return best, arg
 
 
-def semdedup(emb: EmbeddingFile, params: SemDedupParams, tie_key: np.ndarray | None = None) -> SemDedupResult:
-    """SemDeDup's ``max_sim`` for every row; ``tie_key`` (e.g. uids) orders equal centroid distances."""
+def prune_range(
+    emb: EmbeddingFile, order: np.ndarray, bounds: np.ndarray, c0: int, c1: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, max_sim, nearest row)`` of the members of clusters ``c0 .. c1 - 1``, one cluster at a time."""
+    rows, sims, nearest = [], [], []
+    for c in range(c0, c1):
+        members = order[bounds[c] : bounds[c + 1]]
+        if len(members) < 2:
+            continue
+        best, arg = earlier_max(emb.rows(members))
+        rows.append(members)
+        sims.append(best)
+        nearest.append(np.where(arg >= 0, members[np.maximum(arg, 0)], -1))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return np.concatenate(rows), np.concatenate(sims), np.concatenate(nearest)
+
+
+def cluster_groups(bounds: np.ndarray, n_groups: int) -> list[tuple[int, int]]:
+    """Contiguous ranges of clusters with about equal pairwise work (the sum of squared sizes)."""
+    cost = np.cumsum(np.diff(bounds).astype(np.float64) ** 2)
+    k = len(cost)
+    if k == 0:
+        return []
+    cuts = np.searchsorted(cost, cost[-1] * np.arange(1, n_groups) / n_groups, side="right")
+    edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, k), [k]]))
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
+
+
+class ClusterJob(ShardJob):
+    """The per-cluster pass as shard work: each "shard" is a range of clusters (:func:`cluster_groups`),
+    so any engine runs it; workers read the embedding file and the cluster order from ``work``."""
+
+    name = "semdedup-clusters"
+
+    def __init__(self, work: Path, emb: EmbeddingFile, groups: list[tuple[int, int]]) -> None:
+        self.work, self.emb, self.groups = work, emb, groups
+
+    def shards(self) -> list[str]:
+        return [f"g{i:05d}" for i in range(len(self.groups))]
+
+    def output_dir(self) -> Path:
+        return self.work / "clusters"
+
+    def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
+        c0, c1 = self.groups[int(shard[1:])]
+        order = np.load(self.work / "order.npy", mmap_mode="r")
+        bounds = np.load(self.work / "bounds.npy")
+        mine = np.asarray(order[bounds[c0] : bounds[c1]])
+        rows, sims, nearest = prune_range(self.emb, mine, bounds - bounds[c0], c0, c1)
+        np.savez(staging / f"{shard}.npz", rows=rows, max_sim=sims, nearest=nearest)
+        n = int(bounds[c1] - bounds[c0])
+        return [StageStats(self.name, total=Counts(n, n))]
+
+
+Scheduler = Callable[[ShardJob], Any]  # runs a shard job on an engine and returns its JobReport
+
+
+def semdedup(
+    emb: EmbeddingFile,
+    params: SemDedupParams,
+    tie_key: np.ndarray | None = None,
+    schedule: Scheduler | None = None,
+    work: Path | None = None,
+    groups: int = 64,
+) -> SemDedupResult:
+    """SemDeDup's ``max_sim`` for every row; ``tie_key`` (e.g. uids) orders equal centroid distances.
+
+    With ``schedule`` (and a ``work`` folder every worker sees) the per-cluster pass runs as a
+    :class:`ClusterJob` of ``groups`` cluster ranges on an engine; otherwise here, cluster by cluster.
+    """
     centroids = train_centroids(emb, params)
     cluster, centroid_sim = assign(emb, centroids)
     tie = tie_key if tie_key is not None else np.arange(emb.n)
@@ -146,13 +220,23 @@ def semdedup(emb: EmbeddingFile, params: SemDedupParams, tie_key: np.ndarray | N
     bounds = np.searchsorted(cluster[order], np.arange(len(centroids) + 1))
     max_sim = np.full(emb.n, -1.0, np.float32)
     nearest = np.full(emb.n, -1, np.int64)
-    for c in range(len(centroids)):
-        members = order[bounds[c] : bounds[c + 1]]
-        if len(members) < 2:
-            continue
-        best, arg = earlier_max(emb.rows(members))
-        max_sim[members] = best
-        nearest[members] = np.where(arg >= 0, members[np.maximum(arg, 0)], -1)
+    if schedule is None or work is None:
+        parts = [prune_range(emb, order, bounds, 0, len(centroids))]
+    else:
+        np.save(work / "order.npy", order)
+        np.save(work / "bounds.npy", bounds)
+        job = ClusterJob(work, emb, cluster_groups(bounds, groups))
+        report = schedule(job)
+        if report.failed:
+            failed = [(o.shard, o.error) for o in report.failed]
+            raise RuntimeError(f"semdedup: {len(failed)} cluster groups failed: {failed[:3]}")
+        parts = []
+        for shard in job.shards():
+            with np.load(job.output_dir() / f"{shard}.npz") as z:
+                parts.append((z["rows"], z["max_sim"], z["nearest"]))
+    for rows, sims, near in parts:
+        max_sim[rows] = sims
+        nearest[rows] = near
     sizes = np.diff(bounds)
     log.info(
         "semdedup: %d rows in %d clusters (largest %d)", emb.n, len(centroids), int(sizes.max(initial=0))
