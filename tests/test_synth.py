@@ -112,7 +112,9 @@ def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
 
 def test_junk_proportions_match_config(crawl3k: tuple[Path, SynthConfig], gt) -> None:
     _, cfg = crawl3k
-    assert set(gt["junk"]) == {junk.CLEAN, *junk.JUNK_KINDS}, "every kind present at n=3000"
+    enabled = {k for src in cfg.sources.values() for k, rate in src.junk.items() if rate > 0}
+    assert set(gt["junk"]) == {junk.CLEAN, *enabled}, "every kind the config enables present at n=3000"
+    assert set(gt["overlay"].dropna()) == {"none"}, "the default crawl has no overlays"
     rates = {}
     for source, src_cfg in cfg.sources.items():
         sub = gt[gt["source"] == source]
@@ -444,3 +446,31 @@ def test_img2dataset_outcomes_match_ground_truth(
     }
     for kind, msg in messages.items():
         assert merged.loc[merged["expected_error"] == kind, "error_message"].str.contains(msg).all()
+
+
+def test_methods_ground_truth_semantic_copies_long_tail_and_overlays(tmp_path) -> None:
+    """conf/synth/methods.yaml's additions: re-shot copies, a Zipf class distribution, overlays."""
+    semantic = [f"sources.{s}.junk.semantic_dup=0.08" for s in ("photo", "clipart", "forum")]
+    cfg = _config(
+        "n_pairs=1200", "workers=1", *TINY_SETS, "class_skew=1.2", "overlay_fraction=0.2", *semantic
+    )
+    generate(cfg, tmp_path / "m")
+    out = tmp_path / "m"
+    gt = pq.read_table(out / "ground_truth.parquet").to_pandas()
+    crawl = pq.read_table(out / "crawl.parquet").to_pandas().set_index("uid")
+    faults = json.loads((out / "faults.json").read_text())
+    by_uid = gt.set_index("uid")
+    sem = gt[gt["junk"] == "semantic_dup"]
+    assert abs(len(sem) - 0.08 * len(gt)) <= 3
+    for row in sem.itertuples():
+        orig = by_uid.loc[row.dup_of]
+        assert orig["junk"] == junk.CLEAN and orig["label"] == row.label and orig["overlay"] == row.overlay
+        assert _file_of(out, orig["url"], faults).read_bytes() != _file_of(out, row.url, faults).read_bytes()
+        assert (row.width, row.height) == (orig["width"], orig["height"])  # re-cropped to the same size
+    assert (sem["uid"].map(crawl["text"]) != sem["dup_of"].map(crawl["text"])).mean() > 0.9  # new captions
+    counts = gt[gt["label"] >= 0]["label"].value_counts()
+    assert counts.index[0] == 0 and counts.iloc[0] > 8 * counts.iloc[-1]  # circle heads a long tail
+    served = gt[gt["downloadable"]]
+    shares = served["overlay"].value_counts(normalize=True)
+    assert 0.15 < shares["text"] + shares["watermark"] < 0.25 and shares["text"] > 0.05
+    assert gt.loc[~gt["downloadable"], "overlay"].isna().all()

@@ -17,6 +17,7 @@ import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from curation.core.io import atomic_write_json, read_json
 from curation.core.stats import StageStats
@@ -29,6 +30,7 @@ class ShardJob(ABC):
 
     name: str = "job"
     costly_setup: bool = False  # setup() loads a model: engines keep long-lived workers (Ray: actors)
+    engine: Any = None  # the engine running the job, set by run_job only while prepare() runs
 
     @abstractmethod
     def shards(self) -> list[str]:
@@ -39,7 +41,9 @@ class ShardJob(ABC):
         """Where outputs, stats and markers go (must be on storage every worker sees)."""
 
     def prepare(self) -> None:
-        """Driver-side work over all shards, once, before any shard runs (phase 1 of a global view)."""
+        """Driver-side work over all shards, once, before any shard runs (phase 1 of a global view).
+
+        ``self.engine`` is set meanwhile, so phase 1 may schedule shard jobs of its own on it."""
 
     def setup(self) -> None:
         """Per-worker initialisation (load a model once, not once per shard)."""

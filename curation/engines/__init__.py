@@ -109,7 +109,11 @@ def run_job(
     eng = get_engine(engine, **engine_options) if isinstance(engine, str) else engine
     report = JobReport(job.name)
     try:
-        job.prepare()
+        job.engine = eng  # phase 1 of a global view may schedule shard jobs of its own on it
+        try:
+            job.prepare()
+        finally:
+            job.engine = None  # never pickled to workers
         shards = job.shards()
         with shard_progress(job.name, len(shards)) as advance:
             for outcome in eng.map_shards(job, shards, retries):

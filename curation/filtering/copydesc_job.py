@@ -71,7 +71,7 @@ class CopyDescJob(ShardJob):
 
     def prepare(self) -> None:
         """Pin the output folder to these settings (a resumed run must not mix two descriptors)."""
-        identity = self.cfg.model_dump()
+        identity = self.cfg.identity()
         path = self.output_dir() / MANIFEST
         if path.exists() and (previous := read_json(path)) != identity:
             raise ConfigError(
@@ -118,4 +118,4 @@ class CopyDescJob(ShardJob):
         col = self.cfg.column
         return pa.table(
             {"uid": rows["uid"], col: vectors, f"{col}_reason": pa.array(verdict.reason, pa.string())}
-        ).replace_schema_metadata({"curation.filtering.copydesc": str(self.cfg.model_dump())})
+        ).replace_schema_metadata({"curation.filtering.copydesc": str(self.cfg.identity())})

@@ -49,6 +49,8 @@ class GlobalFilter(Filter):
         super().__init__(cfg.name)
         self.cfg = cfg
         self.prepared_dir: Path | None = None  # set by the filter job before phase 1
+        # set by the filter job while phase 1 runs: run_job on the job's engine, for work split in shards
+        self.schedule: Callable[[Any], Any] | None = None
 
     @abstractmethod
     def prepare(self, pool: Pool, out: Path) -> None:

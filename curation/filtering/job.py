@@ -21,6 +21,7 @@ from curation.core.pool import Pool
 from curation.core.runner import ShardJob, is_done, marker_path
 from curation.core.stage import FILTERS, Filter, funnel_stats
 from curation.core.stats import StageStats
+from curation.engines import run_job
 from curation.filtering.global_view import GlobalFilter, join_side_inputs, run_prepare
 
 KEY_COLUMNS = ("uid", "source")
@@ -87,9 +88,15 @@ class FilterJob(ShardJob):
         """
         if all(is_done(self.output_dir(), s) for s in self.shards()):
             return
+        engine = self.engine
         for f in self.global_filters():
             assert f.prepared_dir is not None
-            for shard in run_prepare(f, self.pool, f.prepared_dir):  # its global verdicts may differ
+            f.schedule = (lambda job: run_job(job, engine)) if engine is not None else None
+            try:
+                changed = run_prepare(f, self.pool, f.prepared_dir)
+            finally:
+                f.schedule = None  # the filters are pickled to workers with the job
+            for shard in changed:  # its global verdicts may differ: filter that shard again
                 marker_path(self.output_dir(), shard).unlink(missing_ok=True)
 
     def setup(self) -> None:

@@ -110,6 +110,8 @@ def _run(
     work.mkdir(parents=True, exist_ok=True)
     for s in steps:
         s.bind(pool)
+    for s in steps:
+        s.prepare(pool, lambda job: run_job(job, engine, workers=workers))
     refs = [c for s in steps for c in s.columns()]
     subsets = [p for s in steps for p in s.subsets()]
     con = connect(spec.duckdb, work)

@@ -91,6 +91,12 @@ class Step(ABC):
         for ch in self.children:
             ch.bind(pool)
 
+    def prepare(self, pool: Pool, run: Callable[[Any], Any]) -> None:
+        """Per-shard work a step needs before columns are gathered (e.g. matching captions), run as
+        a shard job through ``run(job) -> JobReport`` on the selection's engine; none by default."""
+        for ch in self.children:
+            ch.prepare(pool, run)
+
     def columns(self) -> list[ColumnRef]:
         """Columns the step reads (its own and its children's)."""
         return [c for ch in self.children for c in ch.columns()]

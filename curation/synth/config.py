@@ -91,6 +91,10 @@ class SynthConfig(ConfigModel):
     synonym_fraction: float = Field(0.1, ge=0, le=1)
     multi_class_fraction: float = Field(0.05, ge=0, le=1)  # of clean pairs: caption names two classes
     foreign_name_prob: float = Field(0.7, ge=0, le=1)
+    # Zipf exponent of the class frequencies (class i weighs 1 / (i + 1) ** class_skew): 0 is uniform;
+    # > 0 gives the long tail that MetaCLIP balancing flattens
+    class_skew: float = Field(0.0, ge=0)
+    overlay_fraction: float = Field(0.0, ge=0, le=1)  # pictures with overlaid text or a watermark
     slow_delay_s: float = Field(1.0, ge=0)
     tiny_max_side: int = Field(24, ge=4, le=32)
     extreme_min_aspect: float = Field(3.5, gt=3)

@@ -4,7 +4,8 @@ Two steps. (1) A plan, drawn in this process from the master seed: every pair's 
 kind, class, caption class, language and, for duplicates, its original. (2) Rendering in a process
 pool, one generator per pair derived from (seed, stream, index), so files are byte-identical
 whatever the worker count; duplicates render in a second pass from their originals' files.
-The tables built from plan and results are in :mod:`curation.synth.tables`.
+The tables built from plan and results are in :mod:`curation.synth.tables`. Over 400 lines
+because the plan, the render pass and the duplicate pass share their per-pair task types here.
 """
 
 from __future__ import annotations
@@ -22,11 +23,20 @@ from PIL import Image
 from curation.synth import captions, junk
 from curation.synth.classes import Concept, get_concepts
 from curation.synth.config import SourceConfig, SynthConfig
+from curation.synth.overlay import OVERLAYS, overlay, plan_overlays
 from curation.synth.pool import Workers, chunks
 from curation.synth.rand import allocate_exact, item_rng, plan_rng
-from curation.synth.render import COLOR_NAMES, Drawn, encode, get_style, quality_for, render
+from curation.synth.render import (
+    COLOR_NAMES,
+    Drawn,
+    encode,
+    get_style,
+    quality_for,
+    render,
+)
 
 STREAM_PLAN, STREAM_CRAWL, STREAM_DUP = 1, 2, 3
+STREAM_OVERLAY = 11  # drawn apart, so a crawl without overlays or skew is the same as before them
 LANGS: tuple[str, ...] = ("en", *captions.FOREIGN_LANGS)
 FORMATS: tuple[str, ...] = ("jpg", "png")
 Advance = Callable[[int], None]
@@ -82,6 +92,7 @@ class CrawlPlan:
     dup_of: np.ndarray  # index of the original, else -1
     paths: list[str] = field(default_factory=list)  # url path (what the crawl lists)
     files: list[str | None] = field(default_factory=list)  # file under web/ (None: nothing on disk)
+    overlay: np.ndarray | None = None  # index into render.OVERLAYS (duplicates: their original's)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -102,7 +113,11 @@ def make_plan(cfg: SynthConfig) -> CrawlPlan:
     for si, name in enumerate(names):
         idx = np.flatnonzero(source == si)
         kind[idx] = junk.allocate(len(idx), cfg.sources[name].junk, rng)
-    label = rng.integers(0, k, size=n)
+    if cfg.class_skew > 0:
+        weights = 1.0 / np.arange(1, k + 1) ** cfg.class_skew
+        label = rng.choice(k, size=n, p=weights / weights.sum())
+    else:
+        label = rng.integers(0, k, size=n)
     kind_name = np.asarray(junk.KINDS, dtype=object)[kind]
 
     caption_label = label.copy()
@@ -134,6 +149,7 @@ def make_plan(cfg: SynthConfig) -> CrawlPlan:
 
     plan = CrawlPlan(source, kind, label, caption_label, second, lang, fmt, dup_of)
     plan.paths, plan.files = _paths(cfg.seed, names, plan)
+    plan.overlay = plan_overlays(cfg.overlay_fraction, plan.dup_of, plan_rng(cfg.seed, STREAM_OVERLAY))
     return plan
 
 
@@ -167,6 +183,7 @@ class RenderTask:
     lang: np.ndarray
     fmt: np.ndarray
     files: list[str | None]
+    overlay: np.ndarray
 
 
 @dataclass
@@ -215,6 +232,7 @@ def _make_file(
     fmt: str,
     concept: Concept,
     second: Concept | None,
+    mark: tuple[str, np.random.Generator] | None = None,
 ) -> tuple[Drawn | None, tuple[int, int] | None]:
     """Write the file a url serves, if any; returns the drawing and the size of a decodable image."""
     if rel is None:
@@ -225,7 +243,7 @@ def _make_file(
     style = get_style(src.style)
     size = _special_size(rng, ctx, kind)
     drawn = render(rng, style, concept, second=second, color_prior=ctx.color_prior, size=size)
-    img = drawn.image
+    img = overlay(drawn.image, *mark) if mark is not None else drawn.image
     if kind == "tiny":
         f = int(rng.integers(8, ctx.tiny_max_side + 1)) / max(img.size)
         img = img.resize((max(4, round(img.width * f)), max(4, round(img.height * f))))
@@ -275,7 +293,10 @@ def render_chunk(task: RenderTask) -> Rendered:
         kind = junk.KINDS[task.junk[j]]
         concept = concepts[task.label[j]]
         second = concepts[task.second[j]] if task.second[j] >= 0 else None
-        drawn, size = _make_file(rng, ctx, src, kind, task.files[j], FORMATS[task.fmt[j]], concept, second)
+        mark = (OVERLAYS[task.overlay[j]], item_rng(ctx.seed, STREAM_OVERLAY, i))
+        drawn, size = _make_file(
+            rng, ctx, src, kind, task.files[j], FORMATS[task.fmt[j]], concept, second, mark
+        )
         attrs = (
             captions.Attributes(drawn.color, drawn.size, drawn.position, drawn.count)
             if drawn is not None
@@ -292,7 +313,7 @@ class DupTask:
     ctx: CrawlContext
     index: np.ndarray
     source: np.ndarray
-    near: np.ndarray  # bool: near (True) or exact (False)
+    kind: list[str]  # exact_dup, near_dup or semantic_dup
     label: np.ndarray
     files: list[str]
     original_files: list[str]
@@ -310,11 +331,13 @@ def duplicate_chunk(task: DupTask) -> Rendered:
         rng = item_rng(ctx.seed, STREAM_DUP, i)
         with open(os.path.join(ctx.web_dir, task.original_files[j].lstrip("/")), "rb") as f:
             data = f.read()
-        if task.near[j]:
+        if task.kind[j] == "near_dup":
             data, _variant = junk.near_duplicate(data, rng)
+        elif task.kind[j] == "semantic_dup":
+            data = junk.semantic_duplicate(data, rng)
         _write(ctx.web_dir, task.files[j], data)
         size = _image_size(data)
-        if rng.random() < 0.5:
+        if task.kind[j] != "semantic_dup" and rng.random() < 0.5:
             out.add(task.original_captions[j], task.original_caption_classes[j], size, task.original_attrs[j])
         else:
             src = ctx.sources[task.source[j]]
@@ -356,11 +379,13 @@ def render_crawl(
         (web_dir / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
     is_dup = plan.dup_of >= 0
     first = np.flatnonzero(~is_dup)
+    overlays = plan.overlay if plan.overlay is not None else np.zeros(n, np.int8)
 
     def task(sel: np.ndarray) -> RenderTask:
         return RenderTask(
             ctx, sel, plan.source[sel], plan.junk[sel], plan.label[sel], plan.caption_label[sel],
             plan.second[sel], plan.lang[sel], plan.fmt[sel], [plan.files[i] for i in sel.tolist()],
+            overlays[sel],
         )  # fmt: skip
 
     tasks = [task(first[a:b]) for a, b in chunks(len(first), cfg.chunk_size)]
@@ -370,12 +395,12 @@ def render_crawl(
         _scatter(cols, t.index, r)
 
     dups = np.flatnonzero(is_dup)
-    near = np.asarray(junk.KINDS, dtype=object)[plan.junk[dups]] == "near_dup"
+    dup_kind = [junk.KINDS[k] for k in plan.junk[dups].tolist()]
 
     def dup_task(a: int, b: int) -> DupTask:
         sel, orig = dups[a:b], plan.dup_of[dups[a:b]].tolist()
         return DupTask(
-            ctx, sel, plan.source[sel], near[a:b], plan.label[sel], [plan.files[i] for i in sel.tolist()],
+            ctx, sel, plan.source[sel], dup_kind[a:b], plan.label[sel], [plan.files[i] for i in sel.tolist()],
             [plan.files[o] for o in orig], [cols["caption"][o] for o in orig],
             [cols["caption_class"][o] for o in orig], [cols["attrs"][o] for o in orig],
         )  # fmt: skip

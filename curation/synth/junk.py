@@ -4,7 +4,8 @@ Every pair is either ``clean`` or exactly one junk kind. Kinds group by what the
 
 - caption junk (image fine, caption useless): ``mismatched``, ``unnamed``, ``foreign``;
 - image junk (downloads fine, image bad or redundant): ``tiny``, ``extreme_aspect``, ``exact_dup``,
-  ``near_dup``;
+  ``near_dup``, ``semantic_dup`` (the same scene with another crop, colour grading and caption: what
+  SemDeDup should find; rate 0 in the default crawl, see ``conf/synth/methods.yaml``);
 - failed downloads: ``dead_404``, ``server_500``, ``corrupt``, ``non_image``;
 - transport quirks that still download a clean pair: ``slow``, ``redirect``.
 
@@ -37,14 +38,15 @@ JunkKind = Literal[
     "non_image",
     "slow",
     "redirect",
+    "semantic_dup",
 ]
 CLEAN = "clean"
 JUNK_KINDS: tuple[str, ...] = get_args(JunkKind)
 KINDS: tuple[str, ...] = (CLEAN, *JUNK_KINDS)  # index 0 is clean
 
 CAPTION_JUNK = frozenset({"mismatched", "unnamed", "foreign"})
-IMAGE_JUNK = frozenset({"tiny", "extreme_aspect", "exact_dup", "near_dup"})
-DUPLICATES = frozenset({"exact_dup", "near_dup"})
+IMAGE_JUNK = frozenset({"tiny", "extreme_aspect", "exact_dup", "near_dup", "semantic_dup"})
+DUPLICATES = frozenset({"exact_dup", "near_dup", "semantic_dup"})
 FAILED_DOWNLOADS = frozenset({"dead_404", "server_500", "corrupt", "non_image"})
 TRANSPORT_QUIRKS = frozenset({"slow", "redirect"})
 CONTENT_JUNK = CAPTION_JUNK | IMAGE_JUNK  # what content filters are measured against
@@ -103,6 +105,25 @@ def near_duplicate(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality, optimize=False)
     return buf.getvalue(), variant
+
+
+def semantic_duplicate(data: bytes, rng: np.random.Generator) -> bytes:
+    """The same scene shot again: another crop (6-16% of the width and height, scaled back to the
+    original size), another colour grading (contrast x0.75-1.3, brightness +-25, a tint of +-8% per
+    channel), re-encoded as JPEG at quality 70-92. Its caption is written anew by the caller."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = img.size
+    dx, dy = round(w * rng.uniform(0.06, 0.16)), round(h * rng.uniform(0.06, 0.16))
+    ox, oy = int(rng.integers(0, dx + 1)), int(rng.integers(0, dy + 1))
+    img = img.crop((ox, oy, w - (dx - ox), h - (dy - oy))).resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, np.float32)
+    mean = arr.mean()
+    gain = rng.uniform(0.75, 1.3) * rng.uniform(0.92, 1.08, size=3).astype(np.float32)
+    arr = (arr - mean) * gain + mean + rng.uniform(-25, 25)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(70, 92)), optimize=False)
+    return buf.getvalue()
 
 
 _PAGES = (

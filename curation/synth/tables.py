@@ -20,6 +20,7 @@ from curation.core.uid import compute_uid
 from curation.synth import junk
 from curation.synth.config import SynthConfig
 from curation.synth.crawl import LANGS, CrawlPlan, Rendered
+from curation.synth.overlay import OVERLAYS
 
 CRAWL_SCHEMA = pa.schema(
     [("url", pa.string()), ("text", pa.string()), ("uid", pa.string()), ("source", pa.string())]
@@ -40,6 +41,7 @@ GROUND_TRUTH_SCHEMA = pa.schema(
         ("dup_of", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
+        ("overlay", pa.string()),  # none, text or watermark; null where no picture is served
     ]
 )
 
@@ -66,12 +68,14 @@ def crawl_tables(cfg: SynthConfig, plan: CrawlPlan, rendered: Rendered) -> Crawl
         for cn, cc in zip(class_names, rendered.caption_class, strict=True)
     ]
     dup_of = [uids[d] if d >= 0 else None for d in plan.dup_of.tolist()]
+    marks = plan.overlay if plan.overlay is not None else [0] * len(kinds)
+    overlay = [None if bad else OVERLAYS[m] for m, bad in zip(marks, no_image, strict=True)]
     crawl = pa.table([urls, rendered.caption, uids, sources], schema=CRAWL_SCHEMA)
     gt = pa.table(
         [
             uids, urls, sources, class_names, labels, rendered.caption_class, names_class, kinds,
             [LANGS[x] for x in plan.lang.tolist()], [not b for b in no_image],
-            [junk.EXPECTED_ERROR.get(k) for k in kinds], dup_of, rendered.width, rendered.height,
+            [junk.EXPECTED_ERROR.get(k) for k in kinds], dup_of, rendered.width, rendered.height, overlay,
         ],
         schema=GROUND_TRUTH_SCHEMA,
     )  # fmt: skip

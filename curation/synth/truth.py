@@ -11,6 +11,13 @@ Near dedup (``ground_truth.parquet``: ``junk == "near_dup"`` rows name their ori
 - a *false merge* is a sample dropped in favour of a representative of another family; the false
   merge rate divides their number by all samples searched.
 
+Semantic dedup (``junk == "semantic_dup"`` rows: another crop, grading and caption of ``dup_of``):
+
+- a semantic copy is *found* when it or its original was dropped in favour of a member of their own
+  family; recall = found / semantic copies whose original was searched;
+- a *false drop* is a sample dropped in favour of a member of another family; the false drop rate
+  divides their number by all samples searched.
+
 Cleanliness: a pair is *clean* when the ground truth calls it ``clean``, or it is a transport quirk
 (``slow``, ``redirect``) whose caption names the image's class (those download a clean pair).
 """
@@ -50,6 +57,32 @@ def near_dup_figures(
         "recall": round(found / max(1, len(copies)), 4),
         "false_merges": wrong,
         "false_merge_rate": round(wrong / max(1, len(uids)), 4),
+    }
+
+
+def semdedup_figures(
+    uids: Sequence[str], dropped_for: Sequence[str | None], junk: dict[str, str], fam: dict[str, str]
+) -> dict:
+    """Recall of injected semantic copies and the false drop rate (see the module docstring).
+
+    ``dropped_for[i]`` is the sample ``uids[i]`` was dropped in favour of (None when kept); only
+    searched samples (with an embedding) are passed.
+    """
+    by = dict(zip(uids, dropped_for, strict=True))
+
+    def own(u: str) -> bool:
+        return by[u] is not None and fam.get(by[u]) == fam[u]
+
+    copies = [u for u in uids if junk.get(u) == "semantic_dup" and fam[u] in by]
+    found = sum(own(u) or own(fam[u]) for u in copies)
+    false = sum(d is not None and fam.get(d) != fam[u] for u, d in by.items())
+    return {
+        "semantic_copies": len(copies),
+        "found": found,
+        "recall": round(found / max(1, len(copies)), 4),
+        "false_drops": false,
+        "false_drop_rate": round(false / max(1, len(uids)), 4),
+        "dropped": sum(d is not None for d in by.values()),
     }
 
 
