@@ -15,7 +15,7 @@ from curation.core.runner import marker_path
 from curation.core.stats import Funnel, FunnelError, StageStats, merge
 from curation.download.accounting import UNIT_PREFIX, DownloadAccounting, unit_name
 from curation.download.config import DownloadConfig
-from curation.download.fetch import img2dataset_arguments, run_img2dataset
+from curation.download.fetch import guard_settings, img2dataset_arguments, run_img2dataset
 from curation.download.plan import CrawlError, DownloadPlan, download_dir, input_dir, prepare_plan
 from curation.engines import Engine, JobReport, get_engine, run_job
 
@@ -79,7 +79,7 @@ def _download(crawl: Path, pool: Path, cfg: DownloadConfig, eng: Engine) -> JobR
         )  # fmt: skip
         log_file = download_dir(pool) / "img2dataset.log" if d.output == "file" else None
         eng.start()  # before output is redirected, and so img2dataset finds the session
-        run_img2dataset(img2dataset_arguments(input_dir(pool), pool, cfg), pending, log_file)
+        run_img2dataset(img2dataset_arguments(input_dir(pool), pool, cfg), pending, log_file, guard_settings(cfg))
     else:
         log.info("all %d shards of %s are downloaded already; nothing to fetch", len(plan.shard_ids()), pool)
     report = run_job(job, eng, retries=0)
