@@ -57,6 +57,9 @@ class UrlPolicyConfig(ConfigModel):
         default_factory=list,
         description="Names, addresses or CIDR networks exempt from the block rules (e.g. 127.0.0.1).",
     )
+    expect_all_blocked: bool = Field(
+        False, description="A crawl with no url to fetch is then not an error (not part of the fingerprint)."
+    )
 
     @field_validator("allow_hosts")
     @classmethod

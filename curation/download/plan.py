@@ -126,9 +126,8 @@ def crawl_files(crawl: Path) -> list[Path]:
 def fingerprint(files: list[Path], cfg: DownloadConfig) -> dict[str, Any]:
     """What determines the pool's layout and content: the crawl files and the shaping settings."""
     crawl = [{"name": f.name, "bytes": f.stat().st_size, "rows": pq.read_metadata(f).num_rows} for f in files]
-    settings = cfg.model_dump(
-        mode="json", include={"columns", "url_policy", "image", "number_sample_per_shard"}
-    )
+    shaping = {"columns": True, "url_policy": {"allow_hosts"}, "image": True, "number_sample_per_shard": True}
+    settings = cfg.model_dump(mode="json", include=shaping)
     return {"crawl": crawl, "settings": settings}
 
 
@@ -243,6 +242,9 @@ def resolve_uids(table: pa.Table) -> tuple[pa.Table, pa.Array, pa.Array]:
 
 
 def _as_string(column: pa.ChunkedArray, file: Path, name: str) -> pa.Array:
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise CrawlError(f"{file}: column {name!r} of type {column.type} is not text; it must hold strings")
     try:
         return column.combine_chunks().cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

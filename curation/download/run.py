@@ -67,6 +67,12 @@ def with_distributor(cfg: DownloadConfig, distributor: str) -> DownloadConfig:
 def _download(crawl: Path, pool: Path, cfg: DownloadConfig, eng: Engine) -> JobReport:
     pool.mkdir(parents=True, exist_ok=True)
     plan = prepare_plan(Path(crawl), pool, cfg)
+    if plan.rows and not any(p.to_download for p in plan.parts) and not cfg.url_policy.expect_all_blocked:
+        raise CrawlError(
+            f"none of the crawl's {plan.rows} urls may be fetched: the url policy or the uid check refused "
+            f"every one (see {download_dir(pool)}/rejected/). If the hosts are yours, list them in "
+            "url_policy.allow_hosts; if this is expected, set url_policy.expect_all_blocked=true"
+        )
     pending = {s: plan.shard_rows(s) for s in plan.shard_ids() if not (pool / f"{s}_stats.json").exists()}
     job = DownloadAccounting(pool, plan)
     for shard in pending:  # a shard img2dataset (re)downloads must be accounted for again
