@@ -36,7 +36,9 @@ def png_bytes(width: int, height: int, color_type: int = 0, bit_depth: int = 1, 
         parts.append(comp.compress(row))
     parts.append(comp.flush())
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(parts)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(parts)) + _chunk(b"IEND", b"")
+    )
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:

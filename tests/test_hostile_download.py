@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -51,27 +50,34 @@ def _verdicts(pool: Path) -> list[dict]:
     return pa.concat_tables(pq.read_table(f) for f in files).to_pylist()
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def _tree_memory(proc: psutil.Process) -> tuple[int, int]:
+    """(PSS, RSS) summed over ``proc`` and its descendants. PSS shares each shared page out among the
+    processes mapping it (every worker maps the same torch libraries), so it is the tree's real
+    footprint; RSS counts those pages once per process."""
+    pss = rss = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        pss += info.pss
+        rss += info.rss
+    return pss, rss
 
 
-def _run_measured(args: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, int]:
-    """Run ``args``; return its result and the peak RSS summed over its whole process tree."""
+def _run_measured(args: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, int, int]:
+    """Run ``args``; return its result and the peak PSS and RSS of its whole process tree."""
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ps, peak, deadline = psutil.Process(proc.pid), 0, time.monotonic() + timeout
+    ps, deadline = psutil.Process(proc.pid), time.monotonic() + timeout
+    peak_pss = peak_rss = 0
     while proc.poll() is None and time.monotonic() < deadline:
-        peak = max(peak, _tree_rss(ps))
+        pss, rss = _tree_memory(ps)
+        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
         time.sleep(0.05)
     if proc.poll() is None:
         proc.kill()
     out = proc.communicate()[0]
-    return subprocess.CompletedProcess(args, proc.returncode, out), peak
+    return subprocess.CompletedProcess(args, proc.returncode, out), peak_pss, peak_rss
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,11 +102,14 @@ def test_huge_and_lying_images_are_refused_from_their_header_and_memory_stays_bo
     with serve(web):
         paths = ["/huge.png", "/bomb.png", "/liar.jpg", "/rgba.png", *(f"/img/{i}.jpg" for i in range(12))]
         crawl = _write_crawl(tmp_path / "crawl.parquet", [web.url(p) for p in paths])
-        result, peak = _run_measured(
+        result, peak, peak_rss = _run_measured(
             _cli(crawl, tmp_path / "pool", "downloader.processes_count=2"), timeout=300
         )
     print(result.stdout[-3000:])
-    print(f"peak memory of the download's process tree (RSS summed): {peak / 2**20:,.0f} MiB")
+    print(
+        f"peak memory of the download's process tree: {peak / 2**20:,.0f} MiB PSS "
+        f"({peak_rss / 2**20:,.0f} MiB RSS summed, shared libraries counted once per process)"
+    )
     assert result.returncode == 0, result.stdout
     verdicts = {r["url"].split("/", 3)[-1]: r for r in _verdicts(tmp_path / "pool")}
     assert len(verdicts) == len(paths)  # every url accounted for
@@ -176,7 +185,8 @@ def test_every_redirect_hop_goes_through_the_url_policy(tmp_path):
             "/img/1.jpg": Route(jpeg_bytes(1)),
         }
         crawl = _write_crawl(
-            tmp_path / "crawl.parquet", [allowed.url(p) for p in ("/one-hop", "/two-hops", "/fine", "/img/1.jpg")]
+            tmp_path / "crawl.parquet",
+            [allowed.url(p) for p in ("/one-hop", "/two-hops", "/fine", "/img/1.jpg")],
         )
         result = subprocess.run(
             _cli(crawl, tmp_path / "pool", "downloader.processes_count=1"),
@@ -237,12 +247,10 @@ def test_set_takes_no_on_off_as_strings_for_a_string_field():
 def test_failure_reasons_of_the_guards():
     from curation.download.failures import failure_reason
 
-    messages = Counter(
-        {
-            "blocked redirect: http://a.example/x -> http://localhost/y (special-use host name)": "blocked_redirect",
-            "image_too_large: 20000x30000 = 600,000,000 pixels": "image_too_large",
-            "body_too_large: over limits.max_body_bytes=10": "body_too_large",
-        }
-    )
+    messages = {
+        "blocked redirect: http://a.example/x -> http://localhost/y (special-use host)": "blocked_redirect",
+        "image_too_large: 20000x30000 = 600,000,000 pixels": "image_too_large",
+        "body_too_large: over limits.max_body_bytes=10": "body_too_large",
+    }
     for message, reason in messages.items():
         assert failure_reason("failed_to_download", message) == reason

@@ -85,7 +85,9 @@ def _download(crawl: Path, pool: Path, cfg: DownloadConfig, eng: Engine) -> JobR
         )  # fmt: skip
         log_file = download_dir(pool) / "img2dataset.log" if d.output == "file" else None
         eng.start()  # before output is redirected, and so img2dataset finds the session
-        run_img2dataset(img2dataset_arguments(input_dir(pool), pool, cfg), pending, log_file, guard_settings(cfg))
+        run_img2dataset(
+            img2dataset_arguments(input_dir(pool), pool, cfg), pending, log_file, guard_settings(cfg)
+        )
     else:
         log.info("all %d shards of %s are downloaded already; nothing to fetch", len(plan.shard_ids()), pool)
     report = run_job(job, eng, retries=0)

@@ -12,6 +12,7 @@ signal, and a hint at memory), and the other shards go on. The caller reads thos
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -153,10 +154,8 @@ class Watchdog:
 
     def _stop(self) -> None:
         for worker in self.workers:
-            try:
+            with contextlib.suppress(OSError):  # it died meanwhile
                 worker.conn.send(None)
-            except OSError:
-                pass
         for worker in self.workers:
             worker.process.join(timeout=10)
             if worker.process.is_alive():
