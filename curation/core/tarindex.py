@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,22 +25,22 @@ class Member:
     size: int
 
 
-def index_tar(path: Path, keys: Container[str] | None = None) -> dict[str, list[Member]]:
+def index_tar(
+    path: Path, keys: Container[str] | None = None, damage: list[str] | None = None
+) -> dict[str, list[Member]]:
     """Members of ``path`` grouped by sample key (only ``keys``, if given), with their byte ranges.
 
     Reads only the 512-byte headers (one ``pread`` each; ``tarfile`` costs ~5x more per member,
     which dominated a reshard). Handles ustar names with prefixes, pax ``path``/``size`` records
     and GNU long names. A truncated or corrupt tar keeps the members before the damage (with a
-    warning); lost members are simply absent, so callers count those samples as missing.
+    warning); lost members are simply absent, and what cut the tar short goes to ``damage``, so
+    callers count those samples as ``truncated_tar``.
     """
     out: dict[str, list[Member]] = {}
-    try:
-        for name, offset, size in _regular_members(path):
-            key, _, ext = Path(name).name.partition(".")
-            if keys is None or key in keys:
-                out.setdefault(key, []).append(Member(ext, offset, size))
-    except TarDamage as exc:
-        log.warning("%s is damaged (%s); indexed the %d samples before the damage", path, exc, len(out))
+    for name, offset, size in member_ranges(path, damage):
+        key, _, ext = Path(name).name.partition(".")
+        if keys is None or key in keys:
+            out.setdefault(key, []).append(Member(ext, offset, size))
     return out
 
 
@@ -52,6 +52,35 @@ def tar_damage(path: Path) -> str | None:
     except TarDamage as exc:
         return str(exc)
     return None
+
+
+def iter_members(
+    path: Path, damage: list[str] | None = None, select: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each whole regular member, in tar order, up to any damage.
+
+    Every stage that streams a tar reads it through here, so a tar cut short (or with a corrupt
+    header) yields every member before the damage, each one whole, and then ends; what cut it short
+    is appended to ``damage`` (callers count the samples they did not get as ``truncated_tar``).
+    ``select(name)`` is called on every member name in order; only selected members' bytes are read.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for name, offset, size in member_ranges(path, damage):
+            if select is None or select(name):
+                yield name, os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def member_ranges(path: Path, damage: list[str] | None = None) -> Iterator[tuple[str, int, int]]:
+    """(name, data offset, size) of each whole regular member up to any damage (see iter_members)."""
+    try:
+        yield from _regular_members(path)
+    except TarDamage as exc:
+        log.warning("%s is damaged (%s); its later samples are lost", path, exc)
+        if damage is not None:
+            damage.append(str(exc))
 
 
 class TarDamage(ValueError):

@@ -46,17 +46,22 @@ def header_refusal(stream: io.BytesIO, limits: ImageLimits) -> str | None:
     stream.seek(0)
     head = stream.read(32)
     stream.seek(0)
+    saved = Image.MAX_IMAGE_PIXELS
     try:
+        # PIL's own bomb check would refuse in open() without saying the size; the limits below
+        # replace it. Only this (img2dataset's single decoding) thread of the worker uses PIL.
+        Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(stream) as img:  # the header only; no pixel data is decoded
                 w, h = img.size
                 cost = decode_cost(img, head)
-    except Image.DecompressionBombError as exc:  # PIL refuses past twice its own limit already
-        return f"{IMAGE_TOO_LARGE}: {exc}"
-    except Exception as exc:  # not an image PIL knows: cv2 must not try an unchecked format either
-        return f"Image decoding error (header: {type(exc).__name__}: {exc})"  # img2dataset's own words
+    except Image.UnidentifiedImageError:  # cv2 must not try a format whose header went unchecked
+        return "Image decoding error (not an image format PIL can read the header of)"
+    except Exception as exc:  # a corrupt header; the message starts with img2dataset's own words
+        return f"Image decoding error (header: {type(exc).__name__}: {exc})"
     finally:
+        Image.MAX_IMAGE_PIXELS = saved
         stream.seek(0)
     if w * h > limits.max_image_pixels:
         return (
