@@ -37,7 +37,6 @@ import torch
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -45,6 +44,7 @@ from rich.progress import (
 
 from curation.core.config import build
 from curation.core.io import atomic_write_json, read_json
+from curation.core.progress import bar
 from trainer.budget import Budget, plan_budget
 from trainer.oclog import StepLine, parse_line, summarize_file
 from trainer.presets import Preset
@@ -299,7 +299,7 @@ class ProgressReporter:
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
-        self.progress = Progress(
+        self.progress = bar(
             TextColumn("[bold]train[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
