@@ -96,10 +96,15 @@ class ShardCounts:
         self.end = max(self.end, float(stats["end_time"]))
 
 
-def img2dataset_download() -> Callable[..., None]:
-    """``img2dataset.download``, imported offline (heavy: torch via webdataset; only when needed)."""
+def offline_env() -> None:
+    """Set before img2dataset (and albumentations) is first imported, in this process or a child."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def img2dataset_download() -> Callable[..., None]:
+    """``img2dataset.download``, imported offline (heavy: torch via webdataset; only when needed)."""
+    offline_env()
     from img2dataset import download
 
     return download
@@ -111,6 +116,7 @@ class Img2datasetConfigError(ConfigError):
 
 def guard_settings(cfg: DownloadConfig) -> Any:
     """The guards' settings (imports img2dataset: call only when downloading)."""
+    offline_env()
     from curation.download.decodeguard import ImageLimits
     from curation.download.guarded import GuardSettings
 

@@ -85,18 +85,9 @@ class Watchdog:
     def run(self, rows: Iterable[Row]) -> dict[str, str]:
         source: Iterator[Row] = iter(rows)
         failures: dict[str, str] = {}
-        exhausted = False
         try:
             while True:
-                while len(self.workers) < self.processes:
-                    self.workers.append(self._start())
-                for worker in self.workers:
-                    if worker.row is None and (self.retry or not exhausted):
-                        row = self.retry.popleft() if self.retry else next(source, None)
-                        if row is None:
-                            exhausted = True
-                            continue
-                        self._assign(worker, row)
+                self._hand_out(source)
                 busy = [w for w in self.workers if w.row is not None]
                 if not busy:
                     return failures
@@ -105,6 +96,20 @@ class Watchdog:
                     self._collect(worker, ready, failures)
         finally:
             self._stop()
+
+    def _hand_out(self, source: Iterator[Row]) -> None:
+        """Give each idle worker a shard, starting workers (up to ``processes``) only for real work."""
+        while True:
+            idle = next((w for w in self.workers if w.row is None), None)
+            if idle is None and len(self.workers) >= self.processes:
+                return
+            row = self.retry.popleft() if self.retry else next(source, None)
+            if row is None:
+                return
+            if idle is None:
+                idle = self._start()
+                self.workers.append(idle)
+            self._assign(idle, row)
 
     def _start(self) -> _Worker:
         parent, child = self.ctx.Pipe()
