@@ -258,3 +258,37 @@ def test_failure_reasons_of_the_guards():
     }
     for message, reason in messages.items():
         assert failure_reason("failed_to_download", message) == reason
+
+
+def test_fetch_caps_the_body_and_checks_each_hop_in_process():
+    from curation.download.redirects import FetchGuard, fetch_image
+
+    blocked, allowed = WebServer(), WebServer()
+    with serve(blocked), serve(allowed):
+        allowed.routes = {
+            "/big.jpg": Route(b"x" * 5000),
+            "/hop": Route(code=307, location=blocked.url("/x.jpg", "localhost")),
+            "/ok": Route(code=302, location=allowed.url("/small.jpg")),
+            "/small.jpg": Route(b"y" * 10),
+        }
+        guard = FetchGuard(("127.0.0.1",), max_body_bytes=1000)
+
+        def fetch(key: int, path: str) -> tuple:
+            return fetch_image((key, allowed.url(path)), 5, None, None, guard=guard)
+
+        assert fetch(0, "/big.jpg")[2].startswith("body_too_large: ")
+        _, body, error = fetch(1, "/ok")
+        assert error is None and body.read() == b"y" * 10 and guard.final_urls[1] == allowed.url("/small.jpg")
+        assert fetch(2, "/hop")[2].startswith(f"blocked redirect: {allowed.url('/hop')} -> http://localhost:")
+    assert blocked.requests == []
+
+
+def test_an_img2dataset_setting_error_is_a_one_line_config_error(monkeypatch, tmp_path):
+    from curation.download import fetch
+
+    def refuses(**_: object) -> None:
+        raise ValueError("Invalid option for resize_mode: sideways")
+
+    monkeypatch.setattr(fetch, "img2dataset_download", lambda: refuses)
+    with pytest.raises(ConfigError, match=r"img2dataset refused the download settings: Invalid option"):
+        fetch.run_img2dataset({"output_folder": str(tmp_path)}, {"00000": 1}, None)
