@@ -546,7 +546,9 @@ def test_shards_img2dataset_did_not_finish_fail_the_command_and_are_retried(tmp_
     rows = [{"url": f"http://127.0.0.1:1/{i}.jpg", "text": f"caption {i}", "kind": "img"} for i in range(25)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "crawl.parquet")
     calls: list[dict] = []
-    monkeypatch.setattr(run_module, "run_img2dataset", lambda args, pending, log_file, settings=None: calls.append(pending))
+    monkeypatch.setattr(
+        run_module, "run_img2dataset", lambda args, pending, log_file, settings=None: calls.append(pending)
+    )
     report = download_crawl(tmp_path / "crawl.parquet", tmp_path / "pool", _config())
     assert calls == [{"00000": 10, "00001": 10, "00002": 5}]  # img2dataset "gave up" on every shard
     assert [o.shard for o in report.failed] == ["download-00000", "download-00001", "download-00002"]

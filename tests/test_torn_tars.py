@@ -93,7 +93,13 @@ def test_score_keeps_the_sample_just_before_the_damage(torn, tmp_path):
 
     pool, _, keys = torn
     ckpt = save_tiny_checkpoint(tmp_path / "tiny.pt", seed=0)
-    cfg = {"model": "tiny-vit", "pretrained": str(ckpt), "device": "cpu", "batch_size": 3, "loader_workers": 2}
+    cfg = {
+        "model": "tiny-vit",
+        "pretrained": str(ckpt),
+        "device": "cpu",
+        "batch_size": 3,
+        "loader_workers": 2,
+    }
     report = score_pool(pool, ScoreConfig.model_validate(cfg))
     assert not report.failed, report.failed
     Funnel(report.stats).check()
@@ -131,7 +137,7 @@ def test_reshard_writes_every_intact_sample_and_counts_the_lost_as_truncated_tar
 
 
 def test_an_image_folder_with_a_torn_tar_lists_every_image_before_the_damage(torn):
-    pool, intact, keys = torn
+    pool, _, keys = torn
     table = locate_images(pool)
     found = set(table["image_id"].to_pylist())
     assert set(keys[:CUT_IN]) <= found and not set(keys[CUT_IN:]) & found
