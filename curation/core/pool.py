@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.core.tarindex import iter_members
+from curation.core.tarindex import TarDamage, iter_groups
 from curation.core.uid import compute_uids
 
 SHARD_RE = re.compile(r"^\d+$")
@@ -77,7 +77,7 @@ class Pool:
         table = with_uid(with_caption(table))
         return table.select(list(columns)) if columns else table
 
-    def iter_tar(self, shard: str, damage: list[str] | None = None) -> Iterator[TarSample]:
+    def iter_tar(self, shard: str, damage: list[TarDamage] | None = None) -> Iterator[TarSample]:
         """Stream the samples of a shard's tar, grouping members by key, up to any damage."""
         yield from iter_tar_samples(self.tar_path(shard), damage)
 
@@ -116,19 +116,13 @@ def with_uid(table: pa.Table) -> pa.Table:
     return table.append_column("uid", uids)
 
 
-def iter_tar_samples(path: Path, damage: list[str] | None = None) -> Iterator[TarSample]:
-    """Group a webdataset tar's members by key, up to any damage (see :func:`iter_members`).
+def iter_tar_samples(path: Path, damage: list[TarDamage] | None = None) -> Iterator[TarSample]:
+    """Group a webdataset tar's members by key, up to any damage (see :func:`iter_groups`);
+    ``damage`` (if given) receives what cut the tar short."""
+    for key, files in iter_groups(path, _key_ext, damage):
+        yield TarSample(key, files)
 
-    A tar cut short yields every sample before the cut, the last one with the members that are
-    whole; ``damage`` (if given) receives what cut it short.
-    """
-    current: TarSample | None = None
-    for name, data in iter_members(path, damage):
-        key, _, ext = Path(name).name.partition(".")
-        if current is None or current.key != key:
-            if current is not None:
-                yield current
-            current = TarSample(key)
-        current.files[ext] = data
-    if current is not None:
-        yield current
+
+def _key_ext(name: str) -> tuple[str, str]:
+    key, _, ext = Path(name).name.partition(".")
+    return key, ext

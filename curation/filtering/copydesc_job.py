@@ -25,6 +25,7 @@ from curation.core.pool import Pool, PoolError
 from curation.core.runner import ShardJob
 from curation.core.stage import Verdict
 from curation.core.stats import StageStats
+from curation.core.tarindex import TarDamage
 from curation.filtering.copydesc import CopyDescConfig, descriptors, thumbnail
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # img2dataset's encode_format choic
 
 
 def shard_thumbnails(
-    pool: Pool, shard: str, wanted: set[str], size: int, damage: list[str] | None = None
+    pool: Pool, shard: str, wanted: set[str], size: int, damage: list[TarDamage] | None = None
 ) -> tuple[dict[str, np.ndarray], set[str]]:
     """Thumbnails of the tar samples whose key is in ``wanted``, and the keys whose image did not decode.
 
@@ -94,7 +95,7 @@ class CopyDescJob(ShardJob):
         tar = self.pool.tar_path(shard)
         if keys and not tar.exists():
             raise PoolError(f"{tar} is missing but its parquet lists {len(keys)} downloaded samples")
-        damage: list[str] = []
+        damage: list[TarDamage] = []
         thumbs, bad = (
             shard_thumbnails(self.pool, shard, set(keys), self.cfg.thumb, damage) if keys else ({}, set())
         )

@@ -31,7 +31,7 @@ from curation.core.pool import Pool
 from curation.core.runner import ShardJob
 from curation.core.stats import Counts, StageStats
 from curation.core.subset import Subset
-from curation.core.tarindex import index_tar
+from curation.core.tarindex import TarDamage, index_tar
 from curation.core.uidvec import hex_to_uids, lookup, uids_to_hex_array
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class MatchJob(ShardJob):
         rows = np.flatnonzero(wanted)
         keys = [str(k) for k in samples["key"].take(pa.array(rows)).to_pylist()]
         tar = self.pool.tar_path(shard)
-        damage: list[str] = []
+        damage: list[TarDamage] = []
         index = index_tar(tar, set(keys), damage) if tar.exists() and len(keys) else {}
         members = [[m.__dict__ for m in index.get(k, [])] for k in keys]
         has_image = [any(m["ext"] in IMAGE_EXTS for m in ms) for ms in members]

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from torchvision.transforms import Compose, Normalize, ToTensor
 from webdataset.tariterators import base_plus_ext
 
-from curation.core.tarindex import iter_members
+from curation.core.tarindex import iter_groups
 
 log = logging.getLogger(__name__)
 
@@ -218,20 +218,15 @@ class TarPairs(IterableDataset):
 
 def tar_samples(tar: Path, select: Callable[[str], bool]) -> Iterator[dict[str, Any]]:
     """webdataset-style samples (``__key__`` and one entry per lower-cased extension) of the members
-    ``select`` picks, up to any damage: every sample whose members are whole before the damage comes
-    out, the last one too (webdataset's grouping loses the sample it holds when its stream breaks)."""
-    current: dict[str, Any] | None = None
-    for name, data in iter_members(tar, select=select):
-        key, ext = base_plus_ext(name)
-        if key is None:
-            continue
-        if current is None or current["__key__"] != key:
-            if current is not None:
-                yield current
-            current = {"__key__": key}
-        current[ext.lower()] = data
-    if current is not None:
-        yield current
+    ``select`` picks, up to any damage: every whole sample before the damage comes out, the last
+    one too (webdataset's grouping loses the sample it holds when its stream breaks)."""
+    for key, files in iter_groups(tar, _key_ext, select=select):
+        yield {"__key__": key, **files}
+
+
+def _key_ext(name: str) -> tuple[str | None, str]:
+    key, ext = base_plus_ext(name)  # the key webdataset groups members by
+    return key, (ext or "").lower()
 
 
 def _not_json(select: NthSample) -> Callable[[str], bool]:
