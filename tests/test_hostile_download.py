@@ -159,6 +159,7 @@ def test_a_worker_killed_mid_shard_fails_its_shard_quickly_and_a_rerun_completes
         assert proc.returncode == 1 and waited < 60
         assert len(failed) == 1 and f"download-{failed[0].stem}" in flat
         assert "worker died: killed by SIGKILL" in flat
+        assert not list((tmp_path / "pool").glob(f"{failed[0].stem}.*"))  # no torn tar, no footerless parquet
         other = {"00000": "00001", "00001": "00000"}[failed[0].stem]
         assert (tmp_path / "pool" / f"{other}_stats.json").exists()  # the rest of the job finished
         web.delay = 0.0

@@ -7,7 +7,9 @@ command hangs with no output. :func:`watchdog_distributor` has the same signatur
 shard in a spawned worker of its own pool, waiting on each worker's pipe *and* its process
 sentinel: a death is seen the moment it happens. The shard is retried (``max_shard_retry``) in a
 fresh worker, then recorded as failed in ``POOL/_download/failed/NNNNN.json`` with the reason (the
-signal, and a hint at memory), and the other shards go on. The caller reads those records.
+signal, and a hint at memory), and the other shards go on. The caller reads those records. What
+the failed attempt wrote of the shard (a tar cut short, a parquet without footer) is removed, so
+no later stage lists a shard that is not there.
 """
 
 from __future__ import annotations
@@ -149,6 +151,9 @@ class Watchdog:
         if reason is None:
             record.unlink(missing_ok=True)
             return
+        if not (self.pool / f"{name}_stats.json").exists():  # unfinished: a torn tar, no parquet footer
+            for ext in ("tar", "parquet"):
+                (self.pool / f"{name}.{ext}").unlink(missing_ok=True)
         if self.attempts[row[0]] <= self.max_shard_retry:
             log.warning("shard %s: retrying (%s)", name, reason)
             self.retry.append(row)
