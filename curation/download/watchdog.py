@@ -102,6 +102,8 @@ class Watchdog:
     def _hand_out(self, source: Iterator[Row]) -> None:
         """Give each idle worker a shard, starting workers (up to ``processes``) only for real work."""
         while True:
+            for dead in [w for w in self.workers if w.row is None and not w.process.is_alive()]:
+                self.workers.remove(dead)  # died while idle: no shard lost, just replace it
             idle = next((w for w in self.workers if w.row is None), None)
             if idle is None and len(self.workers) >= self.processes:
                 return
