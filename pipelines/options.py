@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 if TYPE_CHECKING:  # type names only: importing the engines at runtime would slow every `curate` start
@@ -51,7 +52,21 @@ def print_funnel_table(title: str, funnel: Funnel) -> None:
         )
     for r in rows:
         table.add_row(*(str(r.get(c, 0)) for c in ["stage", "source", "seen", "kept", *reasons]))
-    console.print(table)
+    print_table(table)
+
+
+def print_table(table: Table) -> None:
+    """Laid out for the terminal; in a log file or a pipe at the table's natural width.
+
+    Rich assumes 80 columns when its output is not a terminal, which cuts a wide funnel's reason
+    columns to ``…``; a file has no width to respect.
+    """
+    if console.is_terminal:
+        console.print(table)
+        return
+    wide = Console(file=console.file, width=100_000, color_system=None)
+    width = Measurement.get(wide, wide.options, table).maximum
+    Console(file=console.file, width=max(width, 20), color_system=None).print(table)
 
 
 def finish(report: JobReport) -> None:

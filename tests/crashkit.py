@@ -1,7 +1,10 @@
 """Crash-and-resume checks for the stage CLIs: kill a real ``python -m pipelines <stage>`` with SIGKILL
 mid-job, rerun it, and compare what it leaves with an uninterrupted run's outputs.
 
-The kill lands after the ``n``-th shard completion marker appears (``n`` drawn from a seeded
+:func:`kill_at` kills at a named write point (inside or after the n-th atomic write of a marker,
+stats file or staged output), deterministically: each resume test enumerates those points.
+:func:`kill_mid_job` (for img2dataset, whose writes are its own) kills after the ``n``-th shard
+completion marker appears (``n`` drawn from a seeded
 generator), so shards are finished, in flight and not started when it hits. The whole process
 group is killed, as a crashed machine would stop it: worker processes (img2dataset's, a local
 engine's pool) die with the driver. Outputs compare byte for byte, except parquet files (compared
@@ -87,6 +90,49 @@ def kill_mid_job(args: Sequence[str], watch: Path, pattern: str, seed: int, max_
             proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL, f"the job exited with {proc.returncode} before the kill"
     return Kill(found, time.monotonic() - start)
+
+
+CRASH_SITE = Path(__file__).resolve().parent / "crashsite"
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    """Where a run is killed: the ``n``-th atomic write to a path matching ``glob``, ``inside`` the
+    write (temp file written, not renamed) or ``after`` it (see tests/crashsite/sitecustomize.py)."""
+
+    name: str
+    glob: str
+    phase: str
+    n: int = 2
+
+
+# The write points every shard job passes through: its staged outputs, its stats, its marker.
+SHARD_KILL_POINTS = (
+    KillPoint("output-inside", "*/.staging/*", "inside"),
+    KillPoint("stats-inside", "*/_stats/*.json", "inside"),
+    KillPoint("marker-inside", "*/_done/*.done", "inside"),
+    KillPoint("marker-after", "*/_done/*.done", "after", n=3),
+)
+
+
+def kill_at(args: Sequence[str], point: KillPoint, scratch: Path, timeout: float = 300) -> None:
+    """Run the command until it reaches ``point``, where it SIGKILLs its own process group."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    counter = scratch / f"kill-{point.name}.count"
+    counter.unlink(missing_ok=True)
+    env = {
+        **_env(),
+        "PYTHONPATH": f"{CRASH_SITE}{os.pathsep}{ROOT}",
+        "CURATION_KILL_AT": f"{point.glob}|{point.phase}|{point.n}",
+        "CURATION_KILL_COUNTER": str(counter),
+    }
+    proc = subprocess.run(
+        cli(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True
+    )
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the job never reached kill point {point} (status {proc.returncode}, "
+        f"{counter.stat().st_size if counter.exists() else 0} matching writes):\n{proc.stderr[-3000:]}"
+    )
 
 
 def _volatile(key: str) -> bool:

@@ -2,6 +2,11 @@
 completion, and must leave exactly what an uninterrupted run leaves: the same files with the same
 content, nothing duplicated, nothing lost, no staging or temp file.
 
+Each shard stage is killed at every write point of ``SHARD_KILL_POINTS`` in turn (inside a staged
+output write, inside a stats write, inside a marker write, after a marker write), deterministically:
+the kill happens in the write itself, so a test cannot pass or fail by where the timing lands.
+Twenty runs in a row: ``for i in $(seq 20); do pytest -q tests/test_resume.py -k filter || break; done``.
+
 Training resumes the same way; its test is
 tests/test_trainer.py::test_killed_run_resumes_to_identical_weights.
 Each test launches the CLI twice (killed, rerun; the reference runs in process), and a CLI start
@@ -32,8 +37,11 @@ from curation.download.run import download_stats
 from pipelines.app import app
 from tests.conftest import write_metadata_pool
 from tests.crashkit import (
+    SHARD_KILL_POINTS,
+    KillPoint,
     assert_no_partial_files,
     assert_same_outputs,
+    kill_at,
     kill_mid_job,
     run_to_completion,
     tar_members,
@@ -67,19 +75,32 @@ def _keep_torch_threads() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def test_filter_resumes_after_sigkill(tmp_path):
+POINTS = pytest.mark.parametrize("point", SHARD_KILL_POINTS, ids=lambda p: p.name)
+
+
+def killed_at(args: list, point: KillPoint, out: Path, scratch: Path) -> None:
+    """Kill the command at ``point`` and check the kill left what it should (then rerun sweeps it)."""
+    kill_at(args, point, scratch)
+    if point.phase == "inside":
+        leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp") or ".staging" in p.parts]
+        assert leftovers, f"the kill inside {point.glob} left no temp file or staging folder in {out}"
+
+
+@POINTS
+def test_filter_resumes_after_sigkill(tmp_path, point):
     ref, crashed = twin(write_metadata_pool(tmp_path / "base", n_shards=40, per_shard=20), tmp_path)
     conf = tmp_path / "filters.yaml"
     conf.write_text("name: filters\nfilters:\n  - {kind: caption_length, name: caption}\n")
     in_process(["filter", ref, "-c", conf])
-    kill_mid_job(["filter", crashed, "-c", conf], crashed / "attributes", "_done/*.done", seed=1)
+    killed_at(["filter", crashed, "-c", conf], point, crashed, tmp_path)
     run_to_completion(["filter", crashed, "-c", conf])
     assert_no_partial_files(crashed)
     files = assert_same_outputs(ref, crashed)
     assert sum(f.startswith("attributes/filters/_done/") for f in files) == 40
 
 
-def test_score_resumes_after_sigkill(tmp_path):
+@POINTS
+def test_score_resumes_after_sigkill(tmp_path, point):
     from tests.test_scoring import save_tiny_checkpoint
 
     ckpt = save_tiny_checkpoint(tmp_path / "tiny.pt", seed=0)
@@ -91,7 +112,7 @@ def test_score_resumes_after_sigkill(tmp_path):
         return ["score", pool, "-m", "tiny-vit", "-p", ckpt, "--device", "cpu", "--set", "loader_workers=0"]
 
     in_process(args(ref))
-    kill_mid_job(args(crashed), crashed / "attributes", "_done/*.done", seed=2)
+    killed_at(args(crashed), point, crashed, tmp_path)
     run_to_completion(args(crashed))
     assert_no_partial_files(crashed)
     files = assert_same_outputs(ref, crashed)
@@ -112,7 +133,8 @@ def _pool_with_scores(root: Path, n_shards: int) -> Path:
     return pool
 
 
-def test_select_resumes_after_sigkill(tmp_path):
+@POINTS
+def test_select_resumes_after_sigkill(tmp_path, point):
     pool = _pool_with_scores(tmp_path / "pool", n_shards=40)
     step = "topk: {score: {stage: quality, column: quality}, fraction: 0.3}"
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
@@ -121,7 +143,7 @@ def test_select_resumes_after_sigkill(tmp_path):
         return ["select", pool, "--out", out / "top30.npy", "--step", step]
 
     in_process(args(ref))
-    kill_mid_job(args(crashed), crashed, "_done/*.done", seed=3)
+    killed_at(args(crashed), point, crashed, tmp_path / "scratch")
     assert not (crashed / "top30.npy").exists()  # the subset appears whole or not at all
     run_to_completion(args(crashed))
     assert_no_partial_files(crashed)
@@ -130,7 +152,8 @@ def test_select_resumes_after_sigkill(tmp_path):
     assert len(subset) == subset.unique_count() > 0
 
 
-def test_reshard_resumes_after_sigkill(tmp_path):
+@POINTS
+def test_reshard_resumes_after_sigkill(tmp_path, point):
     pool = write_image_pool(tmp_path / "pool", n_shards=4, per_shard=15)
     p = Pool(pool)
     uids = [u for s in p.shard_ids() for u in p.read_samples(s)["uid"].to_pylist()]
@@ -141,14 +164,15 @@ def test_reshard_resumes_after_sigkill(tmp_path):
         return ["reshard", pool, subset, "--out", out, "--set", "shard_size=3"]
 
     in_process(args(ref))
-    kill_mid_job(args(crashed), crashed, "_done/*.done", seed=4, max_markers=8)
+    killed_at(args(crashed), point, crashed, tmp_path / "scratch")
     run_to_completion(args(crashed))
     assert_no_partial_files(crashed)
     files = assert_same_outputs(ref, crashed)
     assert sum(f.endswith(".tar") for f in files) == -(-(len(uids) + 7) // 3)
 
 
-def test_hardmatch_resumes_after_sigkill(tmp_path):
+@POINTS
+def test_hardmatch_resumes_after_sigkill(tmp_path, point):
     crawl = write_crawl(tmp_path / "crawl", n=3000)
     table = pq.read_table(crawl["crawl"])
     pq.write_table(table, crawl["crawl"], row_group_size=60)  # 50 shards
@@ -159,7 +183,7 @@ def test_hardmatch_resumes_after_sigkill(tmp_path):
                 "--out", out]  # fmt: skip
 
     in_process(args(ref))
-    kill_mid_job(args(crashed), crashed, "_done/*.done", seed=5)
+    killed_at(args(crashed), point, crashed, tmp_path / "scratch")
     run_to_completion(args(crashed))
     assert_no_partial_files(crashed)
     files = assert_same_outputs(ref, crashed, ignore=["report.md"])

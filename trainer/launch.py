@@ -16,12 +16,12 @@ from pathlib import Path
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
+from curation.core.progress import bar
 from trainer.budget import Budget
 from trainer.oclog import StepLine, parse_line
 from trainer.plan import TrainError
@@ -47,7 +47,7 @@ class ProgressReporter:
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
-        self.progress = Progress(
+        self.progress = bar(
             TextColumn("[bold]train[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
+from curation.core.progress import bar
 from trainer.suites import IMAGE_EXTENSIONS, count_samples
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def run_pass(
     skipped: Counter[str] = Counter()
     skipped_keys: list[tuple[str, str]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as progress, torch.inference_mode():
+    with bar(*columns, transient=True) as progress, torch.inference_mode():
         task = progress.add_task(description, total=total)
         for batch in loader:
             if len(batch.images):

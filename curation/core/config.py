@@ -2,11 +2,15 @@
 
 Every config class derives from :class:`ConfigModel`, which forbids unknown keys, so a typo in a
 YAML file or an override is an error that names the key instead of a silently ignored setting.
-Overrides use dotted paths (``--set score.batch_size=256``); values are parsed as YAML scalars.
+Overrides use dotted paths (``--set score.batch_size=256``); values are parsed as YAML 1.2 scalars:
+only ``true``/``false`` are booleans, so ``--set image.resize_mode=no`` is the string ``no`` (YAML
+1.1 reads ``no``, ``on``, ``off``, ``yes`` as booleans); a boolean field still takes them, as
+pydantic reads those strings as booleans.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +47,30 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """The safe loader with YAML 1.2's booleans: only true/false (any case), not yes/no/on/off."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_override_value(raw: str) -> Any:
+    """One ``--set`` value as a YAML 1.2 scalar (or flow list/mapping).
+
+    A value starting with ``|`` or ``>`` would be a YAML block-scalar header (``separator= | ``
+    parses as ""): it is kept exactly as typed.
+    """
+    if _is_block_indicator(raw):
+        return raw
+    return yaml.load(raw, Loader=_Yaml12Loader) if raw.strip() else ""
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides to a nested dict (returns a new dict)."""
     out = _deep_copy(data)
@@ -56,8 +84,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         node: Any = out
         for p in parts[:-1]:
             node = _child(node, p, item)
-        # a value starting with | or > is a YAML block-scalar header ("separator= | " parses as ""): keep it
-        value = raw if _is_block_indicator(raw) else yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_override_value(raw)
         if isinstance(node, list):
             node[_index(node, parts[-1], item)] = value
         else:

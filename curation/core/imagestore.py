@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
+
+from curation.core.tarindex import member_ranges
 
 IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
 
@@ -28,18 +29,16 @@ def _scan_tar(path: Path) -> dict[str, list]:
     """Members of one tar: per image its id, offset and size (ids from the sample's json if any)."""
     images: dict[str, tuple[int, int, str]] = {}
     ids: dict[str, str] = {}
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = Path(member.name).name.partition(".")
+    with open(path, "rb") as f:
+        for name, offset, size in member_ranges(path):  # a damaged tar: the images before the damage
+            key, _, ext = Path(name).name.partition(".")
             ext = ext.lower()
             if ext in IMAGE_EXTS:
-                images[key] = (member.offset_data, member.size, IMAGE_EXTS[ext])
+                images[key] = (offset, size, IMAGE_EXTS[ext])
             elif ext == "json":
-                f = tar.extractfile(member)
+                f.seek(offset)
                 try:
-                    meta = json.loads(f.read()) if f is not None else {}
+                    meta = json.loads(f.read(size))
                 except ValueError:
                     meta = {}
                 if isinstance(meta, dict) and meta.get("image_id") is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.core.tarindex import TarDamage, iter_groups
 from curation.core.uid import compute_uids
 
 SHARD_RE = re.compile(r"^\d+$")
@@ -77,9 +77,9 @@ class Pool:
         table = with_uid(with_caption(table))
         return table.select(list(columns)) if columns else table
 
-    def iter_tar(self, shard: str) -> Iterator[TarSample]:
-        """Stream the samples of a shard's tar, grouping members by key."""
-        yield from iter_tar_samples(self.tar_path(shard))
+    def iter_tar(self, shard: str, damage: list[TarDamage] | None = None) -> Iterator[TarSample]:
+        """Stream the samples of a shard's tar, grouping members by key, up to any damage."""
+        yield from iter_tar_samples(self.tar_path(shard), damage)
 
     def attributes_dir(self, stage: str) -> Path:
         return self.root / "attributes" / stage
@@ -125,21 +125,13 @@ def with_uid(table: pa.Table, keep_null: bool = False) -> pa.Table:
     return table.append_column("uid", uids)
 
 
-def iter_tar_samples(path: Path) -> Iterator[TarSample]:
-    """Group a webdataset tar's members by key; a truncated tar ends the stream with an error."""
-    current: TarSample | None = None
-    with tarfile.open(path, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = Path(member.name).name
-            key, _, ext = name.partition(".")
-            f = tar.extractfile(member)
-            data = f.read() if f is not None else b""
-            if current is None or current.key != key:
-                if current is not None:
-                    yield current
-                current = TarSample(key)
-            current.files[ext] = data
-    if current is not None:
-        yield current
+def iter_tar_samples(path: Path, damage: list[TarDamage] | None = None) -> Iterator[TarSample]:
+    """Group a webdataset tar's members by key, up to any damage (see :func:`iter_groups`);
+    ``damage`` (if given) receives what cut the tar short."""
+    for key, files in iter_groups(path, _key_ext, damage):
+        yield TarSample(key, files)
+
+
+def _key_ext(name: str) -> tuple[str, str]:
+    key, _, ext = Path(name).name.partition(".")
+    return key, ext

@@ -1,4 +1,9 @@
-"""Progress bars for long work (rich), quiet when output is not a terminal."""
+"""Progress bars for long work (rich), quiet when output is not a terminal.
+
+Every bar in the project is made here (:func:`bar`, :func:`make_progress`): on a terminal it
+redraws in place; in a log file or a pipe it is disabled, since rich would leave its final frame,
+or a blank line for a transient bar, in the log for every bar drawn.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+
+
+def bar(*columns: Any, transient: bool = False) -> Progress:
+    """A progress bar with these columns on stderr, disabled when stderr is not a terminal."""
+    return Progress(*columns, console=console, transient=transient, disable=not console.is_terminal)
 
 
 def make_progress(*extra_columns: Any) -> Progress:

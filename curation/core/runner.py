@@ -79,6 +79,29 @@ def load_shard_stats(out: Path, shard: str) -> list[StageStats]:
     return [StageStats.from_dict(d) for d in read_json(stats_path(out, shard))["stages"]]
 
 
+TEMP_GLOB = ".*.tmp"  # curation.core.io.atomic_path's temp files: ".<name>.<random>.tmp"
+
+
+def sweep_leftovers(out: Path) -> list[Path]:
+    """Remove what a killed run left under ``out``: its staging folders and atomic-write temp files.
+
+    Called before a job runs (again): a kill inside an atomic write leaves ``.<name>.<random>.tmp``
+    next to the file it was writing (a marker, stats, an output), and a kill mid-shard leaves
+    ``.staging/<shard>``. Neither is ever read; a rerun would otherwise carry them forever.
+    """
+    out = Path(out)
+    removed = [p for p in out.rglob(TEMP_GLOB) if p.is_file()] if out.exists() else []
+    for p in removed:
+        p.unlink(missing_ok=True)
+    staging = out / ".staging"
+    if staging.exists():
+        removed.append(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+    if removed:
+        log.info("removed %d leftovers of an interrupted run under %s", len(removed), out)
+    return removed
+
+
 def process_shard(job: ShardJob, shard: str, retries: int = 0) -> ShardOutcome:
     """Run one shard to completion (or record why it failed); safe to call again after any crash."""
     out = job.output_dir()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,22 +25,22 @@ class Member:
     size: int
 
 
-def index_tar(path: Path, keys: Container[str] | None = None) -> dict[str, list[Member]]:
+def index_tar(
+    path: Path, keys: Container[str] | None = None, damage: list[TarDamage] | None = None
+) -> dict[str, list[Member]]:
     """Members of ``path`` grouped by sample key (only ``keys``, if given), with their byte ranges.
 
     Reads only the 512-byte headers (one ``pread`` each; ``tarfile`` costs ~5x more per member,
     which dominated a reshard). Handles ustar names with prefixes, pax ``path``/``size`` records
     and GNU long names. A truncated or corrupt tar keeps the members before the damage (with a
-    warning); lost members are simply absent, so callers count those samples as missing.
+    warning); lost members are simply absent, and what cut the tar short goes to ``damage``, so
+    callers count those samples as ``truncated_tar``.
     """
     out: dict[str, list[Member]] = {}
-    try:
-        for name, offset, size in _regular_members(path):
-            key, _, ext = Path(name).name.partition(".")
-            if keys is None or key in keys:
-                out.setdefault(key, []).append(Member(ext, offset, size))
-    except TarDamage as exc:
-        log.warning("%s is damaged (%s); indexed the %d samples before the damage", path, exc, len(out))
+    for name, offset, size in member_ranges(path, damage):
+        key, _, ext = Path(name).name.partition(".")
+        if keys is None or key in keys:
+            out.setdefault(key, []).append(Member(ext, offset, size))
     return out
 
 
@@ -54,8 +54,86 @@ def tar_damage(path: Path) -> str | None:
     return None
 
 
+def iter_members(
+    path: Path, damage: list[TarDamage] | None = None, select: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each whole regular member, in tar order, up to any damage.
+
+    Every stage that streams a tar reads it through here, so a tar cut short (or with a corrupt
+    header) yields every member before the damage, each one whole, and then ends; what cut it short
+    is appended to ``damage`` (callers count the samples they did not get as ``truncated_tar``).
+    ``select(name)`` is called on every member name in order; only selected members' bytes are read.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for name, offset, size in member_ranges(path, damage):
+            if select is None or select(name):
+                yield name, os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+KeyOf = Callable[[str], tuple[str | None, str]]  # member name -> (sample key, extension)
+
+
+def iter_groups(
+    path: Path,
+    key_of: KeyOf,
+    damage: list[TarDamage] | None = None,
+    select: Callable[[str], bool] | None = None,
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Samples (key, {extension: bytes}) of adjacent members with one key, up to any damage.
+
+    The sample that is open when the damage hits is yielded only if it is whole: the damaged
+    member starts another sample, or (its name unreadable, or the file ending at a member boundary)
+    the sample has the same extensions as the sample before it. So a sample that lost a member to
+    the cut is lost whole, and one that ended just before the cut survives.
+    """
+    found: list[TarDamage] = []
+    key, files, previous = None, {}, None
+    for name, data in iter_members(path, found, select):
+        k, ext = key_of(name)
+        if k is None:
+            continue
+        if k != key:
+            if key is not None:
+                yield key, files
+                previous = set(files)
+            key, files = k, {}
+        files[ext] = data
+    if key is not None and (not found or _whole(key, files, previous, found[0], key_of)):
+        yield key, files
+    if damage is not None:
+        damage.extend(found)
+
+
+def _whole(
+    key: str, files: dict[str, bytes], previous: set[str] | None, exc: TarDamage, key_of: KeyOf
+) -> bool:
+    if exc.name is not None:
+        return key_of(exc.name)[0] != key
+    return previous is not None and set(files) == previous
+
+
+def member_ranges(path: Path, damage: list[TarDamage] | None = None) -> Iterator[tuple[str, int, int]]:
+    """(name, data offset, size) of each whole regular member up to any damage (see iter_members)."""
+    try:
+        yield from _regular_members(path)
+    except TarDamage as exc:
+        log.warning("%s is damaged (%s); its later samples are lost", path, exc)
+        if damage is not None:
+            damage.append(exc)
+
+
 class TarDamage(ValueError):
-    """A header that is not a valid tar header, or data that runs past the end of the file."""
+    """A header that is not a valid tar header, or data that runs past the end of the file.
+
+    ``name`` is the member whose data is cut, when its header could be read.
+    """
+
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 def _regular_members(path: Path) -> Iterator[tuple[str, int, int]]:
@@ -75,7 +153,9 @@ def _regular_members(path: Path) -> Iterator[tuple[str, int, int]]:
             kind = header[156:157]
             offset = pos + BLOCK
             if offset + size > file_size:
-                raise TarDamage(f"member at {pos} ends past the end of the file")
+                regular = kind in (b"0", b"\0", b"7")
+                name = (pax.get("path") or long_name or _ustar_name(header)) if regular else None
+                raise TarDamage(f"member {name or ''} at {pos} ends past the end of the file", name)
             if kind in (b"x", b"L"):
                 data = os.pread(fd, size, offset)
                 if kind == b"x":

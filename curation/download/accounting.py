@@ -36,6 +36,7 @@ from curation.core.runner import ShardJob
 from curation.core.stats import StageStats
 from curation.download.failures import NOT_RECORDED, SUCCESS, failure_reasons
 from curation.download.plan import RETRY, DownloadPlan, download_dir, input_dir, part_uids, rejected_path
+from curation.download.watchdog import shard_failures
 
 STAGE = "download"
 UNIT_PREFIX = f"{STAGE}-"  # unit names are unique in POOL/_stats and POOL/_done
@@ -110,9 +111,10 @@ class DownloadAccounting(ShardJob):
     def _downloaded(self, shard: str) -> tuple[pa.Table, dict[str, float]]:
         stats_file = self.pool / f"{shard}_stats.json"
         if not stats_file.exists():
+            why = shard_failures(self.pool).get(shard)
             raise ShardNotDownloaded(
-                f"img2dataset did not finish shard {shard} (see {download_dir(self.pool)}/img2dataset.log); "
-                "rerun the same command to retry it"
+                f"img2dataset did not finish shard {shard}{f' ({why})' if why else ''} "
+                f"(see {download_dir(self.pool)}/img2dataset.log); rerun the same command to retry it"
             )
         rows = pq.read_table(self.pool / f"{shard}.parquet", columns=ROW_SCHEMA.names).cast(ROW_SCHEMA)
         expected = self.plan.shard_rows(shard)

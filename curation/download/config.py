@@ -19,7 +19,7 @@ from curation.download.urlpolicy import UrlPolicy
 # Column names img2dataset writes itself; a carried crawl column may not shadow them.
 IMG2DATASET_COLUMNS = frozenset(
     {"key", "caption", "url", "width", "height", "original_width", "original_height", "status",
-     "error_message", "exif", "md5", "sha256", "sha512", "uid", "source"}
+     "error_message", "exif", "md5", "sha256", "sha512", "uid", "source", "final_url"}
 )  # fmt: skip
 
 
@@ -57,6 +57,9 @@ class UrlPolicyConfig(ConfigModel):
         default_factory=list,
         description="Names, addresses or CIDR networks exempt from the block rules (e.g. 127.0.0.1).",
     )
+    expect_all_blocked: bool = Field(
+        False, description="A crawl with no url to fetch is then not an error (not part of the fingerprint)."
+    )
 
     @field_validator("allow_hosts")
     @classmethod
@@ -80,6 +83,18 @@ class ImageConfig(ConfigModel):
     max_image_area: float = Field(math.inf, gt=0)
     max_aspect_ratio: float = Field(math.inf, gt=0)
     extract_exif: bool = False
+
+
+class LimitsConfig(ConfigModel):
+    """What one url may cost a download worker; checked before the body is read or decoded."""
+
+    max_image_pixels: int = Field(
+        89_478_485, gt=0, description="Width x height from the header; PIL's own bomb limit, as scoring."
+    )
+    max_decoded_bytes: int = Field(
+        1 << 30, gt=0, description="Memory the decode would take (alpha images cost ~60 bytes/pixel)."
+    )
+    max_body_bytes: int = Field(64 << 20, gt=0, description="Larger responses are refused unread.")
 
 
 class DownloaderConfig(ConfigModel):
@@ -156,6 +171,7 @@ class DownloadConfig(ConfigModel):
     downloader: DownloaderConfig = Field(default_factory=DownloaderConfig)
     robots: RobotsConfig = Field(default_factory=RobotsConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @model_validator(mode="after")
     def _blurring_needs_reencoding(self) -> DownloadConfig:
@@ -163,4 +179,14 @@ class DownloadConfig(ConfigModel):
         # jpg that needs no resize: the boxes would silently stay unblurred.
         if self.columns.bbox and self.image.skip_reencode:
             raise ValueError("columns.bbox (blurring) needs image.skip_reencode=false")
+        return self
+
+    @model_validator(mode="after")
+    def _png_compression(self) -> DownloadConfig:
+        # img2dataset reads encode_quality as the PNG compression level (0-9) and raises otherwise
+        if self.image.encode_format == "png" and not 0 <= self.image.encode_quality <= 9:
+            raise ValueError(
+                f"image.encode_quality is {self.image.encode_quality}, but with image.encode_format=png "
+                "it is the PNG compression level, 0 to 9 (e.g. --set image.encode_quality=6)"
+            )
         return self

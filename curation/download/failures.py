@@ -19,6 +19,9 @@ SUCCESS = "success"
 NOT_RECORDED = "not_recorded"  # img2dataset wrote no row for the url (a per-sample crash)
 
 FAILURE_RULES: tuple[tuple[str, str], ...] = (
+    (r"^blocked redirect: ", "blocked_redirect"),  # curation.download.redirects: a hop the url policy refuses
+    (r"^image_too_large: ", "image_too_large"),  # curation.download.decodeguard: refused from its header
+    (r"^body_too_large: ", "body_too_large"),  # curation.download.redirects: over limits.max_body_bytes
     (r"^HTTP Error 404\b", "http_404"),
     (r"^HTTP Error 429\b", "rate_limited"),  # retried by --retry-failed after its Retry-After
     (r"^HTTP Error 4\d\d\b", "http_4xx"),

@@ -33,7 +33,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from curation.core.config import ConfigError
 from curation.download.config import DownloadConfig
+from curation.download.watchdog import shard_failures
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +96,69 @@ class ShardCounts:
         self.end = max(self.end, float(stats["end_time"]))
 
 
-def img2dataset_download() -> Callable[..., None]:
-    """``img2dataset.download``, imported offline (heavy: torch via webdataset; only when needed)."""
+def offline_env() -> None:
+    """Set before img2dataset (and albumentations) is first imported, in this process or a child."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def img2dataset_download() -> Callable[..., None]:
+    """``img2dataset.download``, imported offline (heavy: torch via webdataset; only when needed)."""
+    offline_env()
     from img2dataset import download
 
     return download
 
 
-def run_img2dataset(arguments: dict[str, Any], pending: dict[str, int], log_file: Path | None) -> ShardCounts:
-    """Download the ``pending`` shards (id -> url count); img2dataset itself skips finished ones."""
+class Img2datasetConfigError(ConfigError):
+    """img2dataset refused its arguments before downloading anything."""
+
+
+def guard_settings(cfg: DownloadConfig) -> Any:
+    """The guards' settings (imports img2dataset: call only when downloading)."""
+    offline_env()
+    from curation.download.decodeguard import ImageLimits
+    from curation.download.guarded import GuardSettings
+
+    limits = cfg.limits
+    return GuardSettings(
+        tuple(cfg.url_policy.allow_hosts),
+        ImageLimits(limits.max_image_pixels, limits.max_decoded_bytes),
+        limits.max_body_bytes,
+    )
+
+
+@contextlib.contextmanager
+def guarded_img2dataset(settings: Any) -> Iterator[None]:
+    """Make ``img2dataset.download`` build the guarded downloader and use the watchdog distributor.
+
+    Both are module globals of ``img2dataset.main`` that ``download`` looks up when it runs; they are
+    put back afterwards. The watchdog replaces only the local (multiprocessing) distributor; Spark
+    and Ray notice lost tasks themselves.
+    """
+    import importlib
+
+    from curation.download.guarded import guarded_downloader_factory
+    from curation.download.watchdog import watchdog_distributor
+
+    i2d_main = importlib.import_module("img2dataset.main")  # the package's `main` attribute is a function
+    saved = i2d_main.Downloader, i2d_main.multiprocessing_distributor
+    i2d_main.Downloader = guarded_downloader_factory(settings)
+    i2d_main.multiprocessing_distributor = watchdog_distributor
+    try:
+        yield
+    finally:
+        i2d_main.Downloader, i2d_main.multiprocessing_distributor = saved
+
+
+def run_img2dataset(
+    arguments: dict[str, Any], pending: dict[str, int], log_file: Path | None, settings: Any = None
+) -> ShardCounts:
+    """Download the ``pending`` shards (id -> url count); img2dataset itself skips finished ones.
+
+    ``settings`` (:func:`guard_settings`) puts the header check, redirect policy, body cap and the
+    worker watchdog around img2dataset.
+    """
     download = img2dataset_download()
     pool = Path(arguments["output_folder"])
     counts = ShardCounts()
@@ -118,12 +172,20 @@ def run_img2dataset(arguments: dict[str, Any], pending: dict[str, int], log_file
             else:
                 on_shard = _log_line(len(pending))
             stack.enter_context(_watch_shards(pool, set(pending), counts, on_shard))
-            download(**arguments)
+            if settings is not None:
+                stack.enter_context(guarded_img2dataset(settings))
+            try:
+                download(**arguments)
+            except ValueError as exc:  # its argument checks, raised before any shard starts
+                raise Img2datasetConfigError(f"img2dataset refused the download settings: {exc}") from exc
     except SystemExit as exc:  # img2dataset's Ctrl-C handler exits with status 0: not a success
         raise KeyboardInterrupt("download interrupted; rerun the same command to resume") from exc
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
     _log_throughput(counts, time.perf_counter() - started, log_file)
+    for shard, reason in shard_failures(pool).items():
+        if shard in pending:
+            log.error("shard %s was not downloaded: %s", shard, reason)
     return counts
 
 

@@ -150,7 +150,7 @@ def fingerprint(files: list[Path], cfg: DownloadConfig) -> dict[str, Any]:
         mode="json",
         include={
             "columns": True,
-            "url_policy": True,
+            "url_policy": {"allow_hosts"},
             "image": True,
             "number_sample_per_shard": True,
             "robots": {"enabled", "on_unavailable"},
@@ -379,6 +379,9 @@ def resolve_uids(table: pa.Table) -> tuple[pa.Table, pa.Array, pa.Array]:
 
 
 def _as_string(column: pa.ChunkedArray, file: Path, name: str) -> pa.Array:
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise CrawlError(f"{file}: column {name!r} of type {column.type} is not text; it must hold strings")
     try:
         return column.combine_chunks().cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

@@ -17,7 +17,7 @@ from curation.core.runner import marker_path
 from curation.core.stats import Funnel, FunnelError, StageStats, merge
 from curation.download.accounting import UNIT_PREFIX, DownloadAccounting, unit_name
 from curation.download.config import DownloadConfig
-from curation.download.fetch import img2dataset_arguments, run_img2dataset
+from curation.download.fetch import guard_settings, img2dataset_arguments, run_img2dataset
 from curation.download.plan import (
     CrawlError,
     DownloadPlan,
@@ -66,6 +66,8 @@ def download_crawl(
         cfg = with_distributor(cfg, eng.distributor)
         Path(pool).mkdir(parents=True, exist_ok=True)
         plan = prepare_plan(Path(crawl), Path(pool), cfg, append=append)
+        if not append:  # an appended slice may hold only uids the pool has: nothing to fetch, rightly
+            _check_not_all_blocked(plan, Path(pool), cfg)
         return _fetch_and_account(Path(pool), plan, cfg, eng)
     finally:
         if isinstance(engine, str):
@@ -119,13 +121,26 @@ def _fetch_and_account(pool: Path, plan: DownloadPlan, cfg: DownloadConfig, eng:
         )  # fmt: skip
         log_file = download_dir(pool) / "img2dataset.log" if d.output == "file" else None
         eng.start()  # before output is redirected, and so img2dataset finds the session
-        run_img2dataset(img2dataset_arguments(input_dir(pool), pool, cfg), pending, log_file)
+        run_img2dataset(
+            img2dataset_arguments(input_dir(pool), pool, cfg), pending, log_file, guard_settings(cfg)
+        )
     else:
         log.info("all %d shards of %s are downloaded already; nothing to fetch", len(plan.shard_ids()), pool)
     report = run_job(job, eng, retries=0)
     if not report.failed:
         _check_every_row_counted(report, plan)
     return report
+
+
+def _check_not_all_blocked(plan: DownloadPlan, pool: Path, cfg: DownloadConfig) -> None:
+    """A crawl none of whose urls may be fetched is almost always a policy mistake: say which key."""
+    rows = plan.rows
+    if rows and not any(p.to_download for p in plan.parts) and not cfg.url_policy.expect_all_blocked:
+        raise CrawlError(
+            f"none of the crawl's {rows} urls may be fetched: the url policy, robots.txt or the uid "
+            f"check refused every one (see {download_dir(pool)}/rejected/). If the hosts are yours, list "
+            "them in url_policy.allow_hosts; if this is expected, set url_policy.expect_all_blocked=true"
+        )
 
 
 def _check_every_row_counted(report: JobReport, plan: DownloadPlan) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from curation.core.progress import shard_progress
 from curation.core.registry import Registry
-from curation.core.runner import ShardJob, ShardOutcome, load_shard_stats
+from curation.core.runner import ShardJob, ShardOutcome, load_shard_stats, sweep_leftovers
 from curation.core.stats import Funnel, StageStats, merge
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def run_job(
     eng = get_engine(engine, **engine_options) if isinstance(engine, str) else engine
     report = JobReport(job.name)
     try:
+        sweep_leftovers(job.output_dir())  # a killed run's temp files and staging folders
         job.engine = eng  # phase 1 of a global view may schedule shard jobs of its own on it
         try:
             job.prepare()

@@ -2,7 +2,9 @@
 
 Output: ``POOL/attributes/<column>/NNNNN.parquet`` keyed by ``uid`` with ``<column>`` (float16
 fixed-size list, null when the image could not be used) and ``<column>_reason`` (null, else
-``missing_image`` or ``decode_error``), every downloaded row of the shard's parquet accounted for.
+``missing_image``, ``decode_error`` or ``truncated_tar``: a sample lost where a damaged tar is cut
+short; the samples before the damage are read as usual), every downloaded row of the shard's
+parquet accounted for.
 The near-duplicate filter searches it (``embeddings: {attribute: copydesc, column: copydesc}``).
 ``_copydesc.json`` records the settings, so a resumed run cannot mix two descriptors in one column.
 The tar is streamed: only the thumbnails of a shard are held in memory.
@@ -23,6 +25,7 @@ from curation.core.pool import Pool, PoolError
 from curation.core.runner import ShardJob
 from curation.core.stage import Verdict
 from curation.core.stats import StageStats
+from curation.core.tarindex import TarDamage
 from curation.filtering.copydesc import CopyDescConfig, descriptors, thumbnail
 
 log = logging.getLogger(__name__)
@@ -33,12 +36,15 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # img2dataset's encode_format choic
 
 
 def shard_thumbnails(
-    pool: Pool, shard: str, wanted: set[str], size: int
+    pool: Pool, shard: str, wanted: set[str], size: int, damage: list[TarDamage] | None = None
 ) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Thumbnails of the tar samples whose key is in ``wanted``, and the keys whose image did not decode."""
+    """Thumbnails of the tar samples whose key is in ``wanted``, and the keys whose image did not decode.
+
+    A damaged tar gives the samples before the damage; what cut it short goes to ``damage``.
+    """
     thumbs: dict[str, np.ndarray] = {}
     bad: set[str] = set()
-    for sample in pool.iter_tar(shard):
+    for sample in pool.iter_tar(shard, damage):
         if sample.key not in wanted:
             continue
         data = next((sample.files[e] for e in IMAGE_EXTS if e in sample.files), None)
@@ -89,12 +95,16 @@ class CopyDescJob(ShardJob):
         tar = self.pool.tar_path(shard)
         if keys and not tar.exists():
             raise PoolError(f"{tar} is missing but its parquet lists {len(keys)} downloaded samples")
-        thumbs, bad = shard_thumbnails(self.pool, shard, set(keys), self.cfg.thumb) if keys else ({}, set())
+        damage: list[TarDamage] = []
+        thumbs, bad = (
+            shard_thumbnails(self.pool, shard, set(keys), self.cfg.thumb, damage) if keys else ({}, set())
+        )
         ok = np.array([k in thumbs for k in keys], dtype=bool)
         verdict = Verdict.from_rules(
             len(keys),
             [
                 ("decode_error", np.array([k in bad for k in keys], dtype=bool)),
+                ("truncated_tar", ~ok & bool(damage)),  # lost where the tar is cut short
                 ("missing_image", ~ok),
             ],
         )

@@ -5,7 +5,8 @@ in the subset, with the byte ranges of their tar members (from the tar headers o
 Phase 2 (:func:`build_plan`, once): keep the first pool row of each uid, repeat it as many times
 as the subset lists the uid, attach labels, order (pool order, or a seeded shuffle) and cut into
 output shards of ``shard_size``; one small parquet per output shard. Every subset entry that cannot
-be written is counted with its reason (``missing_in_pool``, ``missing_in_tar``, ``missing_label``).
+be written is counted with its reason (``missing_in_pool``, ``missing_in_tar``, ``truncated_tar``: lost
+where its pool tar is cut short, ``missing_label``).
 
 The plan is a pure function of (pool, subset, labels, settings); it is fingerprinted so a rerun
 reuses it and resumes writing, and a different request refuses to mix into the same directory.
@@ -30,7 +31,7 @@ from curation.core.pool import Pool
 from curation.core.runner import ShardJob
 from curation.core.stats import Counts, StageStats
 from curation.core.subset import Subset
-from curation.core.tarindex import index_tar
+from curation.core.tarindex import TarDamage, index_tar
 from curation.core.uidvec import hex_to_uids, lookup, uids_to_hex_array
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ class MatchJob(ShardJob):
         rows = np.flatnonzero(wanted)
         keys = [str(k) for k in samples["key"].take(pa.array(rows)).to_pylist()]
         tar = self.pool.tar_path(shard)
-        index = index_tar(tar, set(keys)) if tar.exists() and len(keys) else {}
+        damage: list[TarDamage] = []
+        index = index_tar(tar, set(keys), damage) if tar.exists() and len(keys) else {}
         members = [[m.__dict__ for m in index.get(k, [])] for k in keys]
         has_image = [any(m["ext"] in IMAGE_EXTS for m in ms) for ms in members]
         source = (
@@ -100,6 +102,7 @@ class MatchJob(ShardJob):
                 "source": source.take(pa.array(rows)),
                 "members": pa.array(members, MEMBER_TYPE),
                 "in_tar": pa.array(has_image, pa.bool_()),
+                "tar_damaged": pa.array([bool(damage)] * len(rows), pa.bool_()),
             }
         )
         atomic_write_parquet(staging / f"{shard}.parquet", table)
@@ -193,7 +196,13 @@ def build_plan(
         if matched.num_rows
         else np.zeros(0, dtype=bool)
     )
-    _drop_rows(stats, sources, copies, ~keep, "missing_in_tar")
+    damaged = (  # absent in the plan of a run made before torn tars were told apart
+        matched["tar_damaged"].to_numpy(zero_copy_only=False).astype(bool)
+        if "tar_damaged" in matched.column_names
+        else np.zeros(len(keep), dtype=bool)
+    )
+    _drop_rows(stats, sources, copies, ~keep & damaged, "truncated_tar")
+    _drop_rows(stats, sources, copies, ~keep & ~damaged, "missing_in_tar")
     label_values = None
     if labels is not None:
         lpos = lookup(labels[0], uids)

@@ -1,25 +1,26 @@
 """Image-text pairs of one pool shard, decoded and preprocessed in DataLoader worker processes.
 
-The shard's tar is read with webdataset's tar iterator. Each DataLoader worker takes every n-th
-sample of the tar (reading only its own members' bytes), decodes the image with PIL, runs the PIL
-steps of the model's preprocess (resize, crop, RGB), and hands the main process whole batches: a
-uint8 image tensor stacked straight into shared memory, a token tensor, per-row status codes and
-keys. The rest of the preprocess (ToTensor and Normalize) is the same arithmetic done once per
-batch on the model's device (:class:`ImagePrep`), not once per sample: per-sample torch calls
-cost more than the decode on small images, and uint8 batches are a quarter of the bytes to move.
+The shard's tar is read member by member up to any damage (``curation.core.tarindex.iter_members``).
+Each DataLoader worker takes every n-th sample of the tar (reading only its own members' bytes),
+decodes the image with PIL, runs the PIL steps of the model's preprocess (resize, crop, RGB), and
+hands the main process whole batches: a uint8 image tensor stacked straight into shared memory, a
+token tensor, per-row status codes and keys. The rest of the preprocess (ToTensor and Normalize)
+is the same arithmetic done once per batch on the model's device (:class:`ImagePrep`), not once
+per sample: per-sample torch calls cost more than the decode on small images, and uint8 batches
+are a quarter of the bytes to move.
 
 A sample that cannot be used does not stop the shard: its image becomes zeros with status
 ``IMAGE_MISSING``, ``IMAGE_DECODE_ERROR`` or ``IMAGE_TOO_LARGE`` (a decompression bomb, or an image
 whose resize to the model's input would be huge, is refused from its header, before any pixel is
 decoded), an empty caption is flagged, and the job turns those flags into null scores with a
-reason. A tar that is cut short ends its stream with a warning; the job counts the samples it lost.
+reason. A tar that is cut short yields every whole sample before the cut, then ends with a warning;
+the job counts the samples it lost as ``truncated_tar``.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 from torchvision.transforms import Compose, Normalize, ToTensor
 from webdataset.tariterators import base_plus_ext
+
+from curation.core.tarindex import iter_groups
 
 log = logging.getLogger(__name__)
 
@@ -203,19 +205,28 @@ class TarPairs(IterableDataset):
     def __iter__(self) -> Iterator[PairBatch]:
         info = get_worker_info()
         k, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        samples = wds.tarfile_samples([{"url": str(self.tar)}], select_files=_not_json(NthSample(k, n)))
         items: list[tuple[str, np.ndarray, int, str]] = []
         size = min(FIRST_BATCH, self.batch_size)
-        try:
-            for sample in samples:
-                items.append(self.decode(sample))
-                if len(items) == size:
-                    yield self.collate(items)
-                    items, size = [], min(2 * size, self.batch_size)
-        except (tarfile.TarError, OSError, EOFError) as exc:  # a tar cut short or corrupt: keep what came
-            log.warning("%s is damaged (%s); its later samples are lost", self.tar, exc)
+        for sample in tar_samples(self.tar, _not_json(NthSample(k, n))):
+            items.append(self.decode(sample))
+            if len(items) == size:
+                yield self.collate(items)
+                items, size = [], min(2 * size, self.batch_size)
         if items:
             yield self.collate(items)
+
+
+def tar_samples(tar: Path, select: Callable[[str], bool]) -> Iterator[dict[str, Any]]:
+    """webdataset-style samples (``__key__`` and one entry per lower-cased extension) of the members
+    ``select`` picks, up to any damage: every whole sample before the damage comes out, the last
+    one too (webdataset's grouping loses the sample it holds when its stream breaks)."""
+    for key, files in iter_groups(tar, _key_ext, select=select):
+        yield {"__key__": key, **files}
+
+
+def _key_ext(name: str) -> tuple[str | None, str]:
+    key, ext = base_plus_ext(name)  # the key webdataset groups members by
+    return key, (ext or "").lower()
 
 
 def _not_json(select: NthSample) -> Callable[[str], bool]:

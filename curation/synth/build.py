@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from curation import __version__
 from curation.core.io import atomic_write_json, atomic_write_text
+from curation.core.progress import bar
 from curation.synth import evalsets
 from curation.synth.config import SynthConfig
 from curation.synth.crawl import make_plan, render_crawl
@@ -97,13 +98,7 @@ def _write_web_extras(web: Path) -> None:
 def _progress(enabled: bool) -> Progress | nullcontext:
     if not enabled:
         return nullcontext()
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=False,
-    )
+    return bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
 def _tracker(bar: Progress | None) -> Track:
