@@ -223,6 +223,22 @@ def test_robustness_cli(tmp_path: Path) -> None:
     assert missing.exit_code != 0
 
 
+def test_robustness_cli_takes_several_baseline_files(tmp_path: Path) -> None:
+    results = _results(tmp_path, "clip-a", {"id": 0.4, "sketch": 0.36, "style": 0.38})
+    models = sorted(BASELINES["model"].unique())
+    files = []
+    for i, model in enumerate(models):
+        files.append(tmp_path / f"baseline{i}.csv")
+        BASELINES[BASELINES["model"] == model].to_csv(files[-1], index=False)
+    out = tmp_path / "er"
+    args = ["robustness", str(results), "--baseline", *map(str, files), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "robustness.json").read_text())
+    assert {p["model"] for p in report["models"]} == {"clip-a"}  # the baselines did not become results
+    assert report["fits"]["sketch"]["n"] == len(models) > 2
+
+
 # ------------------------------------------------------------------ the plot
 
 
