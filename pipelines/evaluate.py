@@ -132,7 +132,9 @@ def robustness(
     results: Annotated[
         list[Path],
         typer.Argument(
-            help="results.jsonl files of the models to assess (before --baseline).", exists=True, dir_okay=False
+            help="results.jsonl files of the models to assess (before --baseline).",
+            exists=True,
+            dir_okay=False,
         ),
     ],
     baseline: BaselineOpt = None,

@@ -84,7 +84,8 @@ def select_command(
         kept = d.get("kept", cut.get("k", ""))
         console.print(
             f"{d['step']}: kept {kept} of {cut.get('candidates', '')} "
-            f"(cut at rank {cut.get('k')}, value {cut.get('value')!r}, boundary uid {cut.get('boundary_uid')})"
+            f"(cut at rank {cut.get('k')}, value {cut.get('value')!r}, "
+            f"boundary uid {cut.get('boundary_uid')})"
             if cut
             else f"{d['step']}: {d}"
         )

@@ -35,8 +35,8 @@ from curation.core.templating import template_env
 from trainer.eval_config import load_eval_config
 from trainer.powerlaw import PowerLawError, PowerLawFit, fit_power_law
 from trainer.robustness import AVERAGE, RobustnessReport
-from workflows.ablation import AblationConfig, AblationResult
 from workflows.ablation_results import Results, build_results, headlines
+from workflows.ablation_spec import AblationConfig, AblationResult
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def plot_threshold(table: pd.DataFrame, modes: Sequence[str]) -> Figure | None:
 
 def plot_robustness(report: RobustnessReport, table: pd.DataFrame, modes: Sequence[str]) -> Figure:
     """Shift vs in-distribution accuracy on logit axes, one row per mode (trainer.plots' panels)."""
-    from trainer.plots import _panel, model_colors
+    from trainer.plots import draw_robustness_panel, model_colors
 
     shifts = list(report.shifts) + ([AVERAGE] if len(report.shifts) > 1 else [])
     curated = table[(table["kind"] != "baseline") & table["cell"].isin({p.model for p in report.models})]
@@ -132,7 +132,7 @@ def plot_robustness(report: RobustnessReport, table: pd.DataFrame, modes: Sequen
         models = [dataclasses.replace(p, model=short[p.model]) for p in report.models if p.model in short]
         sub = dataclasses.replace(report, models=models)
         for c, shift in enumerate(shifts):
-            _panel(axes[r][c], sub, shift, colors)
+            draw_robustness_panel(axes[r][c], sub, shift, colors)
             if mode is not None:
                 axes[r][c].set_title(f"{axes[r][c].get_title()} — {mode.replace('_', ' ')}", fontsize=9)
     fig.suptitle(

@@ -30,7 +30,7 @@ from trainer.robustness import (
     records_to_table,
     resample_means,
 )
-from workflows.ablation import CellRecord
+from workflows.ablation_spec import CellRecord
 
 log = logging.getLogger(__name__)
 
