@@ -110,6 +110,11 @@ def _select(spec: SetSpec, cfg: AblationConfig, out: Path) -> Path:
     path = root / "subset.npy"
     if path.exists():
         return path
+    if spec.kind == "mix":
+        seed = cfg.mix.seed if cfg.mix is not None else 0
+        return ops.select_mix(
+            pool, cfg.within, spec.clean, spec.noisy, spec.share, seed, path, cfg.workers, cfg.engine
+        )
     if spec.kind == "topk":
         assert spec.k is not None
         return ops.select_topk(pool, cfg.score, spec.k / 100, cfg.within, path, cfg.workers, cfg.engine)

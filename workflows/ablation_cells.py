@@ -1,4 +1,4 @@
-"""The four calls an ablation cell makes into other parts of the project, one function each.
+"""The calls an ablation cell makes into other parts of the project, one function each.
 
 Selection and resharding (``curation.selection.run``, ``curation.reshard.run``), training (``trainer.train``)
 and evaluation (``trainer.evaluate``) each have their own API; keeping every call here, behind a
@@ -42,6 +42,68 @@ def select_random(
     steps.append({"random": {"size_of": str(size_of), "seed": seed}})
     description = f"random control of the size of {size_of.name} (seed {seed})"
     return _select(pool, description, steps, out, workers, engine)
+
+
+def select_mix(
+    pool: Path,
+    within: str | None,
+    clean: Sequence[str],
+    noisy: Sequence[str],
+    share: float,
+    seed: int,
+    out: Path,
+    workers: int = 1,
+    engine: str = "local",
+) -> Path:
+    """Every candidate of the clean sources, plus noisy-source candidates making up ``share`` of the set.
+
+    Candidates are the pool's samples (those ``within`` kept); the draw is ``curate mix``'s
+    (:mod:`curation.builders.mixing`: exact counts, seeded per source, without replacement).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from curation.builders.mixing import (
+        MixConfig,
+        MixError,
+        MixInput,
+        gather_candidates,
+        largest_remainder,
+        mix,
+        write_mix,
+    )
+    from curation.core.rowsource import RowSource
+    from curation.core.subset import Subset
+    from curation.core.uid import array_to_uids
+
+    candidates = out.parent / "candidates.npy"
+    steps: list[dict[str, Any]] = [{"filter": {"stage": within}}] if within else [{"all": {}}]
+    _select(pool, f"candidates of the mix (kept by {within})", steps, candidates, workers, engine)
+    member = pa.array(array_to_uids(Subset.load(candidates).uids))
+    rows = RowSource.open(pool)
+    tables = [rows.read_columns(shard, ["uid", "source"]) for shard in rows.shards()]
+    table = pa.concat_tables(tables)
+    table = table.filter(pc.is_in(table["uid"], member))
+    table_path = out.parent / "candidates.parquet"
+    pq.write_table(table, table_path)
+    cands = gather_candidates([MixInput(path=table_path, sources=[*clean, *noisy])])
+    available = cands.available()
+    missing = [s for s in [*clean, *noisy] if not available.get(s)]
+    if missing:
+        raise MixError(f"mix: no candidates from source(s) {missing} (the pool has {sorted(available)})")
+    counts = {s: available[s] for s in clean}
+    if noisy:
+        want = round(sum(counts.values()) * share / (1 - share))
+        noisy_counts = largest_remainder(np.array([available[s] for s in noisy], dtype=float), want)
+        counts.update({s: int(c) for s, c in zip(noisy, noisy_counts, strict=True)})
+    name = out.parent.name
+    result = mix(MixConfig(name=name, counts=counts, seed=seed, shortfall="cap"), cands)
+    result.subset.manifest["description"] = (
+        f"{'+'.join(clean)} alone" if not noisy else f"{'+'.join(clean)} + {'+'.join(noisy)} at {share:.0%}"
+    )
+    return write_mix(result, out)
 
 
 def _select(

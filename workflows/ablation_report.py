@@ -35,7 +35,7 @@ from curation.core.templating import template_env
 from trainer.eval_config import load_eval_config
 from trainer.powerlaw import PowerLawError, PowerLawFit, fit_power_law
 from trainer.robustness import AVERAGE, RobustnessReport
-from workflows.ablation_results import Results, build_results, headlines
+from workflows.ablation_results import Results, build_results, headlines, mix_headlines
 from workflows.ablation_spec import AblationConfig, AblationResult
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ KIND_STYLE = {  # colour, marker per kind of set
     "random": ("#7f7f7f", "s"),
     "named": ("#2ca02c", "D"),
     "baseline": ("#d62728", "^"),
+    "mix": ("#9467bd", "P"),
 }
 VERSIONED = ("numpy", "pandas", "torch", "open_clip_torch", "matplotlib", "scipy", "duckdb", "pyarrow")
 
@@ -305,11 +306,13 @@ def report_context(
                 "intercept": f"{v.intercept:.3f}",
                 "n": v.n,
                 "r2": f"{v.r2:.3f}",
+                "id_range": f"{100 * v.id_range[0]:.1f}–{100 * v.id_range[1]:.1f}%" if v.id_range else "",
             }
             for k, v in fit_info.items()
         ],
+        "baselines_resampled": results.robustness.baselines_resampled if results.robustness else False,
         "notes": results.notes,
-        "headlines": [h.sentence() for h in headlines(table)],
+        "headlines": [h.sentence() for h in headlines(table)] + [m.sentence() for m in mix_headlines(table)],
         "failed": [{"cell": c.id, "error": c.error or ""} for c in result.failed],
         "columns": columns,
         "rows": rows,
@@ -331,7 +334,8 @@ def write_outputs(result: AblationResult, cfg: AblationConfig) -> Results:
             "name": cfg.name,
             "id_dataset": results.id_dataset,
             "shifts": results.shifts,
-            "notes": results.notes,
+            "baselines_resampled": results.robustness.baselines_resampled if results.robustness else False,
+        "notes": results.notes,
             "headlines": [
                 {
                     **asdict(h),
@@ -340,6 +344,10 @@ def write_outputs(result: AblationResult, cfg: AblationConfig) -> Results:
                     "text": h.sentence(),
                 }
                 for h in headlines(results.table)
+            ]
+            + [
+                {**asdict(m), "dilutes": m.dilutes, "text": m.sentence()}
+                for m in mix_headlines(results.table)
             ],
             "robustness": results.robustness.to_dict() if results.robustness is not None else None,
             "cells": records,

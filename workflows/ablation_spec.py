@@ -22,7 +22,8 @@ SET_FILE = "set.json"  # the materialised-set marker
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 Mode = Literal["one_epoch", "equal_samples"]
-Kind = Literal["topk", "random", "named", "baseline"]
+Kind = Literal["topk", "random", "named", "baseline", "mix"]
+MIX_MODE = "equal_samples"  # mixes are compared at the same samples seen
 
 
 # ---------------------------------------------------------------- config
@@ -50,6 +51,35 @@ class BaselineConfig(ConfigModel):
         return self
 
 
+class MixExperimentConfig(ConfigModel):
+    """ "Quality, not quantity" (Nguyen et al. 2022): does adding a noisier source dilute robustness?
+
+    Two or more sets of the same candidates (within ``within``): every sample of the clean source(s)
+    alone, and the same clean samples plus noisy-source samples making up each ``noisy_shares`` of
+    the mixed set. Each is trained at the same samples seen (equal_samples mode), so a change of ER
+    is the mix's doing, not more compute.
+    """
+
+    clean: list[str] = Field(min_length=1)  # values of the pool's ``source`` column
+    noisy: list[str] = Field(min_length=1)
+    noisy_shares: list[float] = Field(default_factory=lambda: [0.5])  # noisy fraction of each mixed set
+    seed: int = 0
+
+    @field_validator("noisy_shares")
+    @classmethod
+    def _shares(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < s < 1 for s in v):
+            raise ValueError("noisy_shares are fractions in (0, 1)")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> MixExperimentConfig:
+        both = set(self.clean) & set(self.noisy)
+        if both:
+            raise ValueError(f"sources cannot be both clean and noisy: {sorted(both)}")
+        return self
+
+
 class AblationConfig(ConfigModel):
     name: str = "quality_threshold"
     pool: str  # img2dataset pool (tars + parquet) with the score's attribute table
@@ -70,6 +100,7 @@ class AblationConfig(ConfigModel):
     eval_config: str | None = None  # default conf/eval/default.yaml
     eval_overrides: list[str] = Field(default_factory=list)
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
+    mix: MixExperimentConfig | None = None  # the mixing experiment (sets of kind ``mix``); null: none
     reshard: dict[str, Any] = Field(default_factory=dict)  # curation.reshard.plan.ReshardConfig fields
     workers: int = Field(1, ge=1)  # shard workers of selection and resharding
     engine: Literal["local", "spark", "ray"] = "local"  # where selection and resharding run their shards
@@ -106,6 +137,9 @@ class SetSpec:
     subset: str | None = None  # a given subset .npy (named sets)
     control_of: str | None = None  # random: the top-k set whose size it matches
     shards: str | None = None  # given training shards (baselines)
+    clean: tuple[str, ...] = ()  # mix: the clean source(s), always all of their candidates
+    noisy: tuple[str, ...] = ()  # mix: the noisy source(s) added (empty: the clean sources alone)
+    share: float = 0.0  # mix: the noisy sources' fraction of the set
 
 
 @dataclass(frozen=True)
@@ -130,18 +164,33 @@ def expand_sets(cfg: AblationConfig) -> list[SetSpec]:
     if cfg.random_control:
         sets += [SetSpec(f"random{k:g}", "random", k=k, control_of=topk_name(k)) for k in cfg.topk if k < 100]
     sets += [SetSpec(name, "named", subset=path) for name, path in cfg.named_sets.items()]
+    sets += mix_sets(cfg)
     clash = {s.name for s in sets if s.kind == "named"} & {s.name for s in sets if s.kind != "named"}
     if clash:
         raise ValueError(f"named sets clash with generated set names: {sorted(clash)}")
     return sets
 
 
+def mix_sets(cfg: AblationConfig) -> list[SetSpec]:
+    """The mixing experiment's sets: ``mix_clean`` (clean sources alone), ``mix_noisyP`` per share."""
+    m = cfg.mix
+    if m is None:
+        return []
+    clean = tuple(m.clean)
+    specs = [SetSpec("mix_clean", "mix", k=0.0, clean=clean)]
+    specs += [
+        SetSpec(f"mix_noisy{100 * s:g}", "mix", k=100 * s, clean=clean, noisy=tuple(m.noisy), share=s)
+        for s in m.noisy_shares
+    ]
+    return specs
+
+
 def expand_cells(cfg: AblationConfig) -> list[Cell]:
-    """Every set x mode x seed, then the supervised baselines (one cell per budget x seed)."""
+    """Every set x mode x seed (mixes: equal samples only), then the baselines (a cell per budget x seed)."""
     cells = [
         Cell(s, mode, seed, cfg.samples_seen if mode == "equal_samples" else None)
         for s in expand_sets(cfg)
-        for mode in cfg.modes
+        for mode in ([MIX_MODE] if s.kind == "mix" else cfg.modes)
         for seed in cfg.seeds
     ]
     b = cfg.baselines
