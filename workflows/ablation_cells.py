@@ -111,7 +111,8 @@ def _select(
 ) -> Path:
     from curation.selection.run import SelectSpec, clean_work_dir, run_selection, save_selection
 
-    spec = SelectSpec(name=out.stem, description=description, steps=steps)
+    # the set's directory (OUT/sets/NAME/subset.npy) names it: cards and manifests show that name
+    spec = SelectSpec(name=out.parent.name, description=description, steps=steps)
     work = out.parent / f".{out.stem}.select-work"
     result = run_selection(pool, spec, work_dir=work, engine=engine, workers=workers)
     path = save_selection(result, out)
