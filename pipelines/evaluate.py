@@ -89,12 +89,20 @@ def evaluate(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, ...")] = None,
     linear_probe: Annotated[bool, typer.Option("--linear-probe", help="Also fit a linear probe.")] = False,
     baseline: BaselineOpt = None,
+    clip_benchmark: Annotated[
+        Path | None,
+        typer.Option(
+            "--clip-benchmark",
+            help="Also write the results in CLIP_benchmark's layout here (one JSON per dataset x task).",
+            file_okay=False,
+        ),
+    ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Zero-shot classification and retrieval of one model on a suite; ER too if --baseline is given."""
     from trainer.eval_config import load_eval_config
-    from trainer.evaluate import default_out_dir, evaluate_suite
+    from trainer.evaluate import default_out_dir, evaluate_suite, write_clip_benchmark
     from trainer.evaluatees import load_evaluatee, resolve_source
     from trainer.robustness import load_accuracy_table, records_to_table
     from trainer.robustness_report import report_robustness
@@ -117,6 +125,8 @@ def evaluate(
             out_dir,
         )
         records = evaluate_suite(load_evaluatee(src, cfg), the_suite, cfg, out_dir)
+        if clip_benchmark is not None:
+            write_clip_benchmark(records, clip_benchmark)
         if baseline_table is not None:
             report_robustness(
                 records_to_table(records, base=out_dir),
