@@ -49,6 +49,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow  # ~1 min on 2 busy cores: renders a small suite, runs two evaluators
 def test_clip_benchmark_reads_our_retrieval_set_and_agrees_on_recall(retrieval_set, checkpoint, tmp_path):
     assert (retrieval_set / "dataset_type.txt").read_text().strip() == "retrieval"
     # ours, given the folder alone (no suite.yaml): the type file makes it a retrieval set
@@ -61,7 +62,11 @@ def test_clip_benchmark_reads_our_retrieval_set_and_agrees_on_recall(retrieval_s
     # clip_benchmark's loader and metric, as its `eval` runs a wds/ dataset
     bundle = load_clip(MODEL, str(checkpoint), device="cpu")
     dataset = cb_builder.build_dataset(
-        "wds/synth_retrieval", root=str(retrieval_set), transform=bundle.preprocess, split="test"
+        "wds/synth_retrieval",
+        root=str(retrieval_set),
+        transform=bundle.preprocess,
+        split="test",
+        task="zeroshot_retrieval",
     )
     loader = torch.utils.data.DataLoader(dataset.batched(16), batch_size=None, shuffle=False, num_workers=0)
     theirs = cb_retrieval.evaluate(
