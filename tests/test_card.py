@@ -108,6 +108,10 @@ def test_card_funnel_shows_upsampling_and_a_broken_chain():
         ("download", 100, 90), ("topk", 100, 40), ("upsampling", 40, 55)
     ]  # fmt: skip
     assert "sees 100 rows where download kept 90" in rows[1].note and "+15 copies" in rows[2].note
+    mix = StageStats("mix", Counts(60, 30, Counter({"not_drawn": 30})))
+    rows = card_funnel([download], {"stats": mix.to_dict()}, written=30)
+    assert [(r.stage, r.seen, r.kept) for r in rows] == [("download", 100, 90), ("mix", 60, 30)]
+    assert rows[1].note.endswith("sees 60 rows where download kept 90")  # candidates, not the pool
 
 
 def test_card_examples_are_distinct(carded):

@@ -87,12 +87,13 @@ def card_funnel(pool_stages: list[StageStats], manifest: dict[str, Any], written
         )
     for prev, cur in itertools.pairwise(rows):
         if cur.seen != prev.kept and cur.stage != "upsampling":
-            cur.note = (cur.note + "; " if cur.note else "") + (
-                f"sees {cur.seen:,} rows where {prev.stage} kept {prev.kept:,} "
-                "(it reads every pool row, downloaded or not)"
-                if prev.stage.startswith(DOWNLOAD_PREFIX)
-                else f"sees {cur.seen:,}, not the {prev.kept:,} {prev.stage} kept"
+            why = (
+                " (it reads every pool row, downloaded or not)"
+                if prev.stage.startswith(DOWNLOAD_PREFIX) and cur.seen > prev.kept
+                else ""
             )
+            note = f"sees {cur.seen:,} rows where {prev.stage} kept {prev.kept:,}{why}"
+            cur.note = f"{cur.note}; {note}" if cur.note else note
     return rows
 
 
