@@ -19,13 +19,16 @@ def card_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for README.md, card.html and figures.")],
     pool: Annotated[Path | None, typer.Option(help="Pool directory; default: the manifest's pool.")] = None,
     results: Annotated[Path | None, typer.Option(help="Evaluation results (JSON lines) to include.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The set's name in the card (default: the subset manifest's name).")
+    ] = None,
 ) -> None:
     """Write a dataset card from recorded stats and attribute tables (nothing is recomputed)."""
     from curation.cards.card import write_card
     from curation.cards.data import load_card_data
     from curation.core.pool import Pool
 
-    data = load_card_data(subset, pool, results)
+    data = load_card_data(subset, pool, results, name=name)
     pool_obj = Pool(pool or Path(data.subset.manifest["pool"]))
     readme, html = write_card(data, pool_obj, out)
     console.print(f"card: {readme}\n      {html}")

@@ -324,6 +324,12 @@ def _fake_cells(root: Path) -> list[CellRecord]:
                     (0.4, 0.3, 0.35),
                 )
             )
+    specs.append(
+        ("mix_clean__equal_samples__s0", "mix_clean", "mix", 0, "equal_samples", 1000, (0.5, 0.45, 0.5))
+    )
+    specs.append(
+        ("mix_noisy30__equal_samples__s0", "mix_noisy30", "mix", 30, "equal_samples", 1000, (0.5, 0.2, 0.25))
+    )
     for cid, set_name, kind, k, mode, seen, (a_id, a_sk, a_v2) in specs:
         eval_dir = root / cid / "eval"
         records = _records(eval_dir, cid, {"tiny_id": a_id, "tiny_sketch": a_sk, "tiny_v2": a_v2})
@@ -379,6 +385,10 @@ def test_results_and_report_from_recorded_cells(tmp_path):
     assert saved["shifts"] == ["tiny_sketch", "tiny_v2"]
     lines = read_headlines(tmp_path)  # what `curate ablate` and `curate demo` print at the end
     assert lines and lines == [h["text"] for h in saved["headlines"]] and "best top-k is" in lines[0]
+    (mix,) = [h for h in saved["headlines"] if "mixed" in h]  # the mixing row: the noisy mix has lower ER
+    assert (mix["clean"], mix["mixed"], mix["share"]) == ("mix_clean", "mix_noisy30", 0.3)
+    assert mix["er"][1] < mix["er"][0] and mix["dilutes"] is not False
+    assert saved["robustness"]["baselines_resampled"] is True
 
     html = (tmp_path / "report.html").read_text()
     parser = _Links()
@@ -392,6 +402,11 @@ def test_results_and_report_from_recorded_cells(tmp_path):
         assert f">{cell}<" in html
     assert re.search(r"exponent b</th>", html) and "error = " in html  # the fitted power law is printed
     assert "open_clip_torch" in html and "quality_threshold" in html  # what was run
+    assert "mixing at equal samples seen: mix_clean" in html and mix["text"] in html.replace("&#39;", "'")
+    fits = re.findall(r"<tr><td class=\"text\">tiny_sketch</td><td>[-\d.]+</td><td>[-\d.]+</td><td>(\d+)</td>"
+                      r"<td>([\d.]+)</td><td>([\d.]+)–([\d.]+)%</td>", html)  # fmt: skip
+    assert fits == [("3", f"{results.robustness.fits['tiny_sketch'].r2:.3f}", "30.0", "80.0")]
+    assert "and the baseline models (refitting the line)" in html
 
 
 def test_report_without_baselines_says_why_there_is_no_er(tmp_path):
