@@ -76,6 +76,7 @@ def test_card_yaml_header_reads_back_to_the_data(carded):
     assert meta["size_categories"] == ["n<1K"]
     text = readme.read_text()
     assert "`top30.npy`" in text and "clip\\_top30.npy" not in text and "\xa0" not in text
+    assert "&\\#" not in text  # no HTML entity broken by Markdown escaping
 
 
 def test_card_funnel_runs_from_the_pool_to_the_set_and_adds_up(carded):

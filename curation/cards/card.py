@@ -38,7 +38,8 @@ def md_escape(text: Any, limit: int = 160) -> str:
     s = " ".join(str(text if text is not None else "").split())
     if len(s) > limit:
         s = s[: limit - 1] + "…"
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(s, quote=True))
+    # quotes stay: they are plain text in Markdown, and an escaped entity's '#' would break it
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(s, quote=False))
 
 
 def _axes() -> tuple[Figure, Any]:

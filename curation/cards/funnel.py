@@ -64,7 +64,7 @@ def _cut_text(decision: dict[str, Any]) -> str:
 def card_funnel(pool_stages: list[StageStats], manifest: dict[str, Any], written: int) -> list[FunnelRow]:
     """Download, then the set's own recorded steps, then upsampling; ``written`` = the set's size."""
     rows = [
-        _row(s, "download: urls in, images written")
+        _row(s, "urls in, images written")
         for s in pool_stages
         if s.stage.startswith(DOWNLOAD_PREFIX)
     ]
