@@ -8,9 +8,12 @@ change of one function. Imports are lazy so that ``curate --help`` does not load
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def select_topk(
@@ -98,6 +101,9 @@ def select_mix(
         want = round(sum(counts.values()) * share / (1 - share))
         noisy_counts = largest_remainder(np.array([available[s] for s in noisy], dtype=float), want)
         counts.update({s: int(c) for s, c in zip(noisy, noisy_counts, strict=True)})
+    short = {s: n for s, n in counts.items() if n > available[s]}
+    if short:
+        log.warning("mix %s: fewer candidates than asked (%s): all of them are used", out.parent.name, short)
     name = out.parent.name
     result = mix(MixConfig(name=name, counts=counts, seed=seed, shortfall="cap"), cands)
     result.subset.manifest["description"] = (

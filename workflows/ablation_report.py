@@ -334,8 +334,7 @@ def write_outputs(result: AblationResult, cfg: AblationConfig) -> Results:
             "name": cfg.name,
             "id_dataset": results.id_dataset,
             "shifts": results.shifts,
-            "baselines_resampled": results.robustness.baselines_resampled if results.robustness else False,
-        "notes": results.notes,
+            "notes": results.notes,
             "headlines": [
                 {
                     **asdict(h),

@@ -256,7 +256,7 @@ class MixHeadline:
 
     clean: str
     mixed: str
-    share: float
+    share: float  # the noisy fraction drawn
     acc_id: tuple[float, float]  # clean, mixed (mean over seeds)
     acc_shift: tuple[float | None, float | None]
     er: tuple[float | None, float | None]
@@ -296,7 +296,7 @@ class MixHeadline:
         )
         return (
             f"mixing at equal samples seen: {self.clean} {acc(0)}, {er(0)}; {self.mixed} "
-            f"({100 * self.share:g}% noisy) {acc(1)}, {er(1)}: {verdict}"
+            f"({100 * self.share:.1f}% noisy) {acc(1)}, {er(1)}: {verdict}"
         )
 
 
@@ -305,9 +305,8 @@ def mix_headlines(table: pd.DataFrame) -> list[MixHeadline]:
     if not len(table) or "acc_id" not in table:
         return []
     done = table[(table["status"] == "finished") & (table["kind"] == "mix") & table["acc_id"].notna()]
-    cols = [
-        c for c in ("acc_id", "acc_shift_mean", "er_mean", "er_mean_ci_low", "er_mean_ci_high") if c in done
-    ]
+    wanted = ("acc_id", "acc_shift_mean", "er_mean", "er_mean_ci_low", "er_mean_ci_high", "subset_size")
+    cols = [c for c in wanted if c in done]
     means = done.groupby("set", sort=False).agg(k=("k", "first"), **{c: (c, "mean") for c in cols})
     clean = means[means["k"] == 0]
     if not len(clean):
@@ -319,11 +318,15 @@ def mix_headlines(table: pd.DataFrame) -> list[MixHeadline]:
 
     out = []
     for name, m in means[means["k"] > 0].iterrows():
+        # the share drawn: a mixed set is every clean sample plus the noisy ones (a short noisy source
+        # is capped, so this can be below the share asked, k)
+        sizes = get(c, "subset_size"), get(m, "subset_size")
+        drawn = 1 - sizes[0] / sizes[1] if sizes[0] and sizes[1] else float(m["k"]) / 100
         out.append(
             MixHeadline(
                 clean=str(clean.index[0]),
                 mixed=str(name),
-                share=float(m["k"]) / 100,
+                share=round(drawn, 4),
                 acc_id=(float(c["acc_id"]), float(m["acc_id"])),
                 acc_shift=(get(c, "acc_shift_mean"), get(m, "acc_shift_mean")),
                 er=(get(c, "er_mean"), get(m, "er_mean")),
