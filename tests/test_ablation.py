@@ -194,6 +194,9 @@ def test_mix_sets_add_the_noisy_source_to_all_of_the_clean_one(tmp_path):
         got = Subset.load(out / "sets" / name / "subset.npy")
         assert len(got) == infos[name].size == 30 + n_noisy
         assert set(got.hex()) - by_source["forum"] == by_source["photo"]
+        *_, mixed = got.manifest["funnel"]["stages"]  # the card's funnel: pool -> candidates -> mix
+        assert (mixed["stage"], mixed["seen"], mixed["kept"]) == ("mix", 60, len(got))
+        assert mixed["dropped"] == {"not_drawn": 30 - n_noisy} if n_noisy < 30 else not mixed["dropped"]
     with pytest.raises(ConfigError, match="both clean and noisy"):
         config(mix={"clean": ["a"], "noisy": ["a"]})
     bad = config(pool=str(pool), topk=[100], mix={"clean": ["photo"], "noisy": ["nowhere"]})

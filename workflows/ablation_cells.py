@@ -106,10 +106,32 @@ def select_mix(
         log.warning("mix %s: fewer candidates than asked (%s): all of them are used", out.parent.name, short)
     name = out.parent.name
     result = mix(MixConfig(name=name, counts=counts, seed=seed, shortfall="cap"), cands)
+    result.subset.manifest["funnel"] = _mix_funnel(candidates, table, result.stats.by_source)
     result.subset.manifest["description"] = (
         f"{'+'.join(clean)} alone" if not noisy else f"{'+'.join(clean)} + {'+'.join(noisy)} at {share:.0%}"
     )
     return write_mix(result, out)
+
+
+def _mix_funnel(candidates: Path, table: Any, drawn: dict[str, Any]) -> dict[str, Any]:
+    """The candidates' selection funnel, then one ``mix`` stage over every candidate, so a card's
+    funnel runs from the pool to the mixed set: a candidate is drawn, of a source left out, or not drawn."""
+    from collections import Counter
+
+    from curation.core.stats import Counts, StageStats
+    from curation.core.subset import Subset
+
+    stage = StageStats("mix")
+    per_source = table.group_by("source").aggregate([("uid", "count")]).to_pylist()
+    for row in per_source:
+        source, seen = str(row["source"]), int(row["uid_count"])
+        kept = drawn[source].kept if source in drawn else 0
+        reason = "not_drawn" if source in drawn else "source_not_mixed"
+        counts = Counts(seen, kept, Counter({reason: seen - kept} if seen > kept else {}))
+        stage.by_source[source] = counts
+        stage.total.add(counts)
+    before = Subset.load(candidates).manifest.get("funnel", {}).get("stages", [])
+    return {"stages": [*before, stage.to_dict()]}
 
 
 def _select(
