@@ -212,7 +212,8 @@ def _scored_by(data: CardData) -> list[str]:
     return out
 
 
-def _crawl_text(crawl: dict[str, Any]) -> tuple[str, str]:
+def _crawl_text(recorded: dict[str, Any]) -> tuple[str, str]:
+    crawl = {"files": [], "hosts": [], "n_hosts": 0, "licenses": [], **recorded}
     files = ", ".join(
         f"{f['file']} ({f['rows']:,} rows)" if f.get("rows") else f["file"] for f in crawl["files"]
     )
