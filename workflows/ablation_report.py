@@ -282,6 +282,7 @@ def report_context(
     fit_info = results.robustness.fits if results.robustness is not None else {}
     return {
         "name": cfg.name,
+        "modes": list(cfg.modes),
         "out": str(result.out),
         "ci_level": f"{100 * boot_level:g}%",
         "counts": table["status"].value_counts().to_dict() if len(table) else {},
