@@ -63,11 +63,7 @@ def _cut_text(decision: dict[str, Any]) -> str:
 
 def card_funnel(pool_stages: list[StageStats], manifest: dict[str, Any], written: int) -> list[FunnelRow]:
     """Download, then the set's own recorded steps, then upsampling; ``written`` = the set's size."""
-    rows = [
-        _row(s, "urls in, images written")
-        for s in pool_stages
-        if s.stage.startswith(DOWNLOAD_PREFIX)
-    ]
+    rows = [_row(s, "urls in, images written") for s in pool_stages if s.stage.startswith(DOWNLOAD_PREFIX)]
     steps = [StageStats.from_dict(s) for s in manifest.get("funnel", {}).get("stages", [])]
     if not steps and isinstance(manifest.get("stats"), dict) and "stage" in manifest["stats"]:
         steps = [StageStats.from_dict(manifest["stats"])]  # a mix: candidates in, samples drawn
