@@ -19,9 +19,13 @@ def card_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for README.md, card.html and figures.")],
     pool: Annotated[Path | None, typer.Option(help="Pool directory; default: the manifest's pool.")] = None,
     results: Annotated[Path | None, typer.Option(help="Evaluation results (JSON lines) to include.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The set's name in the card (default: the subset manifest's name).")
+    ] = None,
 ) -> None:
     """Write a dataset card from recorded stats and attribute tables (nothing is recomputed)."""
-    inputs = {"subset": subset, "out": out, "pool": pool, "results": [results] if results else []}
+    given = [results] if results else []
+    inputs = {"subset": subset, "out": out, "pool": pool, "results": given, "name": name}
     result = run_stage("card", inputs)
     console.print(f"card: {result.summary['readme']}\n      {result.summary['html']}")
 

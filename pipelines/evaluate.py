@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from pipelines.options import ConfigOpt, SetOpt
 
@@ -27,13 +29,37 @@ def _input_errors() -> Iterator[None]:
         raise typer.Exit(2) from exc
 
 
+BASELINE_FLAGS = ("--baseline", "-b")
+
+
+class GreedyBaselineCommand(TyperCommand):
+    """``--baseline a b c`` names three baseline files.
+
+    Click options take one value each, so without this ``b`` and ``c`` would silently become results
+    files; here every argument after ``--baseline`` up to the next option is one more baseline file.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        greedy = False
+        for arg in args:
+            if arg == "--" or (arg.startswith("-") and arg != "-"):
+                greedy = arg in BASELINE_FLAGS or arg.startswith("--baseline=")
+                out.append(arg)
+            elif greedy and out[-1] not in BASELINE_FLAGS:
+                out += ["--baseline", arg]  # a further file after --baseline FILE
+            else:
+                out.append(arg)
+        return super().parse_args(ctx, out)
+
+
 BaselineOpt = Annotated[
     list[Path] | None,
     typer.Option(
         "--baseline",
         "-b",
-        help="Baseline accuracies: results .jsonl of baseline runs, or a .csv/.json "
-        "table (model, dataset, acc1). Repeatable.",
+        help="Baseline accuracies: results .jsonl of baseline runs, or .csv/.json tables "
+        "(model, dataset, acc1). Takes several files (--baseline a b c) up to the next option.",
         exists=True,
         dir_okay=False,
     ),
@@ -63,6 +89,14 @@ def evaluate(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, ...")] = None,
     linear_probe: Annotated[bool, typer.Option("--linear-probe", help="Also fit a linear probe.")] = False,
     baseline: BaselineOpt = None,
+    clip_benchmark: Annotated[
+        Path | None,
+        typer.Option(
+            "--clip-benchmark",
+            help="Also write the results in CLIP_benchmark's layout here (one JSON per dataset x task).",
+            file_okay=False,
+        ),
+    ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -79,7 +113,8 @@ def evaluate(
     inputs = {"source": source, "model": model, "pretrained": pretrained, "suite": suite, "out": out}
     with _input_errors():
         baseline_table = load_accuracy_table(baseline) if baseline else None
-        summary = stage.run(stage.make_inputs({**inputs, "label": label}), cfg, None).summary
+        given = {**inputs, "label": label, "clip_benchmark": clip_benchmark}
+        summary = stage.run(stage.make_inputs(given), cfg, None).summary
         out_dir = Path(summary["out"])
         if baseline_table is not None:
             report_robustness(
@@ -95,7 +130,11 @@ def evaluate(
 def robustness(
     results: Annotated[
         list[Path],
-        typer.Argument(help="results.jsonl files of the models to assess.", exists=True, dir_okay=False),
+        typer.Argument(
+            help="results.jsonl files of the models to assess (before --baseline).",
+            exists=True,
+            dir_okay=False,
+        ),
     ],
     baseline: BaselineOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("robustness"),
@@ -132,5 +171,5 @@ def robustness(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate)
-    app.command("robustness")(robustness)
+    app.command("evaluate", cls=GreedyBaselineCommand)(evaluate)
+    app.command("robustness", cls=GreedyBaselineCommand)(robustness)

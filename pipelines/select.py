@@ -78,9 +78,11 @@ def select_command(
     print_funnel_table(f"select {spec.name}", Funnel.from_dict(summary["funnel"]))
     for d in summary["decisions"]:
         cut = d.get("cut", {})
+        kept = d.get("kept", cut.get("k", ""))
         console.print(
-            f"{d['step']}: kept {cut.get('k', '')} of {cut.get('candidates', '')} "
-            f"(cut at {cut.get('value')!r}, boundary uid {cut.get('boundary_uid')})"
+            f"{d['step']}: kept {kept} of {cut.get('candidates', '')} "
+            f"(cut at rank {cut.get('k')}, value {cut.get('value')!r}, "
+            f"boundary uid {cut.get('boundary_uid')})"
             if cut
             else f"{d['step']}: {d}"
         )

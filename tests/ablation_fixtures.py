@@ -36,8 +36,13 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_quality_pool(root: Path, n: int = 96, per_shard: int = 48, seed: int = 0) -> Path:
-    """img2dataset-layout pool (tar + parquet) with ``attributes/SCORE/NNNNN.parquet`` (uid, SCORE)."""
+def write_quality_pool(
+    root: Path, n: int = 96, per_shard: int = 48, seed: int = 0, sources: tuple[str, ...] = ("photo",)
+) -> Path:
+    """img2dataset-layout pool (tar + parquet) with ``attributes/SCORE/NNNNN.parquet`` (uid, SCORE).
+
+    Sample ``i`` comes from ``sources[i % len(sources)]``.
+    """
     rng = np.random.default_rng(seed)
     (root / "attributes" / SCORE).mkdir(parents=True, exist_ok=True)
     for s, start in enumerate(range(0, n, per_shard)):
@@ -55,7 +60,9 @@ def write_quality_pool(root: Path, n: int = 96, per_shard: int = 48, seed: int =
                 _add(
                     tar,
                     f"{key}.json",
-                    json.dumps({"uid": uid, "source": "photo", "caption": caption}).encode(),
+                    json.dumps(
+                        {"uid": uid, "source": sources[i % len(sources)], "caption": caption}
+                    ).encode(),
                 )
                 rows.append(
                     {
@@ -69,7 +76,7 @@ def write_quality_pool(root: Path, n: int = 96, per_shard: int = 48, seed: int =
                         "original_width": 64,
                         "original_height": 64,
                         "uid": uid,
-                        "source": "photo",
+                        "source": sources[i % len(sources)],
                     }
                 )
                 score = rng.normal(0.12, 0.03) if junk else rng.normal(0.32, 0.03)

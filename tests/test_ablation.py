@@ -169,6 +169,41 @@ def test_topk_sets_hold_the_best_scores_and_random_controls_have_their_sizes(tmp
     assert prepare_sets(expand_cells(cfg), cfg, out)["top25"].size == infos["top25"].size
 
 
+def test_mix_sets_add_the_noisy_source_to_all_of_the_clean_one(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tests.ablation_fixtures import write_quality_pool
+
+    pool = write_quality_pool(tmp_path / "pool", n=60, per_shard=30, sources=("photo", "forum"))
+    mix = {"clean": ["photo"], "noisy": ["forum"], "noisy_shares": [0.5, 0.25]}
+    cfg = config(pool=str(pool), topk=[100], random_control=False, modes=["one_epoch"], mix=mix)
+    cells = expand_cells(cfg)
+    assert {c.id for c in cells if c.set.kind == "mix"} == {
+        "mix_clean__equal_samples__s0",  # mixes compare at equal samples seen, whatever the modes
+        "mix_noisy25__equal_samples__s0",
+        "mix_noisy50__equal_samples__s0",
+    }
+    out = tmp_path / "out"
+    infos = prepare_sets(cells, cfg, out)
+    assert all(i.error is None for i in infos.values()), infos
+    rows = pd.concat([pq.read_table(p).to_pandas() for p in sorted(pool.glob("*.parquet"))])
+    by_source = {s: set(g["uid"]) for s, g in rows.groupby("source")}
+    clean = set(Subset.load(out / "sets" / "mix_clean" / "subset.npy").hex())
+    assert clean == by_source["photo"]
+    for name, n_noisy in (("mix_noisy50", 30), ("mix_noisy25", 10)):
+        got = Subset.load(out / "sets" / name / "subset.npy")
+        assert len(got) == infos[name].size == 30 + n_noisy
+        assert set(got.hex()) - by_source["forum"] == by_source["photo"]
+        *_, mixed = got.manifest["funnel"]["stages"]  # the card's funnel: pool -> candidates -> mix
+        assert (mixed["stage"], mixed["seen"], mixed["kept"]) == ("mix", 60, len(got))
+        assert mixed["dropped"] == {"not_drawn": 30 - n_noisy} if n_noisy < 30 else not mixed["dropped"]
+    with pytest.raises(ConfigError, match="both clean and noisy"):
+        config(mix={"clean": ["a"], "noisy": ["a"]})
+    bad = config(pool=str(pool), topk=[100], mix={"clean": ["photo"], "noisy": ["nowhere"]})
+    info = prepare_sets(expand_cells(bad), bad, tmp_path / "bad")["mix_noisy50"]
+    assert info.error is not None and "nowhere" in info.error
+
+
 # ---------------------------------------------------------------- power law
 
 
@@ -292,6 +327,12 @@ def _fake_cells(root: Path) -> list[CellRecord]:
                     (0.4, 0.3, 0.35),
                 )
             )
+    specs.append(
+        ("mix_clean__equal_samples__s0", "mix_clean", "mix", 0, "equal_samples", 1000, (0.5, 0.45, 0.5))
+    )
+    specs.append(
+        ("mix_noisy30__equal_samples__s0", "mix_noisy30", "mix", 30, "equal_samples", 1000, (0.5, 0.2, 0.25))
+    )
     for cid, set_name, kind, k, mode, seen, (a_id, a_sk, a_v2) in specs:
         eval_dir = root / cid / "eval"
         records = _records(eval_dir, cid, {"tiny_id": a_id, "tiny_sketch": a_sk, "tiny_v2": a_v2})
@@ -347,6 +388,10 @@ def test_results_and_report_from_recorded_cells(tmp_path):
     assert saved["shifts"] == ["tiny_sketch", "tiny_v2"]
     lines = read_headlines(tmp_path)  # what `curate ablate` and `curate demo` print at the end
     assert lines and lines == [h["text"] for h in saved["headlines"]] and "best top-k is" in lines[0]
+    (mix,) = [h for h in saved["headlines"] if "mixed" in h]  # the mixing row: the noisy mix has lower ER
+    assert (mix["clean"], mix["mixed"], mix["share"]) == ("mix_clean", "mix_noisy30", 0.0)  # same sizes
+    assert mix["er"][1] < mix["er"][0] and mix["dilutes"] is not False
+    assert saved["robustness"]["baselines_resampled"] is True
 
     html = (tmp_path / "report.html").read_text()
     parser = _Links()
@@ -360,6 +405,11 @@ def test_results_and_report_from_recorded_cells(tmp_path):
         assert f">{cell}<" in html
     assert re.search(r"exponent b</th>", html) and "error = " in html  # the fitted power law is printed
     assert "open_clip_torch" in html and "quality_threshold" in html  # what was run
+    assert "mixing at equal samples seen: mix_clean" in html and mix["text"] in html.replace("&#39;", "'")
+    fits = re.findall(r"<tr><td class=\"text\">tiny_sketch</td><td>[-\d.]+</td><td>[-\d.]+</td><td>(\d+)</td>"
+                      r"<td>([\d.]+)</td><td>([\d.]+)–([\d.]+)%</td>", html)  # fmt: skip
+    assert fits == [("3", f"{results.robustness.fits['tiny_sketch'].r2:.3f}", "30.0", "80.0")]
+    assert "and the baseline models (refitting the line)" in html
 
 
 def test_report_without_baselines_says_why_there_is_no_er(tmp_path):
@@ -494,3 +544,22 @@ def test_headline_compares_best_topk_with_full_pool_and_its_random_control() -> 
     assert eq.beats_full is True and eq.beats_random is False
     assert "does not beat random40 (42.0%)" in eq.sentence()
     assert one.best == "top40" and one.full is None and one.beats_full is None
+
+
+def test_mix_headline_says_whether_the_noisy_source_dilutes_robustness() -> None:
+    from workflows.ablation_results import mix_headlines
+
+    def mix_row(name: str, share: float, er: float, half_width: float) -> dict:
+        row = _row(name, "mix", 100 * share, "equal_samples", 0.3)
+        return {**row, "acc_shift_mean": 0.2, "er_mean": er, "er_mean_ci_low": er - half_width,
+                "er_mean_ci_high": er + half_width}  # fmt: skip
+
+    rows = [mix_row("mix_clean", 0, 0.05, 0.01), mix_row("mix_noisy50", 0.5, 0.01, 0.01)]
+    (apart,) = mix_headlines(pd.DataFrame([*rows, _row("top40", "topk", 40, "equal_samples", 0.4)]))
+    assert (apart.clean, apart.mixed, apart.share, apart.dilutes) == ("mix_clean", "mix_noisy50", 0.5, True)
+    assert "dilutes robustness" in apart.sentence() and "ER +5.0 [+4.0, +6.0] pts" in apart.sentence()
+    (overlap,) = mix_headlines(pd.DataFrame([rows[0], mix_row("mix_noisy50", 0.5, 0.04, 0.02)]))
+    assert overlap.dilutes is None and "not resolved" in overlap.sentence()
+    (higher,) = mix_headlines(pd.DataFrame([rows[0], mix_row("mix_noisy50", 0.5, 0.08, 0.01)]))
+    assert higher.dilutes is False and "does not dilute" in higher.sentence()
+    assert mix_headlines(pd.DataFrame(rows[1:])) == []  # nothing to compare with

@@ -195,6 +195,32 @@ def test_accuracy_tables_csv_jsonl_and_clip_benchmark(tmp_path: Path) -> None:
         load_accuracy_table([bad])
 
 
+def _on_line(models: dict[str, float], noise: dict[str, float]) -> pd.DataFrame:
+    """Baselines on logit(shift) = logit(id) - 1 (plus ``noise`` in logit units), for both shifts."""
+    rows = []
+    for m, acc in models.items():
+        shift = float(expit(scipy_logit(acc) - 1 + noise.get(m, 0.0)))
+        rows += [(m, "id", acc), (m, "sketch", shift), (m, "style", shift)]
+    return pd.DataFrame(rows, columns=["model", "dataset", "acc1"])
+
+
+def test_er_ci_resamples_the_baseline_models(tmp_path: Path) -> None:
+    evaluated = load_accuracy_table([_results(tmp_path, "clip", {"id": 0.4, "sketch": 0.36, "style": 0.38})])
+    boot = BootstrapConfig(samples=400, seed=3)
+    accs = {"b1": 0.1, "b2": 0.2, "b3": 0.3, "b4": 0.45, "b5": 0.6}
+
+    def width(baselines: pd.DataFrame) -> tuple[float, bool]:
+        report = compute_report(evaluated, baselines, "id", ["sketch", "style"], boot)
+        ci = next(p.ci for p in report.models if p.shift == "sketch")
+        return ci[1] - ci[0], report.baselines_resampled
+
+    exact, resampled = width(_on_line(accs, {}))  # every resampled line is the same line
+    noisy, _ = width(_on_line(accs, {"b1": 0.3, "b2": -0.3, "b3": 0.25, "b4": -0.2, "b5": 0.3}))
+    assert resampled and noisy > 1.2 * exact
+    two = _on_line({"b1": 0.1, "b5": 0.6}, {})
+    assert width(two) == pytest.approx((exact, False))  # two points: the line is held fixed
+
+
 def test_robustness_cli(tmp_path: Path) -> None:
     results = [_results(tmp_path, "clip-a", {"id": 0.4, "sketch": 0.36, "style": 0.38}),
                _results(tmp_path, "clip-b", {"id": 0.6, "sketch": 0.5, "style": 0.52})]  # fmt: skip
@@ -221,6 +247,22 @@ def test_robustness_cli(tmp_path: Path) -> None:
     assert (out / "effective_robustness.png").exists() and (out / "effective_robustness.svg").exists()
     missing = CliRunner().invoke(app, ["robustness", str(results[0]), "--out", str(out)])
     assert missing.exit_code != 0
+
+
+def test_robustness_cli_takes_several_baseline_files(tmp_path: Path) -> None:
+    results = _results(tmp_path, "clip-a", {"id": 0.4, "sketch": 0.36, "style": 0.38})
+    models = sorted(BASELINES["model"].unique())
+    files = []
+    for i, model in enumerate(models):
+        files.append(tmp_path / f"baseline{i}.csv")
+        BASELINES[BASELINES["model"] == model].to_csv(files[-1], index=False)
+    out = tmp_path / "er"
+    args = ["robustness", str(results), "--baseline", *map(str, files), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "robustness.json").read_text())
+    assert {p["model"] for p in report["models"]} == {"clip-a"}  # the baselines did not become results
+    assert report["fits"]["sketch"]["n"] == len(models) > 2
 
 
 # ------------------------------------------------------------------ the plot

@@ -207,7 +207,10 @@ def test_datacomp_clip_score_matches_datacomps_definition(dc_pool, dc_frame, key
         [f"steps.0.topk.score={key}", f"steps.0.topk.fraction={fraction}"],
     )
     expected = datacomp_clip_reference(dc_frame, key, fraction)
-    assert eq(run_selection(dc_pool, spec).subset, expected)
+    result = run_selection(dc_pool, spec)
+    assert eq(result.subset, expected)
+    # the decision records what was written, not DataComp's threshold rank
+    assert result.decisions[-1]["kept"] == len(expected) == result.subset.manifest["selected_rows"]
 
 
 def test_datacomp_basic_plus_clip_score_is_the_intersection(dc_pool, dc_frame):

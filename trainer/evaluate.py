@@ -36,6 +36,8 @@ from trainer.zeroshot import classify
 
 log = logging.getLogger(__name__)
 
+LANGUAGE = "en"  # the suites' class names and templates are English (CLIP_benchmark's ``language``)
+
 
 @dataclass
 class Outcome:
@@ -71,6 +73,7 @@ def _base_record(ev: Evaluatee, test_set: TestSet, task: str, passed: PassResult
         "role": str(test_set.role),
         "n": passed.n,
         "skipped": dict(passed.skipped),
+        "language": LANGUAGE,
     }
 
 
@@ -221,6 +224,36 @@ def write_results(records: Sequence[dict[str, Any]], out_dir: Path) -> None:
     lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
     atomic_write_text(out_dir / "results.jsonl", lines)
     atomic_write_text(out_dir / "results.csv", results_frame(records).to_csv(index=False))
+
+
+CLIP_BENCHMARK_TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
+
+
+def write_clip_benchmark(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """The records as ``clip_benchmark eval`` writes them: one JSON per dataset x model x task.
+
+    File names follow its default ``{dataset}_{pretrained}_{model}_{language}_{task}.json`` (a
+    checkpoint file is named by its base name); the dataset is ``wds/NAME`` as in its webdataset
+    runs, and the JSON has exactly its keys, so its ``clip_benchmark build`` table reads them.
+    """
+    paths = []
+    for rec in records:
+        if rec["task"] not in CLIP_BENCHMARK_TASKS:
+            continue
+        pretrained = str(rec.get("pretrained") or "")
+        slug = Path(pretrained).name if Path(pretrained).is_file() else pretrained
+        name = f"{rec['dataset']}_{slug}_{rec['model']}_{LANGUAGE}_{rec['task']}.json".replace("/", "_")
+        dump = {
+            "dataset": f"wds/{rec['dataset']}",
+            "model": rec["model"],
+            "pretrained": pretrained,
+            "task": rec["task"],
+            "metrics": rec["metrics"],
+            "language": rec.get("language", LANGUAGE),
+        }
+        atomic_write_text(out_dir / name, json.dumps(dump))
+        paths.append(out_dir / name)
+    return paths
 
 
 def default_out_dir(source: ModelSource, suite: Suite) -> Path:

@@ -48,7 +48,7 @@ def _percent(value: float, _pos: int) -> str:
     return f"{100 * value:.3g}%"
 
 
-def _panel(ax: plt.Axes, report: RobustnessReport, shift: str, colors: dict[str, str]) -> None:
+def draw_robustness_panel(ax: plt.Axes, report: RobustnessReport, shift: str, colors: dict[str, str]) -> None:
     base = [p for p in report.baselines if p.shift == shift]
     models = [p for p in report.models if p.shift == shift]
     lo, hi = _limits(base + models)
@@ -110,7 +110,7 @@ def plot_effective_robustness(
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.4 * nrows), squeeze=False)
     colors = model_colors([p.model for p in report.models])
     for ax, shift in zip(axes.flat, shifts, strict=False):
-        _panel(ax, report, shift, colors)
+        draw_robustness_panel(ax, report, shift, colors)
     for ax in list(axes.flat)[len(shifts) :]:
         ax.set_visible(False)
     fig.suptitle("Effective robustness (logit axes)", fontsize=12)

@@ -80,6 +80,7 @@ class EvaluateInputs(ConfigModel):
     suite: Path = Field(description="Evaluation suite directory (or a suite name from the eval config).")
     out: Path | None = Field(None, description="Output dir (default RUN/eval/SUITE).")
     label: str | None = None
+    clip_benchmark: Path | None = Field(None, description="Also write CLIP_benchmark's layout here.")
 
 
 def run_evaluate(inputs: EvaluateInputs, cfg: EvalConfig, engine: Any = None) -> StageResult:
@@ -94,6 +95,10 @@ def run_evaluate(inputs: EvaluateInputs, cfg: EvalConfig, engine: Any = None) ->
     out = inputs.out or default_out_dir(source, suite)
     log.info("evaluating %s on suite %r (%d sets) -> %s", source.label, suite.name, len(suite.test_sets), out)
     records = evaluate_suite(load_evaluatee(source, cfg), suite, cfg, out)
+    if inputs.clip_benchmark is not None:
+        from trainer.evaluate import write_clip_benchmark
+
+        write_clip_benchmark(records, inputs.clip_benchmark)
     return StageResult({"results": str(out / "results.jsonl"), "out": str(out), "records": records})
 
 

@@ -20,178 +20,69 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
-import re
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field, field_validator, model_validator
+from typing import Any
 
 from curation.core.config import ConfigModel
 from curation.core.io import atomic_write_json, read_json
 from curation.core.progress import make_progress
 from curation.core.stagedef import StageDef, StageFailed, StageResult
 from curation.core.subset import Subset
+from curation.engines import Engine, open_engine
 from workflows import ablation_cells as ops
+from workflows.ablation_report import write_outputs
+from workflows.ablation_spec import (
+    CELL_FILE,
+    ERROR_FILE,
+    SET_FILE,
+    AblationConfig,
+    AblationResult,
+    BaselineConfig,
+    Cell,
+    CellRecord,
+    SetInfo,
+    SetSpec,
+    expand_cells,
+    expand_sets,
+    topk_name,
+)
+
+__all__ = [  # the grid's types live in workflows.ablation_spec; importers of this module find them here too
+    "CELL_FILE",
+    "ERROR_FILE",
+    "SET_FILE",
+    "AblationConfig",
+    "AblationResult",
+    "BaselineConfig",
+    "Cell",
+    "CellJob",
+    "CellRecord",
+    "SetInfo",
+    "SetSpec",
+    "expand_cells",
+    "expand_sets",
+    "prepare_set",
+    "prepare_sets",
+    "run_ablation",
+    "run_cell",
+    "run_cells",
+    "topk_name",
+]
 
 log = logging.getLogger(__name__)
 
-CELL_FILE = "cell.json"  # the finished-cell marker, holding the cell's record
-ERROR_FILE = "error.json"
-SET_FILE = "set.json"  # the materialised-set marker
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-Mode = Literal["one_epoch", "equal_samples"]
-Kind = Literal["topk", "random", "named", "baseline"]
-
-
-# ---------------------------------------------------------------- config
-
-
-class BaselineConfig(ConfigModel):
-    """Supervised models on the labelled in-distribution training set: the effective-robustness line."""
-
-    shards: str | None = None  # training shards with KEY.cls (the synthetic crawl's imagenet/train)
-    classnames: str | None = None  # default: classnames.txt beside or above the shards
-    budgets: list[int] = Field(default_factory=list)  # samples seen of each baseline model
-    seeds: list[int] = Field(default_factory=lambda: [0])
-
-    @field_validator("budgets")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(b < 1 for b in v):
-            raise ValueError("budgets must be positive sample counts")
-        return sorted(set(v))
-
-    @model_validator(mode="after")
-    def _shards_given(self) -> BaselineConfig:
-        if self.budgets and not self.shards:
-            raise ValueError("baselines.budgets needs baselines.shards (labelled training shards)")
-        return self
-
-
-class AblationConfig(ConfigModel):
-    name: str = "quality_threshold"
-    pool: str  # img2dataset pool (tars + parquet) with the score's attribute table
-    # STAGE:COLUMN of an attribute table (`curate score` with the tiny reference CLIP writes this one), or a
-    # pool column (DataComp's clip_l14_similarity_score); higher is better
-    score: str = "clip_score_tiny_vit:clip_score_tiny_vit"
-    within: str | None = None  # rank only among the samples this filter stage kept (e.g. "filters")
-    topk: list[float] = Field(default_factory=lambda: [20.0, 40.0, 60.0, 80.0, 100.0])  # percent
-    random_control: bool = True  # a seeded random subset of each top-k size (not for k = 100: same set)
-    random_seed: int = 0
-    named_sets: dict[str, str] = Field(default_factory=dict)  # name -> subset .npy made elsewhere
-    preset: str = "tiny"
-    preset_overrides: list[str] = Field(default_factory=list)  # key=value, as `curate train --set`
-    modes: list[Mode] = Field(default_factory=lambda: ["one_epoch", "equal_samples"])
-    samples_seen: int | None = Field(None, ge=1)  # equal_samples budget (default: the preset's)
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    suite: str = "data/synth/suite"
-    eval_config: str | None = None  # default conf/eval/default.yaml
-    eval_overrides: list[str] = Field(default_factory=list)
-    baselines: BaselineConfig = Field(default_factory=BaselineConfig)
-    reshard: dict[str, Any] = Field(default_factory=dict)  # curation.reshard.plan.ReshardConfig fields
-    workers: int = Field(1, ge=1)  # shard workers of selection and resharding
-    engine: Literal["local", "spark", "ray"] = "local"  # where selection and resharding run their shards
-    parallel_cells: int = Field(1, ge=1)  # cells trained at once (one tiny CPU training uses ~2 cores)
-    device: str = "auto"
-    power_law_offset: bool = False  # fit error = a * N^-b + c instead of a * N^-b
-
-    @field_validator("topk")
-    @classmethod
-    def _percentages(cls, v: list[float]) -> list[float]:
-        if any(not 0 < k <= 100 for k in v):
-            raise ValueError("topk values are percentages in (0, 100]")
-        return sorted(set(v))
-
-    @field_validator("named_sets")
-    @classmethod
-    def _names(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [n for n in v if not NAME_RE.match(n) or "__" in n]
-        if bad:
-            raise ValueError(f"set names must be [A-Za-z0-9_.-] without '__': {bad}")
-        return v
-
-
-# ---------------------------------------------------------------- the grid
-
-
-@dataclass(frozen=True)
-class SetSpec:
-    """One training set: how it is made, and what the results table says about it."""
-
-    name: str
-    kind: Kind
-    k: float | None = None  # top-k percentage (topk and its random control)
-    subset: str | None = None  # a given subset .npy (named sets)
-    control_of: str | None = None  # random: the top-k set whose size it matches
-    shards: str | None = None  # given training shards (baselines)
-
-
-@dataclass(frozen=True)
-class Cell:
-    set: SetSpec
-    mode: str
-    seed: int
-    samples_seen: int | None = None  # None: one_epoch, or the preset's equal_samples budget
-
-    @property
-    def id(self) -> str:
-        return f"{self.set.name}__{self.mode}__s{self.seed}"
-
-
-def topk_name(k: float) -> str:
-    return f"top{k:g}"
-
-
-def expand_sets(cfg: AblationConfig) -> list[SetSpec]:
-    """Top-k sets, their random controls, the named sets (baselines are cells of their own)."""
-    sets = [SetSpec(topk_name(k), "topk", k=k) for k in cfg.topk]
-    if cfg.random_control:
-        sets += [SetSpec(f"random{k:g}", "random", k=k, control_of=topk_name(k)) for k in cfg.topk if k < 100]
-    sets += [SetSpec(name, "named", subset=path) for name, path in cfg.named_sets.items()]
-    clash = {s.name for s in sets if s.kind == "named"} & {s.name for s in sets if s.kind != "named"}
-    if clash:
-        raise ValueError(f"named sets clash with generated set names: {sorted(clash)}")
-    return sets
-
-
-def expand_cells(cfg: AblationConfig) -> list[Cell]:
-    """Every set x mode x seed, then the supervised baselines (one cell per budget x seed)."""
-    cells = [
-        Cell(s, mode, seed, cfg.samples_seen if mode == "equal_samples" else None)
-        for s in expand_sets(cfg)
-        for mode in cfg.modes
-        for seed in cfg.seeds
-    ]
-    b = cfg.baselines
-    for budget in b.budgets:
-        spec = SetSpec(f"supervised{budget}", "baseline", shards=b.shards)
-        cells += [Cell(spec, "equal_samples", seed, budget) for seed in b.seeds]
-    return cells
-
 
 # ---------------------------------------------------------------- sets
-
-
-@dataclass
-class SetInfo:
-    """A materialised set: where its shards are, how big it is, or why it could not be made."""
-
-    name: str
-    shards: str | None = None
-    subset: str | None = None
-    size: int | None = None
-    error: str | None = None
 
 
 def set_dir(out: Path, name: str) -> Path:
     return out / "sets" / name
 
 
-def prepare_set(spec: SetSpec, cfg: AblationConfig, out: Path) -> SetInfo:
+def prepare_set(spec: SetSpec, cfg: AblationConfig, out: Path, engine: Engine | str = "local") -> SetInfo:
     """Select (if needed) and reshard one set, once: a ``set.json`` marks it ready for every cell."""
     if spec.kind == "baseline":
         assert spec.shards is not None
@@ -200,9 +91,9 @@ def prepare_set(spec: SetSpec, cfg: AblationConfig, out: Path) -> SetInfo:
     if (root / SET_FILE).exists():
         return SetInfo(**read_json(root / SET_FILE))
     try:
-        subset = _select(spec, cfg, out)
+        subset = _select(spec, cfg, out, engine)
         size = len(Subset.load(subset))
-        shards = ops.reshard(Path(cfg.pool), subset, root / "shards", cfg.reshard, cfg.workers, cfg.engine)
+        shards = ops.reshard(Path(cfg.pool), subset, root / "shards", cfg.reshard, engine)
         info = SetInfo(spec.name, shards=str(shards), subset=str(subset), size=size)
         atomic_write_json(root / SET_FILE, asdict(info))
         log.info("set %s: %d samples -> %s", spec.name, size, shards)
@@ -212,7 +103,7 @@ def prepare_set(spec: SetSpec, cfg: AblationConfig, out: Path) -> SetInfo:
         return SetInfo(spec.name, error=f"{type(exc).__name__}: {exc}")
 
 
-def _select(spec: SetSpec, cfg: AblationConfig, out: Path) -> Path:
+def _select(spec: SetSpec, cfg: AblationConfig, out: Path, engine: Engine | str) -> Path:
     root, pool = set_dir(out, spec.name), Path(cfg.pool)
     if spec.kind == "named":
         assert spec.subset is not None
@@ -222,19 +113,26 @@ def _select(spec: SetSpec, cfg: AblationConfig, out: Path) -> Path:
     path = root / "subset.npy"
     if path.exists():
         return path
+    if spec.kind == "mix":
+        seed = cfg.mix.seed if cfg.mix is not None else 0
+        return ops.select_mix(
+            pool, cfg.within, spec.clean, spec.noisy, spec.share, seed, path, engine
+        )
     if spec.kind == "topk":
         assert spec.k is not None
-        return ops.select_topk(pool, cfg.score, spec.k / 100, cfg.within, path, cfg.workers, cfg.engine)
+        return ops.select_topk(pool, cfg.score, spec.k / 100, cfg.within, path, engine)
     assert spec.control_of is not None
     target = set_dir(out, spec.control_of) / "subset.npy"
     if not target.exists():
         raise FileNotFoundError(
             f"{spec.name}: the top-k set it controls for ({spec.control_of}) was not made"
         )
-    return ops.select_random(pool, target, cfg.random_seed, cfg.within, path, cfg.workers, cfg.engine)
+    return ops.select_random(pool, target, cfg.random_seed, cfg.within, path, engine)
 
 
-def prepare_sets(cells: list[Cell], cfg: AblationConfig, out: Path) -> dict[str, SetInfo]:
+def prepare_sets(
+    cells: list[Cell], cfg: AblationConfig, out: Path, engine: Engine | str = "local"
+) -> dict[str, SetInfo]:
     """Top-k sets first (random controls take their sizes), in grid order; sequential, shard-parallel."""
     specs = {c.set.name: c.set for c in cells}
     order = sorted(specs.values(), key=lambda s: s.kind == "random")
@@ -243,7 +141,7 @@ def prepare_sets(cells: list[Cell], cfg: AblationConfig, out: Path) -> dict[str,
         task = progress.add_task("sets", total=len(order))
         for spec in order:
             progress.update(task, description=f"set {spec.name}")
-            infos[spec.name] = prepare_set(spec, cfg, out)
+            infos[spec.name] = prepare_set(spec, cfg, out, engine)
             progress.advance(task)
     return infos
 
@@ -267,29 +165,6 @@ class CellJob:
     eval_overrides: tuple[str, ...]
     device: str
     classnames: str | None = None
-
-
-@dataclass
-class CellRecord:
-    """What one cell produced: its identity, the run's numbers, the evaluation records, or its error."""
-
-    id: str
-    set: str
-    kind: str
-    k: float | None
-    mode: str
-    seed: int
-    status: str  # finished | failed
-    subset_size: int | None = None
-    samples_seen: int | None = None
-    wall_s: float | None = None
-    train_s: float | None = None
-    eval_s: float | None = None
-    run_dir: str | None = None
-    eval_dir: str | None = None
-    records: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-    reused: bool = False  # finished by an earlier run of the ablation, skipped by this one
 
 
 def _record(job: CellJob, status: str, **values: Any) -> CellRecord:
@@ -432,29 +307,26 @@ def run_cells(jobs: list[CellJob], parallel: int) -> list[CellRecord]:
 # ---------------------------------------------------------------- the whole ablation
 
 
-@dataclass
-class AblationResult:
-    out: Path
-    cells: list[CellRecord]
-    sets: dict[str, SetInfo]
+def run_ablation(
+    cfg: AblationConfig, out: Path, report: bool = True, engine: Engine | None = None
+) -> AblationResult:
+    """Make the sets, run every cell, then write results.csv/.json and report.html.
 
-    @property
-    def failed(self) -> list[CellRecord]:
-        return [c for c in self.cells if c.status == "failed"]
-
-
-def run_ablation(cfg: AblationConfig, out: Path, report: bool = True) -> AblationResult:
-    """Make the sets, run every cell, then write results.csv/.json and report.html."""
+    The sets' selection and resharding run on ``engine`` (a job's engine), else on the config's
+    ``engine`` with ``workers``; training cells run ``parallel_cells`` at a time in this machine.
+    """
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     cells = expand_cells(cfg)
     log.info("ablation %s: %d cells -> %s", cfg.name, len(cells), out)
-    sets = prepare_sets(cells, cfg, out)
+    if engine is None:
+        with open_engine(cfg.engine, cfg.workers) as own:
+            sets = prepare_sets(cells, cfg, out, own)
+    else:
+        sets = prepare_sets(cells, cfg, out, engine)
     records = run_cells(cell_jobs(cells, sets, cfg, out), cfg.parallel_cells)
     result = AblationResult(out, records, sets)
     if report:
-        from workflows.ablation_report import write_outputs
-
         write_outputs(result, cfg)
     return result
 
@@ -463,9 +335,9 @@ class AblateInputs(ConfigModel):
     out: Path = Path("ablation")
 
 
-def run_ablate(inputs: AblateInputs, cfg: AblationConfig, engine: Any = None) -> StageResult:
+def run_ablate(inputs: AblateInputs, cfg: AblationConfig, engine: Engine | None = None) -> StageResult:
     """The ablation grid (select, reshard, train, evaluate, report); its cells resume on a rerun."""
-    result = run_ablation(cfg, inputs.out)
+    result = run_ablation(cfg, inputs.out, engine=engine)
     if result.failed:
         failed = "; ".join(f"{c.id} ({c.error})" for c in result.failed[:5])
         raise StageFailed(f"ablation: {len(result.failed)} of {len(result.cells)} cell(s) failed: {failed}")

@@ -35,8 +35,8 @@ from curation.core.templating import template_env
 from trainer.eval_config import load_eval_config
 from trainer.powerlaw import PowerLawError, PowerLawFit, fit_power_law
 from trainer.robustness import AVERAGE, RobustnessReport
-from workflows.ablation import AblationConfig, AblationResult
-from workflows.ablation_results import Results, build_results, headlines
+from workflows.ablation_results import Results, build_results, headlines, mix_headlines
+from workflows.ablation_spec import AblationConfig, AblationResult
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ KIND_STYLE = {  # colour, marker per kind of set
     "random": ("#7f7f7f", "s"),
     "named": ("#2ca02c", "D"),
     "baseline": ("#d62728", "^"),
+    "mix": ("#9467bd", "P"),
 }
 VERSIONED = ("numpy", "pandas", "torch", "open_clip_torch", "matplotlib", "scipy", "duckdb", "pyarrow")
 
@@ -118,7 +119,7 @@ def plot_threshold(table: pd.DataFrame, modes: Sequence[str]) -> Figure | None:
 
 def plot_robustness(report: RobustnessReport, table: pd.DataFrame, modes: Sequence[str]) -> Figure:
     """Shift vs in-distribution accuracy on logit axes, one row per mode (trainer.plots' panels)."""
-    from trainer.plots import _panel, model_colors
+    from trainer.plots import draw_robustness_panel, model_colors
 
     shifts = list(report.shifts) + ([AVERAGE] if len(report.shifts) > 1 else [])
     curated = table[(table["kind"] != "baseline") & table["cell"].isin({p.model for p in report.models})]
@@ -132,7 +133,7 @@ def plot_robustness(report: RobustnessReport, table: pd.DataFrame, modes: Sequen
         models = [dataclasses.replace(p, model=short[p.model]) for p in report.models if p.model in short]
         sub = dataclasses.replace(report, models=models)
         for c, shift in enumerate(shifts):
-            _panel(axes[r][c], sub, shift, colors)
+            draw_robustness_panel(axes[r][c], sub, shift, colors)
             if mode is not None:
                 axes[r][c].set_title(f"{axes[r][c].get_title()} — {mode.replace('_', ' ')}", fontsize=9)
     fig.suptitle(
@@ -281,6 +282,7 @@ def report_context(
     fit_info = results.robustness.fits if results.robustness is not None else {}
     return {
         "name": cfg.name,
+        "modes": list(cfg.modes),
         "out": str(result.out),
         "ci_level": f"{100 * boot_level:g}%",
         "counts": table["status"].value_counts().to_dict() if len(table) else {},
@@ -305,11 +307,13 @@ def report_context(
                 "intercept": f"{v.intercept:.3f}",
                 "n": v.n,
                 "r2": f"{v.r2:.3f}",
+                "id_range": f"{100 * v.id_range[0]:.1f}–{100 * v.id_range[1]:.1f}%" if v.id_range else "",
             }
             for k, v in fit_info.items()
         ],
+        "baselines_resampled": results.robustness.baselines_resampled if results.robustness else False,
         "notes": results.notes,
-        "headlines": [h.sentence() for h in headlines(table)],
+        "headlines": [h.sentence() for h in headlines(table)] + [m.sentence() for m in mix_headlines(table)],
         "failed": [{"cell": c.id, "error": c.error or ""} for c in result.failed],
         "columns": columns,
         "rows": rows,
@@ -340,6 +344,10 @@ def write_outputs(result: AblationResult, cfg: AblationConfig) -> Results:
                     "text": h.sentence(),
                 }
                 for h in headlines(results.table)
+            ]
+            + [
+                {**asdict(m), "dilutes": m.dilutes, "text": m.sentence()}
+                for m in mix_headlines(results.table)
             ],
             "robustness": results.robustness.to_dict() if results.robustness is not None else None,
             "cells": records,

@@ -30,7 +30,7 @@ from trainer.robustness import (
     records_to_table,
     resample_means,
 )
-from workflows.ablation import CellRecord
+from workflows.ablation_spec import CellRecord
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,95 @@ def headlines(table: pd.DataFrame) -> list[Headline]:
                 full_acc=full_acc,
                 random=rand_name,
                 random_acc=rand_acc,
+            )
+        )
+    return out
+
+
+@dataclass
+class MixHeadline:
+    """The mixing experiment on this grid: does adding the noisy source lower effective robustness?"""
+
+    clean: str
+    mixed: str
+    share: float  # the noisy fraction drawn
+    acc_id: tuple[float, float]  # clean, mixed (mean over seeds)
+    acc_shift: tuple[float | None, float | None]
+    er: tuple[float | None, float | None]
+    er_ci: tuple[tuple[float | None, float | None], tuple[float | None, float | None]]
+
+    @property
+    def dilutes(self) -> bool | None:
+        """True: lower ER with disjoint intervals; False: ER not lower; None: lower, but within the noise."""
+        er_clean, er_mixed = self.er
+        if er_clean is None or er_mixed is None or er_mixed >= er_clean:
+            return False if er_clean is not None and er_mixed is not None else None
+        clean_low, mixed_high = self.er_ci[0][0], self.er_ci[1][1]
+        return True if clean_low is not None and mixed_high is not None and mixed_high < clean_low else None
+
+    def sentence(self) -> str:
+        def er(i: int) -> str:
+            value, (lo, hi) = self.er[i], self.er_ci[i]
+            if value is None:
+                return "ER not computed"
+            ci = f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo is not None and hi is not None else ""
+            return f"ER {100 * value:+.1f}{ci} pts"
+
+        def acc(i: int) -> str:
+            shift = self.acc_shift[i]
+            return f"{100 * self.acc_id[i]:.1f}% ID" + (
+                f", {100 * shift:.1f}% shift" if shift is not None else ""
+            )
+
+        verdict = (
+            "no effective robustness to compare"
+            if None in self.er
+            else {
+                True: "adding the noisy source dilutes robustness (lower ER, intervals apart)",
+                None: "adding the noisy source lowers ER, but within the intervals (not resolved)",
+                False: "adding the noisy source does not dilute robustness here (ER not lower)",
+            }[self.dilutes]
+        )
+        return (
+            f"mixing at equal samples seen: {self.clean} {acc(0)}, {er(0)}; {self.mixed} "
+            f"({100 * self.share:.1f}% noisy) {acc(1)}, {er(1)}: {verdict}"
+        )
+
+
+def mix_headlines(table: pd.DataFrame) -> list[MixHeadline]:
+    """Each mixed set against the clean sources alone (kind ``mix``, mean over seeds)."""
+    if not len(table) or "acc_id" not in table:
+        return []
+    done = table[(table["status"] == "finished") & (table["kind"] == "mix") & table["acc_id"].notna()]
+    wanted = ("acc_id", "acc_shift_mean", "er_mean", "er_mean_ci_low", "er_mean_ci_high", "subset_size")
+    cols = [c for c in wanted if c in done]
+    means = done.groupby("set", sort=False).agg(k=("k", "first"), **{c: (c, "mean") for c in cols})
+    clean = means[means["k"] == 0]
+    if not len(clean):
+        return []
+    c = clean.iloc[0]
+
+    def get(row: pd.Series, col: str) -> float | None:
+        return None if col not in row or pd.isna(row[col]) else float(row[col])
+
+    out = []
+    for name, m in means[means["k"] > 0].iterrows():
+        # the share drawn: a mixed set is every clean sample plus the noisy ones (a short noisy source
+        # is capped, so this can be below the share asked, k)
+        sizes = get(c, "subset_size"), get(m, "subset_size")
+        drawn = 1 - sizes[0] / sizes[1] if sizes[0] and sizes[1] else float(m["k"]) / 100
+        out.append(
+            MixHeadline(
+                clean=str(clean.index[0]),
+                mixed=str(name),
+                share=round(drawn, 4),
+                acc_id=(float(c["acc_id"]), float(m["acc_id"])),
+                acc_shift=(get(c, "acc_shift_mean"), get(m, "acc_shift_mean")),
+                er=(get(c, "er_mean"), get(m, "er_mean")),
+                er_ci=(
+                    (get(c, "er_mean_ci_low"), get(c, "er_mean_ci_high")),
+                    (get(m, "er_mean_ci_low"), get(m, "er_mean_ci_high")),
+                ),
             )
         )
     return out

@@ -35,7 +35,8 @@ def run_ablation_cards(inputs: AblationCardsInputs, cfg: NoConfig, engine: objec
     for subset in subsets:
         name = subset.parent.name
         results = sorted((inputs.ablation / "cells").glob(f"{name}__*/eval/results.jsonl"))
-        write_card(load_card_data(subset, inputs.pool, results), Pool(inputs.pool), inputs.out / name)
+        data = load_card_data(subset, inputs.pool, results, name=name)
+        write_card(data, Pool(inputs.pool), inputs.out / name)
     return StageResult({"cards": [s.parent.name for s in subsets], "out": str(inputs.out)})
 
 

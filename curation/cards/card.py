@@ -10,23 +10,26 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import pandas as pd
+import yaml
 from matplotlib.figure import Figure
 from PIL import Image
 
 from curation import __version__
-from curation.cards.data import CardData, reason_counts, size_category
+from curation.cards.data import CardData, size_category
+from curation.cards.funnel import FunnelRow, card_funnel, first_reasons
 from curation.core.io import atomic_write_bytes, atomic_write_text
 from curation.core.pool import Pool
 from curation.core.safepath import unique_safe_names
-from curation.core.stats import Funnel
 from curation.core.templating import template_env
 
+PROVENANCE_FILE = "provenance.json"  # the subset's manifest, beside the card, linked from it
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 
 
@@ -35,7 +38,8 @@ def md_escape(text: Any, limit: int = 160) -> str:
     s = " ".join(str(text if text is not None else "").split())
     if len(s) > limit:
         s = s[: limit - 1] + "…"
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(s, quote=True))
+    # quotes stay: they are plain text in Markdown, and an escaped entity's '#' would break it
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(s, quote=False))
 
 
 def _axes() -> tuple[Figure, Any]:
@@ -97,23 +101,33 @@ def plots(data: CardData) -> dict[str, bytes]:
 
 
 def sample_grid(data: CardData, pool: Pool, per_group: int = 8) -> list[dict[str, Any]]:
-    """A few kept and a few dropped samples (with the reason) as thumbnails."""
+    """A few kept and a few dropped samples (with the reason) as thumbnails, none shown twice.
+
+    Web pools repeat captions and images (templates, reposts, upsampled copies): examples are
+    distinct by caption and by image hash, and the dropped ones take each reason in turn.
+    """
     frame = data.frame
     reasons = data.reason_columns()
     first_reason = frame[reasons].bfill(axis=1).iloc[:, 0] if reasons else pd.Series(None, index=frame.index)
+    frame = frame.assign(reason=first_reason.fillna("not selected"))
+    distinct = [c for c in ("caption", "sha256") if c in frame]
+    for col in distinct:
+        frame = frame[frame[col].isna() | ~frame[col].duplicated()]
     kept = frame[frame["in_subset"]].sort_values("uid").head(per_group)
-    dropped = frame[~frame["in_subset"]].assign(reason=first_reason).sort_values("uid").head(per_group)
+    dropped = frame[~frame["in_subset"]].sort_values("uid")
+    turn = dropped.groupby("reason", sort=True).cumcount()  # each reason's 1st, then each one's 2nd, ...
+    dropped = dropped.assign(turn=turn).sort_values(["turn", "reason", "uid"]).head(per_group)
     wanted = {**dict.fromkeys(kept["uid"], "kept"), **dict.fromkeys(dropped["uid"], "dropped")}
     thumbs = _thumbnails(pool, set(wanted))
     rows = []
-    for frame_part, group in ((kept.assign(reason=None), "kept"), (dropped, "dropped")):
+    for frame_part, group in ((kept, "kept"), (dropped, "dropped")):
         for r in frame_part.itertuples():
             rows.append(
                 {
                     "group": group,
                     "uid": r.uid,
                     "caption": r.caption,
-                    "reason": r.reason or ("not selected" if group == "dropped" else ""),
+                    "reason": r.reason if group == "dropped" else "",
                     "image": thumbs.get(r.uid),
                 }
             )
@@ -150,31 +164,119 @@ def _thumbnail(raw: bytes) -> str:
         return ""
 
 
+INTENDED_USE = (
+    "Research on data curation for CLIP-style image-text pre-training: training and comparing models "
+    "on this set against others made from the same pool."
+)
+KNOWN_LIMITS = (
+    "Web captions and images carry their sources' biases; selecting by a reference CLIP's score favours "
+    "what that model already understands; captions are untrusted text."
+)
+
+
+def yaml_header(data: CardData, n: int, sources: dict[str, int]) -> str:
+    """The Hugging Face card metadata, dumped by a YAML library (no Markdown escaping inside)."""
+    licenses = [lic for lic, _ in data.crawl.get("licenses", [])]
+    meta = {
+        "pretty_name": data.name,
+        "license": licenses[0] if len(licenses) == 1 else "other",
+        "task_categories": ["zero-shot-image-classification", "image-to-text", "text-to-image"],
+        "size_categories": [size_category(n)],
+        "source_datasets": sorted(sources),
+        "tags": ["clip", "image-text", "curated"],
+        "configs": [{"config_name": data.name, "data_files": data.file}],
+    }
+    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+
+
+def _how(data: CardData, funnel: list[FunnelRow]) -> str:
+    m = data.subset.manifest
+    steps = " → ".join(r.stage for r in funnel)
+    what = m.get("description") or m.get("how") or "a subset of the pool"
+    return f"{what} ({steps})" if steps else str(what)
+
+
+def _scored_by(data: CardData) -> list[str]:
+    """The models behind the scores this set was selected on (every score stage if none is named)."""
+    used = {
+        str(d.get("score", "")).split(":")[0]
+        for d in data.subset.manifest.get("decisions", [])
+        if d.get("score")
+    }
+    chosen = {k: v for k, v in data.scorers.items() if k in used} or data.scorers
+    out = []
+    for stage, ident in chosen.items():
+        weights = Path(str(ident.get("pretrained") or "")).name or "?"
+        sha = f", sha256 {str(ident['sha256'])[:12]}" if ident.get("sha256") else ""
+        out.append(f"{stage}: open_clip {ident.get('model', '?')} ({weights}{sha})")
+    return out
+
+
+def _crawl_text(recorded: dict[str, Any]) -> tuple[str, str]:
+    crawl = {"files": [], "hosts": [], "n_hosts": 0, "licenses": [], **recorded}
+    files = ", ".join(
+        f"{f['file']} ({f['rows']:,} rows)" if f.get("rows") else f["file"] for f in crawl["files"]
+    )
+    hosts = ", ".join(f"{h} ({n:,})" for h, n in crawl["hosts"])
+    more = (
+        f" and {crawl['n_hosts'] - len(crawl['hosts'])} more hosts"
+        if crawl["n_hosts"] > len(crawl["hosts"])
+        else ""
+    )
+    origin = "; ".join(x for x in (files and f"crawl {files}", hosts and f"urls on {hosts}{more}") if x)
+    lic = ", ".join(f"{lic} ({n:,})" for lic, n in crawl["licenses"])
+    return origin or "not recorded", lic or "not recorded (images keep their owners' terms)"
+
+
 def card_context(data: CardData, pool: Pool, figures: dict[str, bytes]) -> dict[str, Any]:
-    funnel = Funnel(data.stages)
-    for stage in funnel.stages:
+    for stage in data.stages:
         stage.check_balanced()
     n = len(data.subset)
+    unique = data.subset.unique_count()
     sources = data.source_counts()
+    funnel = card_funnel(data.stages, data.subset.manifest, n)
     results = [r for r in data.results if r.get("set") in (None, data.name)]
     hard = None
     if data.labels is not None:
         counts = data.labels["class_name"].value_counts()
         hard = {"classes": int(counts.size), "counts": counts.to_dict()}
+    top = sorted(sources.items(), key=lambda kv: -kv[1])
+    origin, licence = _crawl_text(data.crawl)
+    summary = [
+        ("What", f"a curated image-text set for CLIP pre-training, file {data.file}"),
+        (
+            "Size",
+            f"{n:,} samples ({unique:,} distinct) from a pool of {len(data.frame):,} downloaded samples",
+        ),
+        (
+            "Sources",
+            ", ".join(f"{s} {100 * c / max(n, 1):.0f}%" for s, c in top[:4])
+            + (f" and {len(top) - 4} more" if len(top) > 4 else ""),
+        ),
+        ("How it was made", _how(data, funnel)),
+        ("Scored by", "; ".join(_scored_by(data)) or "no score model recorded"),
+        ("Crawl", origin),
+        ("Licence", licence),
+        ("Intended use", INTENDED_USE),
+        ("Known limits", KNOWN_LIMITS),
+    ]
     return {
         "name": data.name,
+        "file": data.file,
+        "yaml_header": yaml_header(data, n, sources),
+        "summary": summary,
         "n": n,
-        "unique": data.subset.unique_count(),
+        "unique": unique,
         "pool_size": len(data.frame),
         "size_category": size_category(n),
         "sources": [{"source": s, "count": c, "share": c / max(n, 1)} for s, c in sources.items()],
-        "funnel_rows": funnel.rows(),
-        "funnel_reasons": sorted({k for r in funnel.rows() for k in r if k.startswith("dropped_")}),
-        "drop_reasons": reason_counts(data.frame, data.reason_columns()).most_common(),
+        "funnel": funnel,
+        "drop_reasons": first_reasons(data.frame, data.reason_columns()).most_common(),
         "duplicates": data.duplicate_groups(),
         "hardmatch": hard,
         "samples": sample_grid(data, pool),
         "figures": {k: base64.b64encode(v).decode() for k, v in figures.items()},
+        "provenance": PROVENANCE_FILE,
         "manifest": data.subset.manifest,
         "results": results,
         "code_version": __version__,
@@ -189,12 +291,13 @@ def _env(autoescape: bool) -> jinja2.Environment:
 
 
 def write_card(data: CardData, pool: Pool, out: Path) -> tuple[Path, Path]:
-    """Write ``out/README.md``, ``out/card.html`` and the figures; returns the two card paths."""
+    """Write ``out/README.md``, ``out/card.html``, the figures and ``provenance.json``; returns the cards."""
     out.mkdir(parents=True, exist_ok=True)
     figures = plots(data)
     for name, png in figures.items():
         atomic_write_bytes(out / name, png)
     ctx = card_context(data, pool, figures)
+    atomic_write_text(out / PROVENANCE_FILE, json.dumps(data.subset.manifest, indent=2, default=str) + "\n")
     atomic_write_text(out / "README.md", _env(False).get_template("card.md.j2").render(**ctx))
     atomic_write_text(out / "card.html", _env(True).get_template("card.html.j2").render(**ctx))
     return out / "README.md", out / "card.html"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import duckdb
 import numpy as np
@@ -23,7 +24,18 @@ from curation.core.stats import StageStats, merge
 from curation.core.subset import Subset
 from curation.core.uid import array_to_uids
 
-SAMPLE_COLUMNS = ("uid", "caption", "source", "url", "original_width", "original_height", "sha256")
+SAMPLE_COLUMNS = (
+    "uid",
+    "caption",
+    "source",
+    "url",
+    "original_width",
+    "original_height",
+    "sha256",
+    "license",
+    "LICENSE",
+)
+LICENSE_COLUMNS = ("license", "licence")
 
 
 @dataclass
@@ -34,6 +46,9 @@ class CardData:
     stages: list[StageStats] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
     labels: pd.DataFrame | None = None
+    file: str = ""  # the subset file's name, as written
+    scorers: dict[str, dict[str, Any]] = field(default_factory=dict)  # score stage -> its model identity
+    crawl: dict[str, Any] = field(default_factory=dict)  # where the pool's urls came from, as recorded
 
     @property
     def kept(self) -> pd.DataFrame:
@@ -64,7 +79,10 @@ class CardData:
 
 
 def load_card_data(
-    subset_path: Path, pool_dir: Path | None, results: Path | Sequence[Path] | None = None
+    subset_path: Path,
+    pool_dir: Path | None,
+    results: Path | Sequence[Path] | None = None,
+    name: str | None = None,
 ) -> CardData:
     subset = Subset.load(subset_path)
     pool = Pool(pool_dir or Path(subset.manifest.get("pool", "")))
@@ -73,13 +91,39 @@ def load_card_data(
     frame["in_subset"] = frame["uid"].isin(member)
     labels_path = subset_path.parent / "labels.parquet"
     return CardData(
-        name=subset.manifest.get("name", subset_path.stem),
+        name=name or subset.manifest.get("name") or subset_path.stem,
         subset=subset,
         frame=frame,
         stages=pool_stage_stats(pool),
         results=_read_results(results),
         labels=pd.read_parquet(labels_path) if labels_path.exists() else None,
+        file=subset_path.name,
+        scorers=scorers(pool),
+        crawl=crawl_origin(pool, frame),
     )
+
+
+def scorers(pool: Pool) -> dict[str, dict[str, Any]]:
+    """The model behind each score stage (``curate score`` pins it in ``attributes/STAGE/_model.json``)."""
+    root = pool.root / "attributes"
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/_model.json"))}
+
+
+def crawl_origin(pool: Pool, frame: pd.DataFrame) -> dict[str, Any]:
+    """The crawl file(s) the download read, the url hosts, and any licence column, as recorded."""
+    plan = pool.root / "_download" / "plan.json"
+    parts = json.loads(plan.read_text()).get("parts", []) if plan.exists() else []
+    hosts: Counter[str] = Counter()
+    if "url" in frame:
+        hosts.update(frame["url"].dropna().astype(str).map(lambda u: urlsplit(u).hostname or "?"))
+    lic = next((c for c in frame.columns if c.lower() in LICENSE_COLUMNS), None)
+    licenses = Counter(frame[lic].dropna().astype(str)) if lic else Counter()
+    return {
+        "files": [{"file": Path(p["file"]).name, "rows": p.get("rows")} for p in parts if "file" in p],
+        "hosts": hosts.most_common(3),
+        "n_hosts": len(hosts),
+        "licenses": licenses.most_common(3),
+    }
 
 
 def _sample_frame(pool: Pool) -> pd.DataFrame:
@@ -137,10 +181,3 @@ def size_category(n: int) -> str:
         (1_000_000_000, "100M<n<1B"),
     ]
     return next((label for bound, label in bounds if n < bound), "1B<n<10B")
-
-
-def reason_counts(frame: pd.DataFrame, columns: list[str]) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for c in columns:
-        counts.update(frame[c].dropna().astype(str))
-    return counts

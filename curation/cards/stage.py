@@ -16,6 +16,7 @@ class CardInputs(ConfigModel):
     out: Path = Field(description="Directory for README.md, card.html and figures.")
     pool: Path | None = Field(None, description="Pool directory; default: the manifest's pool.")
     results: list[Path] = Field(default_factory=list, description="Evaluation results (JSON lines).")
+    name: str | None = Field(None, description="The set's name (default: the subset file's).")
 
 
 def run_card(inputs: CardInputs, cfg: NoConfig, engine: Any = None) -> StageResult:
@@ -23,7 +24,7 @@ def run_card(inputs: CardInputs, cfg: NoConfig, engine: Any = None) -> StageResu
     from curation.cards.data import load_card_data
     from curation.core.pool import Pool
 
-    data = load_card_data(inputs.subset, inputs.pool, inputs.results or None)
+    data = load_card_data(inputs.subset, inputs.pool, inputs.results or None, name=inputs.name)
     readme, html = write_card(data, Pool(inputs.pool or Path(data.subset.manifest["pool"])), inputs.out)
     return StageResult({"readme": str(readme), "html": str(html)})
 

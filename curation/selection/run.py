@@ -134,11 +134,21 @@ def _run(
         if invalid:
             funnel.stages.append(invalid)
         funnel.check()
+        _record_kept(decisions, funnel)
         manifest = _manifest(spec, pool, frame, funnel, decisions, gathered is not None)
         manifest["seconds"] = round(time.perf_counter() - start, 3)
         return SelectionResult(Subset(uids, manifest), funnel, decisions)
     finally:
         con.close()
+
+
+def _record_kept(decisions: list[dict[str, Any]], funnel: Funnel) -> None:
+    """Each top-level step's decision gets the rows its stage kept: a cut's ``k`` is a rank (DataComp's
+    threshold index, or the target before ties), not what was written."""
+    kept = {stage.stage: stage.total.kept for stage in funnel.stages}
+    for d in decisions:
+        if f"select:{d.get('step')}" in kept:
+            d["kept"] = kept[f"select:{d['step']}"]
 
 
 def _manifest(

@@ -29,6 +29,7 @@ from curation.synth.pool import Workers, chunks
 from curation.synth.rand import allocate_exact, item_rng, plan_rng
 from curation.synth.render import encode, get_style, quality_for, render
 
+DATASET_TYPE_FILE = "dataset_type.txt"  # CLIP_benchmark's webdataset metadata: "retrieval" or absent
 STREAM_SUITE = {"synth_id": 10, "synth_sketch": 11, "synth_style": 12, "synth_v2": 13, "synth_retrieval": 14}
 STREAM_SEED, STREAM_IMAGENET, STREAM_IMAGENET_META = 20, 30, 31
 Advance = Callable[[int], None]
@@ -227,6 +228,8 @@ def build_suite(
         atomic_write_text(
             root / "zeroshot_classification_templates.txt", "".join(f"{t}\n" for t in TEMPLATES)
         )
+        if spec.caption:  # CLIP_benchmark's loader (and ours, given the folder alone) reads the type here
+            atomic_write_text(root / DATASET_TYPE_FILE, "retrieval\n")
         sizes[spec.name] = len(labels)
         entries.append({"name": spec.name, "path": spec.name, "role": spec.role})
     suite_yaml = yaml.safe_dump({"name": "synthetic", "test_sets": entries}, sort_keys=False)
