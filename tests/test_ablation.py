@@ -1,4 +1,7 @@
-"""`curate ablate`: grid expansion, set preparation, cells, results, power-law fit, HTML report."""
+"""`curate ablate`: grid expansion, set preparation, cells, results, power-law fit, HTML report.
+
+(Over 400 lines: one file per command; its tests share the grid fixtures.)
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
 """curate download: url policy, img2dataset into a pool against a real HTTP server on 127.0.0.1,
+
+(Over 400 lines: one file per command; its tests share the local HTTP server fixtures.)
 accounting of every row, reruns and resumes, and the CLI."""
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Quality filters: each rule on its edge cases, the global-view filters across shards, the funnel."""
+"""Quality filters: each rule on its edge cases, the global-view filters across shards, the funnel.
+
+(Over 400 lines: one file for the filter job; its tests share the pool fixtures.)
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""YFCC-hardmatch: whole-word class matching, ambiguity, outputs, report, accuracy, CLI."""
+"""YFCC-hardmatch: whole-word class matching, ambiguity, outputs, report, accuracy, CLI.
+
+(Over 400 lines: one file per command; its tests share the caption tables.)
+"""
 
 from __future__ import annotations
 

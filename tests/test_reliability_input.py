@@ -1,4 +1,6 @@
 """Bad input, one test per case of issue #12: a clear error naming what is wrong, or a recorded drop
+
+(Over 400 lines: one test per bad-input case of one issue, sharing its pool builders.)
 reason while the rest of the shard and job goes on, and a funnel that balances.
 
 Image and caption cases go through the real score stage (one scored pool holds them all, next to

@@ -1,4 +1,7 @@
-"""curate select: exact top-k, thresholds, random controls, composition, DataComp baselines, funnel."""
+"""curate select: exact top-k, thresholds, random controls, composition, DataComp baselines, funnel.
+
+(Over 400 lines: one file per command; its tests share the pools of tests/selpools.py.)
+"""
 
 from __future__ import annotations
 

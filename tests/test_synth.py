@@ -1,4 +1,6 @@
 """The synthetic crawl: determinism, junk proportions and ground truth, suite layout, server faults,
+
+(Over 400 lines: one file for the generator; its tests share one generated crawl.)
 and foreign/English captions as fastText lid.176 sees them."""
 
 from __future__ import annotations

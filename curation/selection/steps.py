@@ -1,5 +1,8 @@
 """Selection step kinds: a registry of small classes, composed by a declarative YAML tree.
 
+(Over 400 lines: every built-in step kind is a small class over the same Frame and gate helpers; one file
+keeps the step language readable in one place.)
+
 A step is written as a one-key mapping, ``{kind: settings}``; set operations take a list of steps::
 
     steps:                                   # a chain: each step works on what the previous kept

@@ -1,5 +1,8 @@
 """The synthetic web crawl: plan who is what, then render it in parallel.
 
+(Over 400 lines: the plan and its rendering share the pair records and the junk kinds, and split apart
+they would each need the other's internals.)
+
 Two steps. (1) A plan, drawn in this process from the master seed: every pair's source, junk
 kind, class, caption class, language and, for duplicates, its original. (2) Rendering in a process
 pool, one generator per pair derived from (seed, stream, index), so files are byte-identical

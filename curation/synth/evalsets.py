@@ -1,5 +1,8 @@
 """Held-out sets beside the crawl: the evaluation suite, the clean seed set, the ImageNet analogue.
 
+(Over 400 lines: the suite, the seed set and the ImageNet analogue share their layout writers and random
+streams.)
+
 All three draw from their own random streams, so none shares an image with the crawl or another
 set. The suite follows CLIP_benchmark's webdataset layout; the seed set and ImageNet analogue are
 training shards (``00000.tar`` + ``sizes.json``) that the trainer reads directly.

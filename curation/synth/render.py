@@ -1,5 +1,7 @@
 """Render one concept as a small web-like image in a named visual style.
 
+(Over 400 lines: the styles and the drawing primitives they parameterise are one vocabulary.)
+
 A style is a bundle of distributions (background, fill, outline, clutter, noise, size, rotation,
 JPEG quality). Sources of the crawl differ by style, the shifted test sets use styles the crawl
 never shows (sketch outlines, patterned fills) or the crawl's styles with shifted parameters
