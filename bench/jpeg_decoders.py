@@ -3,8 +3,11 @@
 Every variant turns the same JPEG bytes into the model's uint8 input (decode to RGB, resize the
 short side bicubically with antialiasing, centre crop), as the score stage's decode processes do:
 
-* ``pillow``: the stage's decoder with exact decode (``jpeg_draft: null``), the reference;
-* ``pillow-draft2``: the same with ``jpeg_draft: 2`` (libjpeg's DCT scaling to >= 2x the input);
+* ``pillow``: PIL's decode and the model's PIL steps, exact: the reference;
+* ``pillow-draft2``: the same with PIL's ``draft`` (libjpeg's DCT scaling to >= 2x the input), as
+  ``jpeg_draft: 2`` did before the stage decoded JPEGs with torchvision;
+* ``stage``, ``stage-draft2``: the score stage's decoder (:class:`curation.scoring.loader.PairDecoder`)
+  with ``jpeg_draft`` null and 2;
 * ``simplejpeg``, ``turbojpeg`` (PyTurboJPEG; needs the system's libturbojpeg), ``opencv``
   (``IMREAD_REDUCED_COLOR_N``): the same DCT scaling rule, then Pillow's resize; ``-exact``: no
   DCT scaling (as ``pillow``); ``-x4``: scaling only while the image stays >= 4x the input;
@@ -40,7 +43,7 @@ from torchvision.transforms.v2 import functional as F
 
 from curation.core.models import load_clip
 from curation.scoring.encode import PairEncoder
-from curation.scoring.loader import ImagePrep, PairDecoder
+from curation.scoring.loader import ImagePrep, PairDecoder, to_rgb
 from tests.image_pool import write_image_pool
 
 Decode = Callable[[bytes], np.ndarray]
@@ -58,7 +61,13 @@ def scale_for(size: tuple[int, int], target: tuple[int, int], factor: int = 2) -
 
 def variants(prep: ImagePrep) -> dict[str, Decode]:
     h, w = prep.size
-    exact, draft = PairDecoder(prep, None), PairDecoder(prep, 2)
+    stage, stage_draft = PairDecoder(prep, None), PairDecoder(prep, 2)
+
+    def pillow(b: bytes, draft: int | None) -> np.ndarray:
+        with Image.open(io.BytesIO(b)) as img:
+            if draft:
+                img.draft("RGB", (draft * w, draft * h))
+            return np.asarray(prep.pil_steps(to_rgb(img)))
 
     def pil_resize(rgb: np.ndarray) -> np.ndarray:
         return np.asarray(prep.pil_steps(Image.fromarray(rgb)))
@@ -71,8 +80,10 @@ def variants(prep: ImagePrep) -> dict[str, Decode]:
         return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
 
     out: dict[str, Decode] = {
-        "pillow": lambda b: exact.image({"jpg": b})[0],
-        "pillow-draft2": lambda b: draft.image({"jpg": b})[0],
+        "pillow": lambda b: pillow(b, None),
+        "pillow-draft2": lambda b: pillow(b, 2),
+        "stage": lambda b: stage.image({"jpg": b})[0],
+        "stage-draft2": lambda b: stage_draft.image({"jpg": b})[0],
     }
     try:
         import simplejpeg
