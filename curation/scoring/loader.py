@@ -33,6 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import CenterCrop, Compose, Normalize, Resize, ToTensor
+from torchvision.transforms.v2 import functional as F
 from webdataset.tariterators import base_plus_ext
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,23 @@ class ImagePrep:
 RGB_STEPS = ("_convert_to_rgb", "MaybeConvertMode")  # open_clip's mode conversions: torchvision decodes RGB
 
 
-def _tensor_twin(steps: list[Any]) -> Compose | None:
+@dataclass(frozen=True)
+class TensorSteps:
+    """Resize and centre crop on a uint8 ``[3, H, W]`` tensor with torchvision's v2 kernels (the v1
+    ``Resize`` module goes through float and cost 3.6x more on a 256-px image)."""
+
+    steps: tuple[Resize | CenterCrop, ...]
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        for t in self.steps:
+            if isinstance(t, Resize):
+                img = F.resize(img, t.size, t.interpolation, t.max_size, antialias=t.antialias)
+            else:
+                img = F.center_crop(img, list(t.size))
+        return img
+
+
+def _tensor_twin(steps: list[Any]) -> TensorSteps | None:
     """The PIL steps as tensor ops, or None if one of them is not a Resize, CenterCrop or RGB step."""
     out = []
     for t in steps:
@@ -126,7 +143,7 @@ def _tensor_twin(steps: list[Any]) -> Compose | None:
             out.append(t)
         elif getattr(t, "__name__", type(t).__name__) not in RGB_STEPS:
             return None
-    return Compose(out)
+    return TensorSteps(tuple(out))
 
 
 @dataclass
