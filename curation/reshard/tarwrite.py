@@ -22,7 +22,7 @@ BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 ZEROS = bytes(RECORD)
 FLUSH_BYTES = 8 << 20  # one writev per this many bytes ...
-FLUSH_PARTS = 1000  # ... or this many buffers (IOV_MAX is 1024 on Linux)
+FLUSH_PARTS = 1000  # ... or this many buffers (IOV_MAX is 1024 on Linux; one add queues at most 3)
 MAX_NAME = 100  # a longer name needs a pax record: left to tarfile
 MAX_SIZE = 8**11 - 1  # the largest size 11 octal digits hold: larger ones are left to tarfile
 
@@ -50,11 +50,17 @@ class TarSink:
 
     def add(self, name: str, data: bytes | memoryview) -> None:
         size = len(data)
-        self._queue(self.header(name, size))
+        parts = self._parts
+        header = self.header(name, size)  # one block, or more with a pax record
+        parts.append(header)
+        pad = -size % BLOCK
         if size:
-            self._queue(data)
-            if size % BLOCK:
-                self._queue(ZEROS[: BLOCK - size % BLOCK])
+            parts.append(data)
+            if pad:
+                parts.append(ZEROS[:pad])
+        self._pending += len(header) + size + pad
+        if self._pending >= FLUSH_BYTES or len(parts) >= FLUSH_PARTS:
+            self._flush()
 
     def header(self, name: str, size: int) -> bytes:
         """The header of a regular member as ``tarfile`` (pax format, its default) writes it: one
@@ -80,27 +86,23 @@ class TarSink:
             )
         )
 
-    def _queue(self, part: bytes | memoryview) -> None:
-        self._parts.append(part)
-        self._pending += len(part)
-        if self._pending >= FLUSH_BYTES or len(self._parts) >= FLUSH_PARTS:
-            self._flush()
-
     def _flush(self) -> None:
-        parts, self._parts, self._pending = self._parts, [], 0
+        parts, pending = self._parts, self._pending
+        self._parts, self._pending = [], 0
         while parts:
             written = os.writev(self._fd, parts)
             self.offset += written
-            parts = _advance(parts, written)
+            pending -= written
+            parts = _advance(parts, written) if pending else []
 
     def close(self) -> None:
         """End-of-archive (two zero blocks) and padding to a whole 10 KiB record, as tarfile does."""
         if self._fd < 0:
             return
         end = self.offset + self._pending + 2 * BLOCK
-        self._queue(ZEROS[: 2 * BLOCK])
-        if end % RECORD:
-            self._queue(ZEROS[: RECORD - end % RECORD])
+        tail = 2 * BLOCK + (-end % RECORD)
+        self._parts.append(ZEROS[:tail] if tail <= RECORD else bytes(tail))
+        self._pending += tail
         self._flush()
         os.close(self._fd)
         self._fd = -1
