@@ -211,7 +211,8 @@ def decode_comparison(pool: Path, args: argparse.Namespace, precision: str) -> d
     print(
         f"jpeg decode + resize: stage's CPU decoder {cpu_rate:8.1f} images/s on 1 core "
         f"(~{cpu_rate * loaders:.0f} on its {loaders} loader processes) | "
-        f"torchvision {torchvision.__version__} decode_jpeg on {where} {dev_rate:8.1f} images/s | ratio {dev_rate / cpu_rate:.2f} per core, "
+        f"torchvision {torchvision.__version__} decode_jpeg on {where} {dev_rate:8.1f} images/s | "
+        f"ratio {dev_rate / cpu_rate:.2f} per core, "
         f"{dev_rate / (cpu_rate * loaders):.2f} against the loaders | max |score diff| {diff:.2e}",
         flush=True,
     )
