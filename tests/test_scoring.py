@@ -199,6 +199,9 @@ def test_jpegs_decode_on_torchvision_close_to_pil_and_the_rest_on_pil():
     )
     truncated = {"__key__": "k", "jpg": jpeg(images[2])[:2000]}
     assert PairDecoder(prep).image(truncated)[1] == IMAGE_DECODE_ERROR
+    wrong_size = ImagePrep.from_preprocess(preprocess, (32, 32))  # a bug, not a bad sample: it must raise
+    with pytest.raises(PreprocessError, match="shape"):
+        PairDecoder(wrong_size).image({"__key__": "k", "jpg": jpeg(images[1])})
 
 
 def test_loader_ramps_batches_up_and_delivers_every_sample_once(tmp_path, monkeypatch):

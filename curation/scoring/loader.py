@@ -176,14 +176,11 @@ class PairDecoder:
                 if self.too_large(img.size):
                     log.debug("sample %s: image of %s pixels refused", sample.get("__key__"), img.size)
                     return self.blank(), IMAGE_TOO_LARGE
-                if (
-                    self.tensor_path(img)
-                    and (fast := self.decode_jpeg(data, sample.get("__key__"))) is not None
-                ):
-                    return fast, IMAGE_OK
-                if self.jpeg_draft:
-                    self.draft(img, self.jpeg_draft)
-                out = np.array(self.prep.pil_steps(to_rgb(img)))  # writable, as torch wants
+                out = self.decode_jpeg(data, sample.get("__key__")) if self.tensor_path(img) else None
+                if out is None:
+                    if self.jpeg_draft:
+                        self.draft(img, self.jpeg_draft)
+                    out = np.array(self.prep.pil_steps(to_rgb(img)))  # writable, as torch wants
         except Image.DecompressionBombError:  # PIL refuses past twice its limit already in open()
             return self.blank(), IMAGE_TOO_LARGE
         except Exception as exc:  # PIL raises many types for corrupt data; each one is a per-sample drop
@@ -208,9 +205,10 @@ class PairDecoder:
         except RuntimeError as exc:
             log.debug("sample %s: torchvision cannot decode it (%s); trying PIL", key, exc)
             return None
-        return self.checked(np.ascontiguousarray(self.prep.tensor_steps(chw).permute(1, 2, 0).numpy()))
+        return np.ascontiguousarray(self.prep.tensor_steps(chw).permute(1, 2, 0).numpy())
 
     def checked(self, out: np.ndarray) -> np.ndarray:
+        """A preprocess that does not give the model's input size is a bug to report, not a bad sample."""
         if out.shape != (*self.prep.size, 3):
             raise PreprocessError(
                 f"preprocess gave an image of shape {out.shape}, not {(*self.prep.size, 3)}"
