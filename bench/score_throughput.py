@@ -14,6 +14,10 @@ ratio, against the faster of the two bare forwards, also charges the stage for t
 decode processes take from the model. Passes alternate (bare, bare, full, ...) so a change in
 machine load hits all three; medians with [min .. max] over passes are reported, and the ratios
 are medians of per-pass ratios. Random weights are fine: speed does not depend on them.
+
+It also prints the bounds that CPU costs put on the stage: the decode bound (loader processes x
+1 / decode CPU per pair), the core bound (cores / (model + decode CPU per pair)) and how close the
+full stage came to the tightest of them and the model's own rate (``bound ratio``).
 """
 
 from __future__ import annotations
@@ -201,7 +205,32 @@ def report(same: list[Timing], every: list[Timing], full: list[Timing], threads:
         f"free cores     {cpu_b / slowest:8.3f}   bare / the busiest process's CPU per pair: like-for-like "
         "ratio with a core per process (projected from CPU times)"
     )
+    bounds = decode_bounds(cpu_b, cpu_loaders, loaders, cores, statistics.median(x.rate for x in same))
+    full_rate = statistics.median(x.rate for x in full)
+    print(
+        f"decode bound   {bounds['decode']:8.1f} pairs/s  {max(loaders, 1)} decode process(es) at "
+        f"{cpu_loaders:.2f} ms CPU per pair (a core each)"
+    )
+    print(
+        f"core bound     {bounds['cores']:8.1f} pairs/s  {cores} cores / (model {cpu_b:.2f} + decode "
+        f"{cpu_loaders:.2f} ms CPU per pair)"
+    )
+    print(
+        f"bound ratio    {full_rate / bounds['tightest']:8.3f}   full stage / the tightest of bare forward, "
+        f"decode and core bounds ({bounds['tightest']:.1f} pairs/s)"
+    )
     print(f"load avg       {os.getloadavg()[0]:8.1f}   (1 min, at the end; {cores} cores)")
+
+
+def decode_bounds(model_ms: float, decode_ms: float, loaders: int, cores: int, bare_rate: float) -> dict:
+    """The most pairs/s the stage can reach from its CPU costs (docs/scoring.md, "Threads on a small CPU").
+
+    Decode processes (inline decoding when ``loaders`` is 0) deliver at most ``loaders`` cores of
+    decoding; all processes together get at most ``cores`` cores of CPU for model plus decode.
+    """
+    decode = 1000 * max(loaders, 1) / max(decode_ms, 1e-9)
+    core = 1000 * cores / max(model_ms + decode_ms, 1e-9)
+    return {"decode": decode, "cores": core, "tightest": min(decode, core, bare_rate)}
 
 
 if __name__ == "__main__":

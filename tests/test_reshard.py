@@ -241,3 +241,24 @@ def test_tar_index_matches_tarfile(tmp_path, fmt):
                 expected.setdefault(key, []).append((ext, m.offset_data, m.size))
     got = {k: [(m.ext, m.offset, m.size) for m in v] for k, v in index_tar(path).items()}
     assert got == expected and len(got) == 20
+
+
+def test_tar_sink_writes_the_bytes_webdataset_writes(tmp_path):
+    """The byte-copy writer must stay a drop-in for webdataset's TarWriter: same headers, padding, end."""
+    from curation.reshard.tarwrite import TarSink
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(200):
+        exts = rng.choice(["cls", "jpg", "json", "txt"], size=int(rng.integers(1, 5)), replace=False)
+        sizes = rng.choice([0, 1, 511, 512, 513, 3000], size=len(exts))
+        samples.append((f"{i:011d}", {str(e): rng.bytes(int(s)) for e, s in zip(exts, sizes, strict=True)}))
+    samples += [("é" * 40, {"jpg": b"non-ascii name"}), ("k" * 120, {"txt": b"long name"})]
+    with wds.TarWriter(str(tmp_path / "wds.tar"), encoder=False, mtime=1_700_000_000) as writer:
+        for key, files in samples:
+            writer.write({"__key__": key, **files})
+    with TarSink(tmp_path / "sink.tar", 1_700_000_000) as sink:
+        for key, files in samples:
+            for ext in sorted(files):
+                sink.add(f"{key}.{ext}", memoryview(files[ext]))
+    assert (tmp_path / "sink.tar").read_bytes() == (tmp_path / "wds.tar").read_bytes()

@@ -28,6 +28,8 @@ from curation.scoring import ModelLoadError, ScoreConfig, ScoreJob, loader, scor
 from curation.scoring import job as score_job
 from curation.scoring.encode import PairEncoder, encode_batches
 from curation.scoring.loader import (
+    IMAGE_DECODE_ERROR,
+    IMAGE_OK,
     ImagePrep,
     LoaderSettings,
     PairCollate,
@@ -156,6 +158,50 @@ def test_jpeg_draft_decodes_exactly_up_to_twice_the_input_and_close_above(tmp_pa
     assert not np.isnan(scores[2]).any()
     np.testing.assert_allclose(scores[2], scores[None], atol=0.005)  # 1/2 scale, then bicubic
     np.testing.assert_allclose(scores[1], scores[None], atol=0.02)  # 1/4 scale instead of bicubic
+
+
+def test_jpegs_decode_on_torchvision_close_to_pil_and_the_rest_on_pil():
+    """The JPEG fast path (torchvision decode + uint8 resize) stays within rounding of PIL's pixels;
+    DCT-scaled, CMYK, PNG and corrupt images go through PIL exactly as before."""
+    register_project_models()
+    _, _, preprocess = open_clip.create_model_and_transforms("tiny-vit")
+    prep = ImagePrep.from_preprocess(preprocess, (64, 64))
+    assert prep.tensor_steps is not None
+    rng = np.random.default_rng(3)
+
+    def with_pil(data: bytes, draft: int | None) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as img:
+            if draft:
+                img.draft("RGB", (draft * 64, draft * 64))
+            return np.asarray(prep.pil_steps(loader.to_rgb(img)))
+
+    sides = (63, 256, 517, 1030)
+    images = [draw(rng, "red", "circle", side).resize((side, side * 3 // 4 + 1)) for side in sides]
+    images += [images[2].convert("L"), images[2].convert("CMYK")]
+    for img in images:
+        data = jpeg(img)
+        for draft in (None, 1, 2):
+            decoder = PairDecoder(prep, draft)
+            got, status = decoder.image({"__key__": "k", "jpg": data})
+            assert status == IMAGE_OK
+            with Image.open(io.BytesIO(data)) as header:
+                on_tensors = decoder.tensor_path(header)
+            assert on_tensors == (img.mode != "CMYK" and (not draft or decoder.draft_scale(img.size) == 1))
+            diff = np.abs(got.astype(int) - with_pil(data, draft).astype(int))
+            if on_tensors:
+                assert diff.max() <= 2 and diff.mean() < 0.5, (img.mode, img.size, draft)  # rounding
+            else:
+                assert diff.max() == 0, (img.mode, img.size, draft)
+    png = io.BytesIO()
+    images[1].save(png, format="PNG")
+    np.testing.assert_array_equal(
+        PairDecoder(prep).image({"jpg": png.getvalue()})[0], with_pil(png.getvalue(), None)
+    )
+    truncated = {"__key__": "k", "jpg": jpeg(images[2])[:2000]}
+    assert PairDecoder(prep).image(truncated)[1] == IMAGE_DECODE_ERROR
+    wrong_size = ImagePrep.from_preprocess(preprocess, (32, 32))  # a bug, not a bad sample: it must raise
+    with pytest.raises(PreprocessError, match="shape"):
+        PairDecoder(wrong_size).image({"__key__": "k", "jpg": jpeg(images[1])})
 
 
 def test_loader_ramps_batches_up_and_delivers_every_sample_once(tmp_path, monkeypatch):

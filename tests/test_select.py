@@ -386,6 +386,8 @@ def test_uid_vector_helpers_round_trip_validate_sort_and_look_up():
     back, ok = hex_to_uids(hexes)
     assert ok.all() and np.array_equal(back, u)
     assert np.array_equal(sort_uids(u), np.sort(u))
+    in_place = u.copy()
+    assert sort_uids(in_place, inplace=True) is in_place and np.array_equal(in_place, np.sort(u))
     odd = pa.array(["g" * 32, None, "abc", hexes[0].as_py().upper(), hexes[1].as_py()])
     vals, ok = hex_to_uids(odd)
     assert ok.tolist() == [False, False, False, True, True] and vals[3] == u[0] and vals[4] == u[1]

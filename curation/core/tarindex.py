@@ -38,7 +38,7 @@ def index_tar(
     """
     out: dict[str, list[Member]] = {}
     for name, offset, size in member_ranges(path, damage):
-        key, _, ext = Path(name).name.partition(".")
+        key, _, ext = name.rpartition("/")[2].partition(".")  # Path(name).name cost 40% of the scan
         if keys is None or key in keys:
             out.setdefault(key, []).append(Member(ext, offset, size))
     return out

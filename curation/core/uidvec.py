@@ -75,16 +75,25 @@ def is_sorted(uids: np.ndarray) -> bool:
     return bool(((h[1:] > h[:-1]) | ((h[1:] == h[:-1]) & (lo[1:] >= lo[:-1]))).all())
 
 
-def sort_uids(uids: np.ndarray) -> np.ndarray:
+def sort_uids(uids: np.ndarray, inplace: bool = False) -> np.ndarray:
     """Sort a ``u8,u8`` array by (f0, f1).
 
     numpy's structured sort compares records one field at a time through a generic callback and is
     an order of magnitude slower than sorting the high halves as plain integers; uids are hashes, so
-    equal high halves are rare and are fixed up locally.
+    equal high halves are rare and are fixed up locally. ``inplace`` sorts ``uids`` itself, one
+    field at a time: 1.0x its size of scratch instead of 1.5x plus a copy (a selection's output of
+    3e7 uids: 0.7 GiB less at the peak).
     """
     if is_sorted(uids):
         return uids
-    out = uids[np.argsort(uids["f0"], kind="stable")]
+    order = np.argsort(uids["f0"], kind="stable")
+    if inplace:
+        for name in ("f0", "f1"):
+            uids[name] = uids[name][order]
+        out = uids
+    else:
+        out = uids[order]
+    del order
     h = out["f0"]
     dup = np.flatnonzero(h[1:] == h[:-1])
     if len(dup):

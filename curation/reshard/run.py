@@ -18,6 +18,8 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from curation.reshard.plan import (
     load_labels,
     write_plan,
 )
+from curation.reshard.tarwrite import TarSink
 
 log = logging.getLogger(__name__)
 
@@ -67,29 +70,35 @@ class WriteJob(ShardJob):
         return self.out
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
-        import webdataset as wds  # imports torch: only where shards are written, not on every `curate` start
-
         plan = pq.read_table(plan_dir(self.out) / f"{shard}.parquet")
         stats = StageStats(self.name)
         written = 0
-        with (
-            TarReader(self.max_open) as reader,
-            wds.TarWriter(str(staging / f"{shard}.tar"), encoder=False, mtime=self.mtime) as sink,
-        ):
-            for row in plan.to_pylist():
-                size = sink.write(self._sample(reader, row))
-                written += size
-                c = stats.by_source.setdefault(row["source"], Counts())
-                c.seen += 1
-                c.kept += 1
+        tars = {s: str(self.pool.tar_path(s)) for s in plan["pool_shard"].unique().to_pylist()}
+        columns = {name: plan[name].to_pylist() for name in SAMPLE_COLUMNS if name in plan.column_names}
+        with TarReader(self.max_open) as reader, TarSink(staging / f"{shard}.tar", self.mtime) as sink:
+            for row in _rows(columns):
+                for name, data in self._sample(reader, tars[row["pool_shard"]], row):
+                    sink.add(name, data)
+                    written += len(data)
+        for source, n in Counter(columns["source"]).items():
+            stats.by_source[source] = Counts(n, n)
         stats.total = Counts(plan.num_rows, plan.num_rows)
         stats.extra["bytes"] = written
         return [stats]
 
-    def _sample(self, reader: TarReader, row: dict[str, Any]) -> dict[str, Any]:
-        tar = str(self.pool.tar_path(row["pool_shard"]))
-        files = {m["ext"]: reader.read(tar, m["offset"], m["size"]) for m in row["members"]}
-        meta = json.loads(files["json"]) if "json" in files else {}
+    @staticmethod
+    def _sample(reader: TarReader, tar: str, row: dict[str, Any]) -> list[tuple[str, bytes | memoryview]]:
+        """The output members of one sample, in name order (as webdataset's TarWriter orders them).
+
+        The sample's members lie next to each other in the pool tar: one read covers them all and
+        each member is a view into it. Only the JSON is rebuilt (it gains the sample's identity).
+        """
+        members = row["members"]
+        start = min(m["offset"] for m in members)
+        span = reader.read(tar, start, max(m["offset"] + m["size"] for m in members) - start)
+        view = memoryview(span)
+        files = {m["ext"]: view[m["offset"] - start : m["offset"] - start + m["size"]] for m in members}
+        meta = json.loads(files["json"].tobytes()) if "json" in files else {}
         meta.update(
             key=row["key"],
             uid=row["uid"],
@@ -99,14 +108,25 @@ class WriteJob(ShardJob):
             copy=row["copy"],
         )
         image_ext = next(e for e in IMAGE_EXTS if e in files)
-        sample: dict[str, Any] = {"__key__": row["key"], image_ext: files[image_ext]}
+        out: dict[str, bytes | memoryview] = {image_ext: files[image_ext]}
         if "txt" in files:
-            sample["txt"] = files["txt"]
+            out["txt"] = files["txt"]
         if row.get("label") is not None:
             meta["label"] = row["label"]
-            sample["cls"] = str(row["label"]).encode("ascii")
-        sample["json"] = json.dumps(meta, sort_keys=True).encode("utf-8")
-        return sample
+            out["cls"] = str(row["label"]).encode("ascii")
+        out["json"] = json.dumps(meta, sort_keys=True).encode("utf-8")
+        key = row["key"]
+        return [(f"{key}.{ext}", out[ext]) for ext in sorted(out)]
+
+
+SAMPLE_COLUMNS = ("key", "uid", "source", "pool_shard", "pool_key", "members", "copy", "label")
+
+
+def _rows(columns: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    """Plan rows as dicts, from whole columns converted once (not a table-wide ``to_pylist``)."""
+    names = list(columns)
+    for values in zip(*columns.values(), strict=True):
+        yield dict(zip(names, values, strict=True))
 
 
 def plan_dir(out: Path) -> Path:

@@ -244,11 +244,14 @@ def _first_row_per_uid(frame: Frame, within: Compiled) -> Compiled:
 def _fetch_uids(frame: Frame, last: Compiled, funnel: Funnel) -> tuple[np.ndarray, StageStats | None, bool]:
     """Stream the kept uids (repeated by multiplicity) into one sorted ``u8,u8`` array.
 
-    Also says whether two kept rows share a uid (told apart from one row's upsampling copies).
+    Also says whether two kept rows share a uid (told apart from one row's upsampling copies). One
+    entry per kept row is kept apart only once some row has several copies; until then the output
+    itself is that list. The output is sorted in place: at 3e7 kept rows the peak is the output
+    plus half of it, not three times it (bench/select_topk.py).
     """
     copies = int(funnel.stages[-1].extra.get("copies", 0))
     out = np.empty(copies, dtype=UID_DTYPE)
-    rows = np.empty(copies, dtype=UID_DTYPE)  # one entry per kept row (a row has at least one copy)
+    rows: np.ndarray | None = None  # one entry per kept row, once some row has several copies
     n_rows = 0
     filled = 0
     bad: list[str] = []
@@ -259,15 +262,25 @@ def _fetch_uids(frame: Frame, last: Compiled, funnel: Funnel) -> tuple[np.ndarra
         if not valid.all():
             bad += [str(u) for u in pa.array(batch.column(0)).filter(pa.array(~valid)).to_pylist()]
             uids, mult = uids[valid], mult[valid]
-        rep = np.repeat(uids, mult) if (mult != 1).any() else uids
+        upsampled = bool((mult != 1).any())
+        if upsampled and rows is None:
+            rows = np.empty(copies, dtype=UID_DTYPE)
+            rows[:filled] = out[:filled]  # so far one copy per row: the output is the row list
+        rep = np.repeat(uids, mult) if upsampled else uids
         out[filled : filled + len(rep)] = rep
         filled += len(rep)
-        rows[n_rows : n_rows + len(uids)] = uids
+        if rows is not None:
+            rows[n_rows : n_rows + len(uids)] = uids
         n_rows += len(uids)
-    out = sort_uids(out[:filled])
-    row_uids = sort_uids(rows[:n_rows])
-    repeated = bool(n_rows > 1 and (row_uids[1:] == row_uids[:-1]).any())
+    out = sort_uids(out[:filled], inplace=True)
+    row_uids = out if rows is None else sort_uids(rows[:n_rows], inplace=True)
+    repeated = bool(n_rows > 1 and _has_adjacent_equal(row_uids))
     return out, _invalid_stage(frame, last, funnel, bad) if bad else None, repeated
+
+
+def _has_adjacent_equal(sorted_uids: np.ndarray) -> bool:
+    hi, lo = sorted_uids["f0"], sorted_uids["f1"]
+    return bool(((hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])).any())
 
 
 def _invalid_stage(frame: Frame, last: Compiled, funnel: Funnel, bad: list[str]) -> StageStats:
