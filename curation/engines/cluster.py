@@ -84,7 +84,7 @@ def outcomes_after_abort(
             outcomes.append(ShardOutcome(shard, "done", load_shard_stats(out, shard)))
             continue
         clear_staging(job, shard)
-        why = reason if shard == culprit or culprit is None else f"cancelled: shard {culprit} failed"
+        why = reason if shard == culprit or culprit is None else f"stopped with the job when {culprit} failed"
         outcomes.append(ShardOutcome(shard, "failed", error=why, attempts=1))
     return outcomes
 
@@ -92,8 +92,8 @@ def outcomes_after_abort(
 def short_error(error: BaseException) -> str:
     """One line for a cluster failure (a Py4J error carries ~150 lines of JVM stack)."""
     text = str(error)
-    found = re.search(r"(Job aborted due to stage failure: .*?)(?:\n|$)", text)
+    found = re.search(r"Job aborted due to stage failure: (.*?)(?:\n|$)", text)
     if found:
-        text = found.group(1)
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(error).__name__)
+        return f"Spark stage failed: {found.group(1)}"[:400]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return f"{type(error).__name__}: {line}"[:400]
