@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -169,8 +170,10 @@ def spark_executors() -> list[int]:
 @contextmanager
 def ray_head(root: Path, cpus: int = 2, env: dict[str, str] | None = None) -> Iterator[None]:
     """A Ray head on 127.0.0.1 (``ray start --head``), stopped with ``ray stop --force`` at the end."""
+    assert inside(), "ray stop would stop every Ray of this user outside a private PID namespace"
     run_env = {**os.environ, **(env or {})}
-    temp = root / "ray"  # not /tmp/ray: other users' Ray sessions live there
+    # not /tmp/ray (other users' sessions live there), nor under root: socket paths must stay < 108 bytes
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     start = subprocess.run(
         ["ray", "start", "--head", "--node-ip-address=127.0.0.1", "--port", RAY_GCS.split(":")[1],
          f"--num-cpus={cpus}", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
@@ -181,6 +184,7 @@ def ray_head(root: Path, cpus: int = 2, env: dict[str, str] | None = None) -> It
         yield
     finally:
         subprocess.run(["ray", "stop", "--force"], env=run_env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def ray_shard_tasks() -> list[int]:

@@ -154,7 +154,7 @@ class RayEngine(Engine):
         payload_ref = ray.put(payload)
         # every task submitted at once, then gathered as they finish
         shard_of = {task.remote(env, payload_ref, s, retries): s for s in shards}
-        pending = list(shard_of)
+        pending, lost = list(shard_of), []
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             shard = shard_of[done[0]]
@@ -162,7 +162,10 @@ class RayEngine(Engine):
                 yield ray.get(done[0])
             except RayError as exc:  # its worker died (or the cluster went) after max_retries
                 clear_staging(job, shard)
+                lost.append(shard)
                 yield ShardOutcome(shard, "failed", error=short_error(exc), attempts=self.max_retries + 1)
+        for shard in lost:  # again, now that no other shard is staging: the empty .staging goes too
+            clear_staging(job, shard)
 
     def _map_with_actors(self, job: ShardJob, shards: Sequence[str], retries: int) -> Iterator[ShardOutcome]:
         """Ray Data ``map_batches`` with an actor pool: one model per GPU, or one per CPU worker."""

@@ -117,10 +117,12 @@ class SparkEngine(Engine):
         for key, value in worker_env().items():
             if not given.contains(f"spark.executorEnv.{key}"):
                 builder = builder.config(f"spark.executorEnv.{key}", value)
+        if not given.contains("spark.log.level"):  # from the context's start: its INFO lines are hundreds
+            level = os.environ.get(LOG_LEVEL_ENV, "ERROR" if self.local else "WARN")
+            builder = builder.config("spark.log.level", level)
         for key, value in self.conf.items():
             builder = builder.config(key, value)
         self._spark = builder.getOrCreate()
-        self._spark.sparkContext.setLogLevel(os.environ.get(LOG_LEVEL_ENV, "ERROR" if self.local else "WARN"))
         self._owned = not submitted  # spark-submit's session: later jobs of this driver reuse it
         return self._spark
 
