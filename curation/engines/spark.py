@@ -93,27 +93,30 @@ class SparkEngine(Engine):
         if active is not None and self.master is None:
             self._spark = active
             return active
-        submitted = self.master is None and SUBMIT_GATEWAY_ENV in os.environ
-        if submitted:
-            # started by spark-submit: its master and conf stand; only what it leaves unset is added
-            builder = SparkSession.builder.appName("curate")
-        else:
-            if self.local:
-                os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
-            os.environ["PYTHONPATH"] = worker_env()["PYTHONPATH"]  # local[N] Python workers inherit it
+        if self.master is None and SUBMIT_GATEWAY_ENV in os.environ:
+            # started by spark-submit: its master and conf stand (they cannot be read before the
+            # context exists); the project's environment travels with each task instead
+            self._spark = SparkSession.builder.appName("curate").getOrCreate()
+            sc = self._spark.sparkContext
+            if LOG_LEVEL_ENV in os.environ or not sc.getConf().contains("spark.log.level"):
+                sc.setLogLevel(os.environ.get(LOG_LEVEL_ENV, "WARN"))
+            return self._spark  # not ours to stop: later jobs of this driver reuse it
+        if self.local:
+            os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+        os.environ["PYTHONPATH"] = worker_env()["PYTHONPATH"]  # local[N] Python workers inherit it
+        builder = (
+            SparkSession.builder.appName("curate")
+            .master(self.master or f"local[{self.workers}]")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.python.worker.reuse", "true")
+        )
+        if self.local:
             builder = (
-                SparkSession.builder.appName("curate")
-                .master(self.master or f"local[{self.workers}]")
-                .config("spark.ui.showConsoleProgress", "false")
-                .config("spark.python.worker.reuse", "true")
+                builder.config("spark.ui.enabled", "false")
+                .config("spark.driver.host", LOOPBACK)
+                .config("spark.driver.bindAddress", LOOPBACK)
             )
-            if self.local:
-                builder = (
-                    builder.config("spark.ui.enabled", "false")
-                    .config("spark.driver.host", LOOPBACK)
-                    .config("spark.driver.bindAddress", LOOPBACK)
-                )
-        given = SparkConf()  # spark-submit's conf and spark-defaults.conf: the user's settings win
+        given = SparkConf()  # spark-defaults.conf: the user's settings win
         for key, value in worker_env().items():
             if not given.contains(f"spark.executorEnv.{key}"):
                 builder = builder.config(f"spark.executorEnv.{key}", value)
@@ -123,7 +126,7 @@ class SparkEngine(Engine):
         for key, value in self.conf.items():
             builder = builder.config(key, value)
         self._spark = builder.getOrCreate()
-        self._owned = not submitted  # spark-submit's session: later jobs of this driver reuse it
+        self._owned = True
         return self._spark
 
     def start(self) -> None:
