@@ -18,10 +18,12 @@ takes cores away: the engines cannot beat that ceiling, so compare each engine's
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import multiprocessing as mp
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +82,18 @@ def ceiling(seconds: float = 4.0) -> float:
     return two / one
 
 
+def worker_start(pool: Path) -> float:
+    """Seconds a fresh Python process takes to import the stage and set it up (the fastText model)."""
+    code = (
+        "import json, sys, time; t = time.perf_counter(); sys.path.insert(0, sys.argv[1]); "
+        "from curation.filtering.job import FilterJob; "
+        "FilterJob(sys.argv[2], json.loads(sys.argv[3])).setup(); print(time.perf_counter() - t)"
+    )
+    args = [sys.executable, "-c", code, str(ROOT), str(pool), json.dumps(FILTERS)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    return float(done.stdout.strip() or "nan")
+
+
 def machine() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return f"{os.cpu_count()} cores, load average {load}; 2-process ceiling {ceiling():.2f}x"
@@ -98,6 +112,7 @@ def main() -> None:
         pool = write_metadata_pool(work / "pool", n_shards=args.shards, per_shard=args.rows)
         print(f"pool: {args.shards} shards x {args.rows} rows; stage: filter (language id, caption, size)")
         print(f"machine before: {machine()}", flush=True)
+        print(f"worker start (imports + fastText model, paid by every worker): {worker_start(pool):.1f} s")
         times: dict[tuple[str, int], float] = {}
         head = ("engine", "workers", "start-up s", "job s", "rows/s", "speedup", "vs local")
         print(f"{head[0]:<8}" + "".join(f"{h:>{w}}" for h, w in zip(head[1:], WIDTHS, strict=True)))
