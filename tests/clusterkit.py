@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 INSIDE_ENV = "CURATION_TEST_LOOPBACK_NS"
 SPARK_MASTER = "spark://127.0.0.1:7077"  # a private namespace: fixed ports collide with nobody
 RAY_GCS = "127.0.0.1:6380"
+RAY_DASHBOARD = "http://127.0.0.1:8265"
+RAY_CLIENT = "ray://127.0.0.1:10001"
 
 
 def inside() -> bool:
@@ -168,15 +170,23 @@ def spark_executors() -> list[int]:
 
 
 @contextmanager
-def ray_head(root: Path, cpus: int = 2, env: dict[str, str] | None = None) -> Iterator[None]:
-    """A Ray head on 127.0.0.1 (``ray start --head``), stopped with ``ray stop --force`` at the end."""
+def ray_head(
+    root: Path, cpus: int = 2, env: dict[str, str] | None = None, dashboard: bool = False
+) -> Iterator[None]:
+    """A Ray head on 127.0.0.1 (``ray start --head``), stopped with ``ray stop --force`` at the end.
+
+    ``dashboard``: with the dashboard (job submission, ``RAY_DASHBOARD``) and the Ray Client server
+    (``RAY_CLIENT``): what ``ray job submit`` and ``ray://`` addresses need (``ray[default,client]``).
+    """
     assert inside(), "ray stop would stop every Ray of this user outside a private PID namespace"
     run_env = {**os.environ, **(env or {})}
     # not /tmp/ray (other users' sessions live there), nor under root: socket paths must stay < 108 bytes
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     start = subprocess.run(
         ["ray", "start", "--head", "--node-ip-address=127.0.0.1", "--port", RAY_GCS.split(":")[1],
-         f"--num-cpus={cpus}", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+         f"--num-cpus={cpus}", "--disable-usage-stats", f"--temp-dir={temp}",
+         *(["--include-dashboard=true", "--dashboard-host=127.0.0.1", "--dashboard-port=8265",
+            "--ray-client-server-port=10001"] if dashboard else ["--include-dashboard=false"])],
         env=run_env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert start.returncode == 0, start.stdout + start.stderr

@@ -11,8 +11,11 @@ same outputs.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -159,4 +162,37 @@ def test_ray_head_with_token_auth(request, pools, tmp_path):
         out, _ = again.communicate(timeout=600)
         assert again.returncode == 0, out
         assert outputs(pool) == ref and staging_entries(pool) == []
+        assert ck.non_loopback(ck.listening_addresses()) == set()
+
+
+@pytest.mark.ray
+def test_ray_job_submit_and_ray_client(request, pools, tmp_path):
+    """The two other documented attach paths: ``ray job submit`` (RAY_ADDRESS inside) and ``ray://``."""
+    if not ck.inside():
+        ck.rerun_inside(request.node.nodeid)
+        return
+    pytest.importorskip("aiohttp", reason="ray job submit needs ray[default] (clip-curation[ray-cluster])")
+    pytest.importorskip("grpc", reason="ray:// needs ray[client] (clip-curation[ray-cluster])")
+    config, pool, ref = pools
+    token = tmp_path / "auth_token"
+    token.write_text("fedcba9876543210fedcba9876543210")
+    env = {"RAY_AUTH_TOKEN_PATH": str(token)}
+    with ck.ray_head(tmp_path, cpus=2, env=env, dashboard=True):
+        assert ck.non_loopback(ck.listening_addresses()) == set()
+        runtime_env = json.dumps({"env_vars": {"PYTHONPATH": str(ck.ROOT)}})  # this checkout, shared
+        submitted = shutil.copytree(pool, tmp_path / "submitted")
+        job = subprocess.run(
+            ["ray", "job", "submit", "--address", ck.RAY_DASHBOARD, "--runtime-env-json", runtime_env,
+             "--", sys.executable, "-m", "pipelines", "filter", str(submitted), "-c", str(config),
+             "--engine", "ray"],
+            cwd=ck.ROOT, env={**os.environ, **env, "RAY_AUTH_MODE": "token"},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-6000:] + job.stderr[-3000:]
+        assert outputs(submitted) == ref
+
+        client = ck.curate(["filter", pool, "-c", config, "--engine", "ray", "--address", ck.RAY_CLIENT], env)
+        out, _ = client.communicate(timeout=600)
+        assert client.returncode == 0, out
+        assert outputs(pool) == ref
         assert ck.non_loopback(ck.listening_addresses()) == set()
