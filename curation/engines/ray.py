@@ -124,7 +124,7 @@ class RayEngine(Engine):
                 # a cluster's workers get the code from the job (ray job submit --working-dir .);
                 # the rest of the project's environment travels with each task (unpack_job)
                 join_token_auth()
-                ray.init(address=self.address, log_to_driver=False, **self.init_options)
+                ray.init(address=self.address, **self.init_options)
             else:
                 ray.init(
                     num_cpus=self.workers,
