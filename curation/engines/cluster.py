@@ -2,7 +2,7 @@
 
 A cluster's workers are not children of the command that drives them, so nothing the driver set in
 its own environment reaches them by itself. :func:`worker_env` is what travels: the project's
-switches (no package-index or telemetry calls), thread caps and log levels the user set, and a
+switches (no package-index or telemetry calls), thread caps and offline switches the user set, and a
 ``PYTHONPATH`` that makes this checkout importable. Each task applies it (:func:`unpack_job`) before
 it unpickles the job, so modules that read the environment at import time see it too.
 """
@@ -24,11 +24,11 @@ LOOPBACK = "127.0.0.1"
 
 # Set by the project for itself: offline switches for libraries that phone home at import time.
 PROJECT_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true"}
-# Passed on from the driver when the user set them: thread caps, offline switches, caches, log levels.
+# Passed on from the driver when the user set them: thread caps, offline switches, caches, warnings.
 FORWARDED_ENV = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS",
     "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TORCH_HOME",
-    "CURATION_LOG_LEVEL", "PYTHONWARNINGS",
+    "PYTHONWARNINGS",
 )  # fmt: skip
 
 

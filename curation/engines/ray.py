@@ -19,6 +19,7 @@ default 1); after that its shard is reported failed and its staging folder remov
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import sys
@@ -39,6 +40,7 @@ from curation.engines.cluster import (
 )
 
 MAX_RETRIES_ENV = "CURATION_RAY_MAX_RETRIES"
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager in a submitted job's driver
 
 
 def _run(env: dict[str, str], payload: bytes, shard: str, retries: int) -> ShardOutcome:
@@ -76,6 +78,18 @@ def bind_ray_to_loopback() -> None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def attach_env_vars() -> dict[str, str]:
+    """The project's environment for a job on an attached cluster (img2dataset's tasks get it too).
+
+    Not ``PYTHONPATH``: there the code comes with the job (``working_dir``). Inside ``ray job
+    submit`` Ray refuses a key that the submitted runtime env sets as well, and the submitter's wins.
+    """
+    env = {k: v for k, v in worker_env().items() if k != "PYTHONPATH"}
+    injected = json.loads(os.environ.get(JOB_CONFIG_ENV, "{}"))
+    taken = (injected.get("runtime_env") or {}).get("env_vars") or {}
+    return {k: v for k, v in env.items() if k not in taken}
 
 
 def join_token_auth() -> None:
@@ -122,9 +136,10 @@ class RayEngine(Engine):
         if not ray.is_initialized():
             if self.address:
                 # a cluster's workers get the code from the job (ray job submit --working-dir .);
-                # the rest of the project's environment travels with each task (unpack_job)
+                # the rest of the project's environment: the job's env_vars, and with each task (unpack_job)
                 join_token_auth()
-                ray.init(address=self.address, **self.init_options)
+                options = {"runtime_env": {"env_vars": attach_env_vars()}, **self.init_options}
+                ray.init(address=self.address, **options)
             else:
                 ray.init(
                     num_cpus=self.workers,
