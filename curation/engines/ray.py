@@ -138,7 +138,9 @@ class RayEngine(Engine):
                 # a cluster's workers get the code from the job (ray job submit --working-dir .);
                 # the rest of the project's environment: the job's env_vars, and with each task (unpack_job)
                 join_token_auth()
-                options = {"runtime_env": {"env_vars": attach_env_vars()}, **self.init_options}
+                options = dict(self.init_options)
+                if not self.address.startswith("ray://"):  # the client server then fails to start
+                    options.setdefault("runtime_env", {"env_vars": attach_env_vars()})
                 ray.init(address=self.address, **options)
             else:
                 ray.init(
