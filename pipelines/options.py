@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -69,13 +71,18 @@ def print_table(table: Table) -> None:
     Console(file=console.file, width=max(width, 20), color_system=None).print(table)
 
 
+def rerun_command() -> str:
+    """This command line as the user would type it again."""
+    return shlex.join(["curate", *sys.argv[1:]])
+
+
 def finish(report: JobReport) -> None:
     """Exit non-zero when shards failed, telling the user that a rerun finishes only those."""
     if report.failed:
         console.print(
             f"[red]{len(report.failed)} shard(s) failed[/red]: "
             + ", ".join(f"{o.shard} ({o.error})" for o in report.failed[:5])
-            + "\nRerun the same command: finished shards are skipped."
+            + f"\nRerun the same command (finished shards are skipped): {rerun_command()}"
         )
         raise typer.Exit(1)
 

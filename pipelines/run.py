@@ -10,7 +10,7 @@ import yaml
 from rich.table import Table
 
 from curation.core.config import ConfigError
-from pipelines.options import AddressOpt, MasterOpt, SetOpt, console
+from pipelines.options import AddressOpt, MasterOpt, SetOpt, console, rerun_command
 
 # Heavy imports (torch, open_clip, pandas, ...) live inside the commands so `curate --help` stays fast.
 if TYPE_CHECKING:
@@ -80,7 +80,10 @@ def execute_job(
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from exc
     except StageFailed as exc:
-        console.print(f"[red]step failed:[/red] {exc}\nRerun the same command: finished work is skipped.")
+        console.print(
+            f"[red]step failed:[/red] {exc}\n"
+            f"Rerun the same command (finished work is skipped): {rerun_command()}"
+        )
         raise typer.Exit(1) from exc
     table = Table(title=f"{job.name} ({name})")
     for col in ("step", "status", "seconds"):

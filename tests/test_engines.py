@@ -7,6 +7,7 @@ import pytest
 from curation.core.pool import Pool
 from curation.engines import get_engine, run_job
 from curation.filtering.job import FilterJob
+from tests.clusterkit import ROOT
 
 SPECS = [{"kind": "caption_length", "name": "caption"}]
 
@@ -48,3 +49,23 @@ def _bound_address(eng):
 
     (node,) = ray.nodes()
     return node["NodeManagerAddress"]
+
+
+def test_the_project_environment_travels_with_each_task(monkeypatch, metadata_pool):
+    """Workers get the project's switches and the driver's thread caps; a worker's own values win."""
+    import os
+
+    from curation.engines.cluster import PROJECT_ENV, pack_job, unpack_job
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    env, payload = pack_job(FilterJob(metadata_pool, SPECS))
+    assert {k: env[k] for k in PROJECT_ENV} == PROJECT_ENV and env["OMP_NUM_THREADS"] == "3"
+    assert "HF_HUB_OFFLINE" not in env and env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+    # on a worker: unset keys are applied before the job is unpickled, set ones are kept
+    for key in PROJECT_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    job = unpack_job(env, payload)
+    assert {k: os.environ[k] for k in PROJECT_ENV} == PROJECT_ENV and os.environ["OMP_NUM_THREADS"] == "1"
+    assert isinstance(job, FilterJob) and job.shards() == FilterJob(metadata_pool, SPECS).shards()

@@ -36,12 +36,13 @@ from rich.progress import (
 from curation.core.config import ConfigError
 from curation.download.config import DownloadConfig
 from curation.download.watchdog import shard_failures
+from curation.engines.cluster import PROJECT_ENV
 
 log = logging.getLogger(__name__)
 
 # img2dataset imports albumentations (which asks PyPI for a newer version unless told not to) and
 # wandb (off unless enabled); spawned workers inherit the environment.
-OFFLINE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true"}
+OFFLINE_ENV = PROJECT_ENV  # the same switches every cluster worker gets
 OOM_SHARD_COUNT = 5  # NNNNN shard names
 
 

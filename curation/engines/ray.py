@@ -1,16 +1,25 @@
 """Ray engine: each shard goes through the same shard runner as on the local engine.
 
-Cheap-to-set-up jobs run as one Ray task per shard. Jobs whose ``setup`` is costly (a model:
-``ShardJob.costly_setup``) run through Ray Data instead: ``map_batches`` over the shard ids with an
-actor pool, so each actor loads the model once and then takes shard after shard; with GPUs in the
-cluster each actor holds one (``num_gpus=1``, Ray sets its ``CUDA_VISIBLE_DEVICES``), without them
-there is one actor per CPU worker. Attach to a running cluster with ``address="ray://..."`` or
-``"auto"``; without one, a local Ray bound to 127.0.0.1 with ``workers`` CPUs is started
-(dashboard off) and shut down afterwards.
+Cheap-to-set-up jobs run as one Ray task per shard, all submitted at once and then gathered.
+Jobs whose ``setup`` is costly (a model: ``ShardJob.costly_setup``) run through Ray Data instead:
+``map_batches`` over the shard ids with an actor pool, so each actor loads the model once and then
+takes shard after shard; with GPUs in the cluster each actor holds one (``num_gpus=1``, Ray sets
+its ``CUDA_VISIBLE_DEVICES``), without them there is one actor per CPU worker.
+
+Attach to a running cluster with ``address="HOST:PORT"`` (its GCS), ``"auto"`` (on a cluster
+node), ``"ray://HOST:10001"`` (Ray Client, ``ray[client]``), or from inside ``ray job submit``
+(``RAY_ADDRESS``); a cluster with token authentication (Ray >= 2.52) is joined with the token
+``ray start`` would use (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``).
+Without an address, a local Ray bound to 127.0.0.1 with ``workers`` CPUs is started (dashboard
+off) and shut down afterwards.
+
+A task whose worker dies is retried by Ray ``max_retries`` times (``CURATION_RAY_MAX_RETRIES``,
+default 1); after that its shard is reported failed and its staging folder removed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import sys
@@ -20,10 +29,22 @@ from typing import Any
 from curation.core.runner import ShardJob, ShardOutcome, process_shard
 from curation.core.workerslot import WorkerSlot, set_worker_slot
 from curation.engines import Engine
-from curation.engines.cluster import LOOPBACK, worker_pythonpath
+from curation.engines.cluster import (
+    LOOPBACK,
+    clear_staging,
+    outcomes_after_abort,
+    pack_job,
+    short_error,
+    unpack_job,
+    worker_env,
+)
+
+MAX_RETRIES_ENV = "CURATION_RAY_MAX_RETRIES"
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager in a submitted job's driver
 
 
-def _run(job: ShardJob, shard: str, retries: int) -> ShardOutcome:
+def _run(env: dict[str, str], payload: bytes, shard: str, retries: int) -> ShardOutcome:
+    job = unpack_job(env, payload)
     job.setup()
     return process_shard(job, shard, retries)
 
@@ -31,9 +52,10 @@ def _run(job: ShardJob, shard: str, retries: int) -> ShardOutcome:
 class _ShardActor:
     """A Ray Data actor: the job set up once (its model loaded), then any number of shards."""
 
-    def __init__(self, job: ShardJob, retries: int, count: int) -> None:
+    def __init__(self, env: dict[str, str], payload: bytes, retries: int, count: int) -> None:
         # rank 0: with num_gpus=1 Ray shows each actor only its own GPU; count shares out CPU threads
         set_worker_slot(WorkerSlot(0, count))
+        job = unpack_job(env, payload)
         job.setup()
         self.job, self.retries = job, retries
 
@@ -58,6 +80,34 @@ def bind_ray_to_loopback() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def attach_env_vars() -> dict[str, str]:
+    """The project's environment for a job on an attached cluster (img2dataset's tasks get it too).
+
+    Not ``PYTHONPATH``: there the code comes with the job (``working_dir``). Inside ``ray job
+    submit`` Ray refuses a key that the submitted runtime env sets as well, and the submitter's wins.
+    """
+    env = {k: v for k, v in worker_env().items() if k != "PYTHONPATH"}
+    injected = json.loads(os.environ.get(JOB_CONFIG_ENV, "{}"))
+    taken = (injected.get("runtime_env") or {}).get("env_vars") or {}
+    return {k: v for k, v in env.items() if k not in taken}
+
+
+def join_token_auth() -> None:
+    """Send the cluster's token when one is available, as ``ray start`` does (Ray >= 2.52).
+
+    ``ray start --head`` turns token authentication on when a token exists, but ``ray.init`` of a
+    client leaves it off unless ``RAY_AUTH_MODE=token``; the client would then be refused
+    (``InvalidAuthToken``). An explicit ``RAY_AUTH_MODE`` is left as it is.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 class RayEngine(Engine):
     name = "ray"
     distributor = "ray"  # img2dataset's ray distributor submits its tasks to the Ray started here
@@ -75,6 +125,7 @@ class RayEngine(Engine):
         self.num_gpus_per_task = num_gpus_per_task
         self.num_gpus_per_actor = num_gpus_per_actor  # None: 1 when the cluster has GPUs, else 0
         self.init_options = init_options
+        self.max_retries = int(os.environ.get(MAX_RETRIES_ENV, "1"))
         self._owned = False
 
     def _ensure_ray(self) -> Any:
@@ -83,16 +134,20 @@ class RayEngine(Engine):
         import ray
 
         if not ray.is_initialized():
-            env = {"env_vars": {"PYTHONPATH": worker_pythonpath()}}
             if self.address:
-                # a cluster's workers get the code from the job (ray job submit --working-dir .)
-                ray.init(address=self.address, **self.init_options)
+                # a cluster's workers get the code from the job (ray job submit --working-dir .);
+                # the rest of the project's environment: the job's env_vars, and with each task (unpack_job)
+                join_token_auth()
+                options = dict(self.init_options)
+                if not self.address.startswith("ray://"):  # the client server then fails to start
+                    options.setdefault("runtime_env", {"env_vars": attach_env_vars()})
+                ray.init(address=self.address, **options)
             else:
                 ray.init(
                     num_cpus=self.workers,
                     _node_ip_address=LOOPBACK,
                     include_dashboard=False,
-                    runtime_env=env,
+                    runtime_env={"env_vars": worker_env()},
                     log_to_driver=False,
                     **self.init_options,
                 )
@@ -109,17 +164,31 @@ class RayEngine(Engine):
             yield from self._map_with_actors(job, shards, retries)
             return
         ray = self._ensure_ray()
-        task = ray.remote(num_cpus=1, num_gpus=self.num_gpus_per_task, max_retries=0)(_run)
-        job_ref = ray.put(job)
-        pending = [task.remote(job_ref, s, retries) for s in shards]
+        from ray.exceptions import RayError
+
+        task = ray.remote(num_cpus=1, num_gpus=self.num_gpus_per_task, max_retries=self.max_retries)(_run)
+        env, payload = pack_job(job)
+        payload_ref = ray.put(payload)
+        # every task submitted at once, then gathered as they finish
+        shard_of = {task.remote(env, payload_ref, s, retries): s for s in shards}
+        pending, lost = list(shard_of), []
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            shard = shard_of[done[0]]
+            try:
+                yield ray.get(done[0])
+            except RayError as exc:  # its worker died (or the cluster went) after max_retries
+                clear_staging(job, shard)
+                lost.append(shard)
+                yield ShardOutcome(shard, "failed", error=short_error(exc), attempts=self.max_retries + 1)
+        for shard in lost:  # again, now that no other shard is staging: the empty .staging goes too
+            clear_staging(job, shard)
 
     def _map_with_actors(self, job: ShardJob, shards: Sequence[str], retries: int) -> Iterator[ShardOutcome]:
         """Ray Data ``map_batches`` with an actor pool: one model per GPU, or one per CPU worker."""
         ray = self._ensure_ray()
         from ray import data as ray_data
+        from ray.exceptions import RayError
 
         gpus = ray.cluster_resources().get("GPU", 0)
         per_actor = self.num_gpus_per_actor if self.num_gpus_per_actor is not None else (1.0 if gpus else 0.0)
@@ -128,15 +197,21 @@ class RayEngine(Engine):
         ds = ray_data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
         mapped = ds.map_batches(
             _ShardActor,
-            fn_constructor_args=(job, retries, size),
+            fn_constructor_args=(*pack_job(job), retries, size),
             batch_size=1,
             batch_format="numpy",
             compute=ray_data.ActorPoolStrategy(size=size),
             num_cpus=1,
             num_gpus=per_actor,
         )
-        for row in mapped.iter_rows():
-            yield pickle.loads(row["outcome"])
+        seen: set[str] = set()
+        try:
+            for row in mapped.iter_rows():
+                outcome: ShardOutcome = pickle.loads(row["outcome"])
+                seen.add(outcome.shard)
+                yield outcome
+        except RayError as exc:  # an actor died more often than Ray Data retries it
+            yield from outcomes_after_abort(job, [s for s in shards if s not in seen], exc, None)
 
     def close(self) -> None:
         if self._owned:

@@ -60,7 +60,8 @@ class _Worker:
     decoder: PairDecoder
     collate: PairCollate
     loader: LoaderSettings
-    describe: dict[str, Any]
+    describe: dict[str, Any]  # recorded in every attribute file: decides the scores
+    runtime: dict[str, int]  # counted in the shard's stats: how it ran (device, threads, loaders)
 
 
 class ScoreJob(ShardJob):
@@ -118,16 +119,18 @@ class ScoreJob(ShardJob):
         prep = ImagePrep.from_preprocess(bundle.preprocess, _image_size(bundle.model))
         encoder = PairEncoder(bundle.model, prep, device, resolve_precision(self.cfg.precision, device))
         encoder.warm_up(bundle.tokenizer.context_length)
+        # what decides the scores goes into each file's metadata; how this worker ran (which GPU,
+        # threads, loaders: they follow the worker count) only into the log and the shard's stats
         describe = {
             "model": self.cfg.model,
             "pretrained": self.cfg.pretrained,
-            "device": str(device),
+            "device": device.type,
             "precision": encoder.precision,
             "jpeg_draft": self.cfg.jpeg_draft,
-            "threads": torch.get_num_threads() if device.type == "cpu" else None,
-            "loader_workers": loaders,
         }
-        log.info("score worker %d/%d: %s", slot.rank, slot.count, describe)
+        threads = torch.get_num_threads() if device.type == "cpu" else 0
+        runtime = {"device": str(device), "threads": threads, "loader_workers": loaders}
+        log.info("score worker %d/%d: %s", slot.rank, slot.count, describe | runtime)
         self._worker = _Worker(
             encoder=encoder,
             decoder=PairDecoder(prep, self.cfg.jpeg_draft),
@@ -136,6 +139,7 @@ class ScoreJob(ShardJob):
                 self.cfg.batch_size, loaders, self.cfg.prefetch_factor, device.type == "cuda"
             ),
             describe=describe,
+            runtime={f"shards_{k}_{v}": 1 for k, v in runtime.items()},
         )
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
@@ -158,6 +162,7 @@ class ScoreJob(ShardJob):
         sources = rows["source"].to_numpy(zero_copy_only=False) if "source" in rows.column_names else None
         stats = StageStats.from_verdicts(STAGE, verdict.keep, verdict.reason, sources)
         stats.extra.update(encoded.seconds)
+        stats.extra.update(w.runtime)  # e.g. shards_threads_4: 1 (sums to a count of shards per setting)
         seconds = encoded.seconds["seconds_encode"]
         log.info(
             "shard %s: %d pairs in %.1f s (%.0f pairs/s, %.0f%% waiting for data)",
