@@ -67,10 +67,9 @@ def curate(
     from curation.engines import run_job
     from curation.filtering.copydesc import CopyDescConfig
     from curation.filtering.copydesc_job import CopyDescJob
-    from curation.filtering.job import FilterJob
+    from curation.filtering.job import FilterJob, FilterJobConfig
     from curation.scoring import ScoreConfig, score_pool
     from curation.selection.run import SelectSpec, run_selection, save_selection
-    from pipelines.filter import FilterJobConfig
 
     download = load_config(DownloadConfig, CONF_DIR / "download" / "synthetic.yaml", download_sets or [])
     score = ScoreConfig.model_validate(

@@ -89,23 +89,20 @@ def test_the_demo_job_generates_serves_downloads_and_curates(tmp_path, ckpt):
         "steps.0.with.set=[n_pairs=600, workers=1, suite.per_class=1, suite.retrieval_pairs=1, seed_set.n=1, "
         "imagenet.per_class=1]",
         "steps.1.with.set=[downloader.processes_count=1, downloader.thread_count=16]",
-        "steps.3.with.settings.model=tiny-vit",
-        "steps.3.with.settings.loader_workers=0",
+        "steps.4.with.settings.model=tiny-vit",
+        "steps.4.with.settings.loader_workers=0",
     ]
-    runs = run_job_file(load_job(DEMO, sets), get_engine("local"), skip=["reference_model", "ablate"])
+    left_out = ["reference_model", "reference_eval", "ablation"]
+    runs = run_job_file(load_job(DEMO, sets), get_engine("local"), skip=left_out)
     status = {r.label: r.status for r in runs}
-    done = ("synth", "download", "score", "copydesc", "filter", "hardmatch", "top30", "reshard", "card")
-    assert status == {
-        **{s: "done" for s in done},
-        "reference_model": "left out",
-        "ablate": "left out",
-    }
+    done = ("synth", "download", "score", "copydesc", "filter", "hardmatch", "cards")
+    assert status == {**{s: "done" for s in done}, **{s: "left out" for s in left_out}}
     assert runs[1].summary["download"]["seen"] == 600
-    kept_by_filters = list(runs[5].summary.values())[-1]["kept"]
-    assert 0 < len(Subset.load(tmp_path / "sets" / "clip_top30.npy")) < kept_by_filters
-    assert (tmp_path / "sets" / "hardmatch" / "hardmatch.npy").exists()
-    shards = tmp_path / "shards" / "clip_top30"
-    assert (shards / "00000.tar").exists() and (shards / "sizes.json").exists()
+    kept_by_filters = list(runs[6].summary.values())[-1]["kept"]
+    hardmatch = Subset.load(tmp_path / "sets" / "hardmatch" / "hardmatch.npy")
+    assert 0 < len(hardmatch) <= runs[1].summary["download"]["kept"] and kept_by_filters > 0
+    assert runs[9].summary["cards"] == ["hardmatch"]
+    assert (tmp_path / "cards" / "hardmatch" / "README.md").exists()
 
 
 def test_bad_jobs_fail_before_anything_runs(tmp_path):
