@@ -53,6 +53,8 @@ def rerun_inside(nodeid: str, timeout: float = 900) -> None:
     assert done.returncode == 0, (
         f"inside the loopback namespace:\n{done.stdout[-12000:]}\n{done.stderr[-4000:]}"
     )
+    if " passed" not in done.stdout and " skipped" in done.stdout:  # the inner run said why
+        pytest.skip(f"inside the loopback namespace: {done.stdout.strip().splitlines()[-1]}")
     assert " passed" in done.stdout, done.stdout[-4000:]
 
 

@@ -168,11 +168,11 @@ def test_ray_head_with_token_auth(request, pools, tmp_path):
 @pytest.mark.ray
 def test_ray_job_submit_and_ray_client(request, pools, tmp_path):
     """The two other documented attach paths: ``ray job submit`` (RAY_ADDRESS inside) and ``ray://``."""
+    pytest.importorskip("aiohttp", reason="ray job submit needs ray[default] (clip-curation[ray-cluster])")
+    pytest.importorskip("grpc", reason="ray:// needs ray[client] (clip-curation[ray-cluster])")
     if not ck.inside():
         ck.rerun_inside(request.node.nodeid)
         return
-    pytest.importorskip("aiohttp", reason="ray job submit needs ray[default] (clip-curation[ray-cluster])")
-    pytest.importorskip("grpc", reason="ray:// needs ray[client] (clip-curation[ray-cluster])")
     config, pool, ref = pools
     token = tmp_path / "auth_token"
     token.write_text("fedcba9876543210fedcba9876543210")
