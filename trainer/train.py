@@ -31,6 +31,7 @@ import open_clip
 import torch
 
 from curation.core.io import atomic_write_json, read_json
+from curation.core.provenance import code_version
 from trainer.launch import run_training_subprocess
 from trainer.oclog import summarize_file
 from trainer.plan import PLAN_FILE, RunPlan, TrainError, TrainRequest, check_launchable, make_plan
@@ -39,7 +40,6 @@ from trainer.runs import (
     CHECKPOINT_FILE,
     RUN_FILE,
     RunInfo,
-    code_version,
     load_run,
     save_checkpoint,
     strip_module_prefix,
@@ -277,7 +277,7 @@ def train(req: TrainRequest) -> RunInfo:
         "seed": req.seed,
         "device": plan.device,
         "gpus": req.gpus,
-        "code_version": code_version(),
+        "code_version": code_version(mark_dirty=True),
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__},
         "attempts": len(attempts),
         "wall_time_s": round(wall, 3),

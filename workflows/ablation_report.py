@@ -17,11 +17,9 @@ import json
 import logging
 import math
 import platform
-import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +27,8 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from curation import __version__
 from curation.core.io import atomic_write_json, atomic_write_text
+from curation.core.provenance import code_version
 from curation.core.templating import template_env
 from trainer.eval_config import load_eval_config
 from trainer.powerlaw import PowerLawError, PowerLawFit, fit_power_law
@@ -212,21 +210,6 @@ def plot_scaling(table: pd.DataFrame, fits: list[ScalingFit]) -> Figure | None:
 
 
 # ---------------------------------------------------------------- page
-
-
-def code_version() -> str:
-    """Package version plus the checkout's git commit, when there is one."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    return f"{__version__}+g{out.stdout.strip()}" if out.returncode == 0 else __version__
 
 
 def versions() -> dict[str, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ import pyarrow as pa
 from curation.core.config import ConfigError, ConfigModel
 from curation.core.io import atomic_write_json
 from curation.core.pool import Pool
+from curation.core.provenance import git_commit
 from curation.core.stats import Counts, Funnel, StageStats
 from curation.core.subset import Subset
 from curation.core.uid import UID_DTYPE
@@ -173,7 +173,7 @@ def _manifest(
         "seeds": [d["seed"] for d in decisions if "seed" in d],
         "funnel": funnel.to_dict(),
         "duckdb_scans": frame.scans,
-        "code_commit": code_commit(),
+        "code_commit": git_commit(),
     }
 
 
@@ -315,21 +315,6 @@ def _source_mix(funnel: Funnel) -> dict[str, dict[str, int]]:
         }
         for src, c in sorted(last.by_source.items())
     }
-
-
-def code_commit() -> str | None:
-    """The git commit of the code that made a subset, when it runs from a checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def save_selection(result: SelectionResult, out: str | Path) -> Path:
