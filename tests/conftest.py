@@ -1,4 +1,4 @@
-"""Shared fixtures: small pools written in img2dataset's parquet layout."""
+"""Shared fixtures: small pools written in img2dataset's parquet layout, and an S3 server (s3kit)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from tests.s3kit import auth_moto, moto_server, s3  # noqa: F401  (fixtures)
 
 WORDS = "red blue small large circle square star photo of a the with on near bright".split()
 

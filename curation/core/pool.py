@@ -1,8 +1,9 @@
 """Reading pools in img2dataset's layout (and DataComp metadata pools, which have no tars).
 
-A pool directory holds, per shard, ``NNNNN.parquet`` (one row per input url, successes and
-failures), ``NNNNN.tar`` (webdataset samples ``KEY.jpg/.txt/.json``) and ``NNNNN_stats.json``.
-Attribute tables computed by stages live under ``attributes/<stage>/NNNNN.parquet``.
+A pool directory (a local path or a URL: :mod:`curation.core.storage`) holds, per shard,
+``NNNNN.parquet`` (one row per input url, successes and failures), ``NNNNN.tar`` (webdataset samples
+``KEY.jpg/.txt/.json``) and ``NNNNN_stats.json``. Attribute tables computed by stages live under
+``attributes/<stage>/NNNNN.parquet``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from curation.core import storage
 from curation.core.tarindex import TarDamage, iter_groups
 from curation.core.uid import compute_uids
 
@@ -45,13 +46,17 @@ class Pool:
     root: Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-        if not self.root.is_dir():
+        object.__setattr__(self, "root", storage.location(self.root))
+        if storage.is_remote(self.root):
+            storage.check_bucket(self.root)
+            if not storage.list_files(self.root, "*.parquet"):
+                raise PoolError(f"pool not found (no NNNNN.parquet under it): {self.root}")
+        elif not self.root.is_dir():
             raise PoolError(f"pool directory not found: {self.root}")
 
     def shard_ids(self) -> list[str]:
         """Shard ids (``00000`` ...) that have a parquet file, sorted."""
-        ids = sorted(p.stem for p in self.root.glob("*.parquet") if SHARD_RE.match(p.stem))
+        ids = sorted(p.stem for p in storage.list_files(self.root, "*.parquet") if SHARD_RE.match(p.stem))
         if not ids:
             raise PoolError(f"{self.root}: no shard parquet files (NNNNN.parquet); is this a pool?")
         return ids
@@ -63,11 +68,11 @@ class Pool:
         return self.root / f"{shard}.tar"
 
     def has_images(self) -> bool:
-        return any(self.root.glob("*.tar"))
+        return bool(storage.list_files(self.root, "*.tar"))
 
     def read_rows(self, shard: str, columns: Sequence[str] | None = None) -> pa.Table:
         """Every input row of a shard, successes and failures."""
-        return pq.read_table(self.parquet_path(shard), columns=list(columns) if columns else None)
+        return storage.read_parquet(self.parquet_path(shard), columns=list(columns) if columns else None)
 
     def read_samples(self, shard: str, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows that are samples of the pool: successes (or all rows of a metadata-only pool), with uid."""
@@ -78,18 +83,26 @@ class Pool:
         return table.select(list(columns)) if columns else table
 
     def iter_tar(self, shard: str, damage: list[TarDamage] | None = None) -> Iterator[TarSample]:
-        """Stream the samples of a shard's tar, grouping members by key, up to any damage."""
-        yield from iter_tar_samples(self.tar_path(shard), damage)
+        """Stream the samples of a shard's tar, grouping members by key, up to any damage.
+
+        A tar on object storage is copied to a local temp file first (one GET, then local reads)."""
+        with storage.local_copy(self.tar_path(shard)) as tar:
+            yield from iter_tar_samples(tar, damage)
 
     def attributes_dir(self, stage: str) -> Path:
         return self.root / "attributes" / stage
 
     def read_attributes(self, stage: str, columns: Sequence[str] | None = None) -> pa.Table:
         """One stage's attribute table over all shards."""
-        paths = sorted(self.attributes_dir(stage).glob("*.parquet"))
+        paths = storage.list_files(self.attributes_dir(stage), "*.parquet")
+        done = storage.list_files(self.attributes_dir(stage) / "_done", "*.done")
+        if done:  # trust only committed shards (an interrupted upload may have left some objects)
+            committed = {p.name.removesuffix(".done") for p in done}
+            paths = [p for p in paths if p.stem in committed]
         if not paths:
             raise PoolError(f"{self.root}: no attributes for stage {stage!r}; run that stage first")
-        return pa.concat_tables(pq.read_table(p, columns=list(columns) if columns else None) for p in paths)
+        cols = list(columns) if columns else None
+        return pa.concat_tables(storage.read_parquet(p, columns=cols) for p in paths)
 
 
 def with_caption(table: pa.Table) -> pa.Table:

@@ -2,9 +2,14 @@
 
 Engines only decide *where* a shard runs; what happens to it is here: skip it if its completion
 marker exists, otherwise run the job into a private staging folder, move each output file into
-place with an atomic rename, write the shard's stage stats, and write the marker last. A crash at
-any point leaves no half-written file in the output (only a staging folder that the next attempt
-clears), and a rerun redoes exactly the shards without a marker.
+place, write the shard's stage stats, and write the marker last. A crash at any point leaves no
+half-written file in the output, and a rerun redoes exactly the shards without a marker.
+
+On local disk files are moved with an atomic rename and the staging folder is ``out/.staging``.
+Object storage has no rename, so there the staging folder is local and the commit is: write an
+intent (``_pending/<shard>.json``, the objects about to be written), upload the objects, the stats,
+the marker, then delete the intent. A rerun (:func:`sweep_leftovers`) deletes the objects of every
+intent whose shard has no marker, so a killed upload leaves no stray object behind.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curation.core import storage
 from curation.core.io import atomic_write_json, read_json
 from curation.core.stats import StageStats
 
@@ -38,7 +45,7 @@ class ShardJob(ABC):
 
     @abstractmethod
     def output_dir(self) -> Path:
-        """Where outputs, stats and markers go (must be on storage every worker sees)."""
+        """Where outputs, stats and markers go: a local path every worker sees, or a URL."""
 
     def prepare(self) -> None:
         """Driver-side work over all shards, once, before any shard runs (phase 1 of a global view).
@@ -71,8 +78,17 @@ def stats_path(out: Path, shard: str) -> Path:
     return out / "_stats" / f"{shard}.json"
 
 
+def pending_path(out: Path, shard: str) -> Path:
+    return out / "_pending" / f"{shard}.json"
+
+
 def is_done(out: Path, shard: str) -> bool:
     return marker_path(out, shard).exists()
+
+
+def done_shards(out: Path) -> set[str]:
+    """Shards with a completion marker, from one listing (one request on object storage)."""
+    return {p.name.removesuffix(".done") for p in storage.list_files(out / "_done", "*.done")}
 
 
 def load_shard_stats(out: Path, shard: str) -> list[StageStats]:
@@ -89,6 +105,8 @@ def sweep_leftovers(out: Path) -> list[Path]:
     next to the file it was writing (a marker, stats, an output), and a kill mid-shard leaves
     ``.staging/<shard>``. Neither is ever read; a rerun would otherwise carry them forever.
     """
+    if storage.is_remote(out):
+        return _sweep_remote(out)
     out = Path(out)
     removed = [p for p in out.rglob(TEMP_GLOB) if p.is_file()] if out.exists() else []
     for p in removed:
@@ -102,6 +120,32 @@ def sweep_leftovers(out: Path) -> list[Path]:
     return removed
 
 
+def _sweep_remote(out: Path) -> list[Path]:
+    """Delete the objects of every commit that did not reach its marker, then the intents."""
+    removed: list[Path] = []
+    for intent in storage.list_files(out / "_pending", "*.json"):
+        shard = intent.name.removesuffix(".json")
+        if not is_done(out, shard):
+            for rel in read_json(intent)["objects"]:
+                storage.remove(out / rel)
+                removed.append(out / rel)
+            storage.remove(stats_path(out, shard))
+        storage.remove(intent)
+        removed.append(intent)
+    if removed:
+        log.info("removed %d leftovers of an interrupted run under %s", len(removed), storage.url(out))
+    return removed
+
+
+def _staging(out: Path, shard: str) -> Path:
+    if storage.is_remote(out):
+        return Path(tempfile.mkdtemp(prefix=f"curation-staging-{shard}-"))
+    staging = out / ".staging" / shard
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
 def process_shard(job: ShardJob, shard: str, retries: int = 0) -> ShardOutcome:
     """Run one shard to completion (or record why it failed); safe to call again after any crash."""
     out = job.output_dir()
@@ -110,15 +154,13 @@ def process_shard(job: ShardJob, shard: str, retries: int = 0) -> ShardOutcome:
     start = time.perf_counter()
     error = None
     for attempt in range(1, retries + 2):
-        staging = out / ".staging" / shard
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging = _staging(out, shard)
         try:
             stats = job.run_shard(shard, staging)
             _commit(out, shard, staging, stats)
             return ShardOutcome(shard, "done", stats, time.perf_counter() - start, attempts=attempt)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = storage.redact(f"{type(exc).__name__}: {exc}")
             log.warning("shard %s of %s failed (attempt %d): %s", shard, job.name, attempt, error)
             log.debug("%s", traceback.format_exc())
         finally:
@@ -127,10 +169,20 @@ def process_shard(job: ShardJob, shard: str, retries: int = 0) -> ShardOutcome:
 
 
 def _commit(out: Path, shard: str, staging: Path, stats: list[StageStats]) -> None:
-    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
-        dst = out / src.relative_to(staging)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    remote = storage.is_remote(out)
+    if remote:  # the intent first: a kill from here on leaves a list of what to delete
+        objects = [src.relative_to(staging).as_posix() for src in files]
+        atomic_write_json(pending_path(out, shard), {"shard": shard, "objects": objects})
+    for src in files:
+        dst = out / src.relative_to(staging).as_posix()
+        if remote:
+            storage.upload(src, dst)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
     stages = [s.to_dict() for s in stats]
     atomic_write_json(stats_path(out, shard), {"shard": shard, "stages": stages})
     atomic_write_json(marker_path(out, shard), {"shard": shard, "finished": time.time()})
+    if remote:
+        storage.remove(pending_path(out, shard))

@@ -14,9 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from curation.core import storage
 from curation.core.progress import shard_progress
 from curation.core.registry import Registry
-from curation.core.runner import ShardJob, ShardOutcome, load_shard_stats, sweep_leftovers
+from curation.core.runner import ShardJob, ShardOutcome, load_shard_stats, stats_path, sweep_leftovers
 from curation.core.stats import Funnel, StageStats, merge
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def run_job(
     eng = get_engine(engine, **engine_options) if isinstance(engine, str) else engine
     report = JobReport(job.name)
     try:
-        sweep_leftovers(job.output_dir())  # a killed run's temp files and staging folders
+        storage.check_bucket(job.output_dir(), write=True)  # a wrong endpoint, bucket or key: fail now
+        sweep_leftovers(job.output_dir())  # a killed run's temp files, staging folders, uncommitted objects
         job.engine = eng  # phase 1 of a global view may schedule shard jobs of its own on it
         try:
             job.prepare()
@@ -136,6 +138,6 @@ def merged_stats(job: ShardJob) -> list[StageStats]:
     return merge(
         s
         for shard in job.shards()
-        if (out / "_stats" / f"{shard}.json").exists()
+        if stats_path(out, shard).exists()
         for s in load_shard_stats(out, shard)
     )

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from curation.core import storage
 from curation.core.runner import ShardJob, ShardOutcome, is_done, load_shard_stats
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
@@ -42,6 +43,7 @@ def worker_env() -> dict[str, str]:
     """The environment every executor and worker of this command gets (see the module docstring)."""
     env = {k: os.environ.get(k, v) for k, v in PROJECT_ENV.items()}
     env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    env.update(storage.worker_env())  # the job's storage options and S3 endpoint, never a secret env var
     env["PYTHONPATH"] = worker_pythonpath()
     return env
 
@@ -56,12 +58,15 @@ def unpack_job(env: dict[str, str], payload: bytes) -> ShardJob:
     for key, value in env.items():
         if key != "PYTHONPATH":
             os.environ.setdefault(key, value)
+    storage.configure_from_env()
     job: ShardJob = pickle.loads(payload)
     return job
 
 
 def clear_staging(job: ShardJob, shard: str) -> None:
     """Remove a shard's staging folder that a killed worker left (the runner clears its own)."""
+    if storage.is_remote(job.output_dir()):
+        return  # staging is a local temp folder there; the rerun's sweep deletes uncommitted objects
     staging = job.output_dir() / ".staging" / shard
     shutil.rmtree(staging, ignore_errors=True)
     with contextlib.suppress(OSError):
