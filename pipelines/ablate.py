@@ -17,9 +17,9 @@ def ablate_command(
             help="Ablation YAML (default: conf/ablation/default.yaml).", exists=True, dir_okay=False
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (cells, sets, report).")] = Path(
-        "out/ablation"
-    ),
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Output directory or URL (cells, sets, report).")
+    ] = "out/ablation",
     overrides: SetOpt = None,
     parallel_cells: Annotated[
         int | None, typer.Option("--parallel-cells", "-p", min=1, help="Cells trained at once.")

@@ -54,8 +54,23 @@ def setup_logging(level: int = logging.INFO) -> None:
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
         force=True,
     )
-    for noisy in ("py4j", "urllib3", "PIL", "matplotlib", "filelock"):
+    for noisy in ("py4j", "urllib3", "PIL", "matplotlib", "filelock", "botocore", "aiobotocore", "s3fs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())
+
+
+class RedactSecrets(logging.Filter):
+    """Storage credentials never reach a log line, whoever logs them (botocore, a stage, a traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from curation.core.storage import redact
+
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 
 def register_all(target: typer.Typer) -> None:
@@ -77,4 +92,11 @@ def main() -> None:
         app()
     except ConfigError as exc:
         console.print(f"[red]config error:[/red] {exc}")
+        sys.exit(2)
+    except OSError as exc:
+        from curation.core.storage import StorageError, redact
+
+        if not isinstance(exc, StorageError):
+            raise
+        console.print(f"[red]storage error:[/red] {redact(str(exc))}", soft_wrap=True, highlight=False)
         sys.exit(2)

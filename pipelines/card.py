@@ -14,9 +14,9 @@ from pipelines.options import console, run_stage
 
 def card_command(
     subset: Annotated[
-        Path, typer.Argument(help="Subset .npy (DataComp format) with its manifest.", exists=True)
+        str, typer.Argument(help="Subset .npy (DataComp format) with its manifest (a path or a URL).")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for README.md, card.html and figures.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory for README.md, card.html and figures.")],
     pool: Annotated[Path | None, typer.Option(help="Pool directory; default: the manifest's pool.")] = None,
     results: Annotated[Path | None, typer.Option(help="Evaluation results (JSON lines) to include.")] = None,
     name: Annotated[

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,7 +12,7 @@ from pipelines.options import ConfigOpt, EngineOpt, SetOpt, WorkersOpt, run_stag
 
 
 def copydesc_command(
-    pool: Annotated[Path, typer.Argument(help="Pool directory (img2dataset layout, with tars).")],
+    pool: Annotated[str, typer.Argument(help="Pool directory (img2dataset layout, with tars).")],
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     engine: EngineOpt = "local",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,7 +20,7 @@ from pipelines.options import (
 
 
 def filter_command(
-    pool: Annotated[Path, typer.Argument(help="Pool directory (img2dataset layout or DataComp metadata).")],
+    pool: Annotated[str, typer.Argument(help="Pool directory (img2dataset layout or DataComp metadata).")],
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     engine: EngineOpt = "local",

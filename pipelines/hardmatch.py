@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 
 InputArg = Annotated[
-    Path, typer.Argument(help="A pool, a parquet file, or a folder of parquet files with uid + caption/text.")
+    str, typer.Argument(help="A pool, a parquet file, or a folder of parquet files with uid + caption/text.")
 ]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder.")]
 ClassesOpt = Annotated[
     str | None, typer.Option(help="'imagenet' (open_clip's 1,000 names) or a file with one class per line.")
 ]
@@ -82,7 +82,9 @@ def hardmatch_command(
         settings=updates,
         engine=engine, workers=workers, master=master, address=address,
     )
-    console.print((out / "report.md").read_text())
+    from curation.core import storage
+
+    console.print(storage.read_text(storage.location(out) / "report.md"))
 
 
 def register(app: typer.Typer) -> None:

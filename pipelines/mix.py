@@ -23,7 +23,7 @@ InputsArg = Annotated[
         "(every sample of PATH, e.g. a subset .npy, belongs to source NAME)."
     ),
 ]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output subset .npy (manifest beside it).")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output subset .npy (manifest beside it).")]
 WeightOpt = Annotated[list[str] | None, typer.Option("--weight", "-w", help="SOURCE=WEIGHT (repeatable).")]
 CountOpt = Annotated[list[str] | None, typer.Option("--count", "-n", help="SOURCE=COUNT (repeatable).")]
 TotalOpt = Annotated[int | None, typer.Option("--total", "-t", help="Target total size with --weight.")]
@@ -82,7 +82,7 @@ def _print(result: MixResult, path: Path) -> None:
 
 def mix_command(
     inputs: InputsArg = None,
-    out: OutOpt = Path("mix.npy"),
+    out: OutOpt = "mix.npy",
     weight: WeightOpt = None,
     count: CountOpt = None,
     total: TotalOpt = None,

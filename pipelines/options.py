@@ -72,8 +72,10 @@ def print_table(table: Table) -> None:
 
 
 def rerun_command() -> str:
-    """This command line as the user would type it again."""
-    return shlex.join(["curate", *sys.argv[1:]])
+    """This command line as the user would type it again (without any secret it was given)."""
+    from curation.core.storage import redact
+
+    return redact(shlex.join(["curate", *sys.argv[1:]]))
 
 
 def finish(report: JobReport) -> None:
@@ -107,11 +109,13 @@ def run_stage(
     exit status 2 instead of a traceback. Funnels are printed; failed shards exit 1.
     """
     from curation.core.stagedef import STAGES
+    from curation.core.storage import StorageError
     from curation.engines import open_engine
 
     stage = STAGES.get(name)
     cfg = stage.load_config(config, settings, overrides or [])
     args = stage.make_inputs(inputs, "command line")
+    errors = (*errors, StorageError)
     try:
         with open_engine(engine, workers, master, address) as eng:
             result = stage.run(args, cfg, eng)

@@ -22,10 +22,10 @@ from pipelines.options import (
 
 
 def reshard_command(
-    pool: Annotated[Path, typer.Argument(help="Pool directory (img2dataset layout, with tars).")],
-    subset: Annotated[Path, typer.Argument(help="Subset .npy (DataComp format) from `curate select`.")],
+    pool: Annotated[str, typer.Argument(help="Pool directory (img2dataset layout, with tars).")],
+    subset: Annotated[str, typer.Argument(help="Subset .npy (DataComp format) from `curate select`.")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output directory for NNNNN.tar, sizes.json, stats.json.")
+        str, typer.Option("--out", "-o", help="Output directory for NNNNN.tar, sizes.json, stats.json.")
     ],
     config: ConfigOpt = None,
     overrides: SetOpt = None,

@@ -62,6 +62,7 @@ def execute_job(
     """Run ``job`` on the engine asked for (default: the job file's); the one path of run and demo."""
     from curation.core.pool import PoolError
     from curation.core.stagedef import StageFailed
+    from curation.core.storage import StorageError
     from curation.engines import open_engine
     from workflows.jobfile import run_job_file
 
@@ -76,7 +77,7 @@ def execute_job(
             address or (e.address if same else None),
         ) as eng:
             runs = run_job_file(job, eng, skip or [])
-    except (ConfigError, PoolError) as exc:
+    except (ConfigError, PoolError, StorageError) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from exc
     except StageFailed as exc:

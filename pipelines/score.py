@@ -25,7 +25,7 @@ Opt = typer.Option
 
 
 def score_command(
-    pool: Annotated[Path, typer.Argument(help="Pool directory in img2dataset's webdataset layout.")],
+    pool: Annotated[str, typer.Argument(help="Pool directory in img2dataset's webdataset layout.")],
     model: Annotated[
         str | None, Opt("--model", "-m", help="open_clip model name (ViT-B-32, tiny-vit).")
     ] = None,

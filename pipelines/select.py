@@ -52,9 +52,9 @@ def load_spec(config: Path | None, steps: list[str], overrides: list[str]) -> Se
 
 
 def select_command(
-    pool: Annotated[Path, typer.Argument(help="Pool directory (img2dataset layout or DataComp metadata).")],
+    pool: Annotated[str, typer.Argument(help="Pool directory (img2dataset layout or DataComp metadata).")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Subset to write (.npy; manifest .json beside it).")
+        str, typer.Option("--out", "-o", help="Subset to write (.npy; manifest .json beside it).")
     ],
     config: ConfigOpt = None,
     step: StepOpt = None,

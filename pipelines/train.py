@@ -46,8 +46,8 @@ def _clear_errors() -> Iterator[None]:
 
 
 def train_cmd(
-    shards: Annotated[Path, typer.Argument(help="Training shards directory (NNNNN.tar + sizes.json).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumed if unfinished).")],
+    shards: Annotated[str, typer.Argument(help="Training shards directory (NNNNN.tar + sizes.json).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run directory (resumed if unfinished).")],
     preset: PresetOpt = "tiny",
     mode: ModeOpt = "one_epoch",
     samples_seen: SamplesOpt = None,
@@ -98,8 +98,8 @@ def train_cmd(
 
 
 def reference_model_cmd(
-    seed_dir: Annotated[Path, typer.Argument(help="Clean seed shards (e.g. out/synth/seed).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
+    seed_dir: Annotated[str, typer.Argument(help="Clean seed shards (e.g. out/synth/seed).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run directory.")],
     preset: PresetOpt = "tiny",
     samples_seen: SamplesOpt = None,
     seed: SeedOpt = 0,

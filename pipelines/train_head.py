@@ -21,9 +21,9 @@ def _ref(value: str) -> dict:
 
 
 def train_head_command(
-    pool: Annotated[Path, typer.Argument(help="Pool directory with an embedding attribute stage.")],
+    pool: Annotated[str, typer.Argument(help="Pool directory with an embedding attribute stage.")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Where to write the head (.pt; figures beside it).")
+        str, typer.Option("--out", "-o", help="Where to write the head (.pt; figures beside it).")
     ],
     embeddings: Annotated[
         str, typer.Option(help="STAGE:COLUMN of the embeddings.")
@@ -62,8 +62,8 @@ def train_head_command(
 
 
 def score_head_command(
-    pool: Annotated[Path, typer.Argument(help="Pool directory with an embedding attribute stage.")],
-    head: Annotated[Path, typer.Option(help="The head: curate train-head's .pt or a bare state dict.")],
+    pool: Annotated[str, typer.Argument(help="Pool directory with an embedding attribute stage.")],
+    head: Annotated[str, typer.Option(help="The head: curate train-head's .pt or a bare state dict.")],
     embeddings: Annotated[
         str, typer.Option(help="STAGE:COLUMN of the embeddings.")
     ] = "clip_score_vit_b_32:image_emb",

@@ -10,6 +10,10 @@ by ``vars.name``; ``${workdir}`` (absolute) and ``${conf}`` (the project's conf/
 and may be used in vars too. So one job file serves several pools:
 ``curate run JOB.yaml --set vars.pool=/data/pool``.
 
+``workdir`` (and any path) may be a URL (``s3://bucket/job``): every step then reads and writes
+object storage (see docs/storage.md). A ``storage_options`` block gives per-protocol fsspec options
+(``{s3: {endpoint_url: ...}}``); they are never written into a marker or an output.
+
 All shard-parallel steps share one engine (one Spark session, one Ray instance). A step that
 finished leaves a marker with the fingerprint of its resolved settings; a rerun skips it, and a
 step that stopped half way resumes shard by shard through the runner's own markers, so a rerun
@@ -28,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, Field
+from upath import UPath
 
+from curation.core import storage
 from curation.core.config import CONF_DIR, ConfigError, ConfigModel, apply_overrides, build, read_yaml
 from curation.core.io import atomic_write_json, read_json
 from curation.core.stagedef import STAGES, StageDef
@@ -66,7 +72,8 @@ class EngineDefaults(ConfigModel):
 class JobSpec(ConfigModel):
     name: str
     description: str = ""
-    workdir: Path
+    workdir: storage.Location
+    storage_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     vars: dict[str, Any] = Field(default_factory=dict)
     engine: EngineDefaults = Field(default_factory=EngineDefaults)
     steps: list[StepSpec]
@@ -82,8 +89,8 @@ class JobContext:
     workdir: Path
 
     def path(self, p: str | Path) -> Path:
-        p = Path(p)
-        return p if p.is_absolute() else self.workdir / p
+        p = storage.location(p)
+        return p if p.is_absolute() else self.workdir / str(p)
 
     @staticmethod
     def config_path(p: str | Path) -> Path:
@@ -96,9 +103,9 @@ class JobContext:
         updates: dict[str, Any] = {}
         for name in type(inputs).model_fields:
             value = getattr(inputs, name)
-            if isinstance(value, Path):
+            if isinstance(value, UPath | Path):
                 updates[name] = self.path(value)
-            elif isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+            elif isinstance(value, list) and value and all(isinstance(v, UPath | Path) for v in value):
                 updates[name] = [self.path(v) for v in value]
         return inputs.model_copy(update=updates)
 
@@ -176,9 +183,16 @@ def step_marker(workdir: Path, step: PlannedStep) -> Path:
     return workdir / JOB_DIR / f"{step.index:02d}-{step.spec.label}.done.json"
 
 
+def job_root(job: JobSpec, workdir: str | Path | None = None) -> Path:
+    """The job's workdir (absolute if local), with the job's storage options applied."""
+    storage.configure(job.storage_options)
+    root = storage.location(workdir or job.workdir)
+    return root if storage.is_remote(root) else root.resolve()
+
+
 def pending_steps(job: JobSpec, workdir: Path | None = None) -> list[tuple[PlannedStep, bool]]:
     """Every step, validated, with whether a rerun would skip it (finished with the same settings)."""
-    root = Path(workdir or job.workdir).resolve()
+    root = job_root(job, workdir)
     out = []
     for step in plan_steps(job, root):
         marker = step_marker(root, step)
@@ -199,12 +213,13 @@ def run_job_file(
     job: JobSpec, engine: Engine, skip: list[str] | None = None, workdir: Path | None = None
 ) -> list[StepRun]:
     """Run (or resume) every step on ``engine``; raises :class:`StageFailed` at the first failing step."""
-    root = Path(workdir or job.workdir).resolve()
+    root = job_root(job, workdir)
     steps = plan_steps(job, root)
     unknown = sorted(set(skip or []) - {s.spec.label for s in steps})
     if unknown:
         raise ConfigError(f"--skip {unknown}: no such step in {job.name}")
-    root.mkdir(parents=True, exist_ok=True)
+    storage.check_bucket(root, write=True)
+    storage.ensure_dir(root)
     runs = []
     for step in steps:
         label, marker = step.spec.label, step_marker(root, step)
