@@ -4,6 +4,7 @@ commit protocol without rename, secrets kept out of messages, and clear errors f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ def test_location_keeps_urls_and_local_paths() -> None:
     assert storage.is_remote("s3://b/k") and storage.is_remote("memory://x/y")
     assert not storage.is_remote("/tmp/x") and not storage.is_remote("file:///tmp/x")
     assert str(storage.location("file:///tmp/x")) == "/tmp/x"
+    assert storage.url(Path("s3://b/k")) == "s3://b/k"  # a URL that went through pathlib
     assert storage.url(storage.location("s3://b/pool") / "00000.parquet") == "s3://b/pool/00000.parquet"
 
 

@@ -37,6 +37,7 @@ from upath import UPath
 OPTIONS_ENV = "CURATION_STORAGE_OPTIONS"  # JSON {protocol: {option: value}}: how options reach workers
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN")
 SECRET_OPTION = re.compile(r"secret|token|password|passwd|credential|sas|account_key|^key$", re.I)
+MANGLED_URL = re.compile(r"^([a-z][a-z0-9+.-]*[a-z0-9]):/(?!/)")
 _configured: dict[str, dict[str, Any]] = {}
 # Never hang on an unreachable endpoint: botocore's defaults wait 60 s per try and retry with backoff.
 S3_DEFAULTS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}}
@@ -52,7 +53,7 @@ def location(value: str | os.PathLike[str] | UPath) -> UPath:
     """``value`` as a location: URLs keep their protocol, ``file://`` and plain paths become local paths."""
     if isinstance(value, UPath):
         return value
-    text = os.fspath(value)
+    text = MANGLED_URL.sub(r"\1://", os.fspath(value))  # pathlib.Path("s3://b/k") is "s3:/b/k"
     if text.startswith("file://"):
         text = text[len("file://") :]
     return UPath(text)
