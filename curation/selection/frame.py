@@ -12,17 +12,20 @@ global steps never join billion-row tables.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from curation.core import storage
 from curation.core.config import ConfigModel
-from curation.core.pool import CAPTION_COLUMNS, Pool
+from curation.core.pool import CAPTION_COLUMNS
 from curation.core.subset import Subset
 from curation.core.uidvec import uids_to_hex_array
 
@@ -221,18 +224,57 @@ class Frame:
         return self.subset_aliases[path]
 
 
+def pool_frame_columns(refs: Iterable[ColumnRef]) -> set[str]:
+    """Pool parquet columns a frame read straight from the pool may use (see :func:`build_frame`)."""
+    names = {"uid", "source", "status"}
+    for ref in refs:
+        names |= {ref.column, *CAPTION_COLUMNS} if ref.column == "caption" else {ref.column}
+    return names
+
+
+def local_parquet(files: Iterable[Path], dest: Path, columns: set[str] | None = None) -> list[str]:
+    """Names of local parquet files for DuckDB to scan (it cannot read object storage here).
+
+    A local file is used where it is. A remote one is copied to ``dest`` under its own name (so
+    the files sort as before): only the ``columns`` it has (all if None), every row in its order,
+    one row group at a time, so row numbers, row counts and null counts are those of the original.
+    """
+    out = []
+    for f in map(storage.location, files):
+        if not storage.is_remote(f):
+            out.append(str(f))
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        local = dest / f.name
+        if columns is None:
+            with storage.local_copy(f) as tmp:
+                shutil.move(tmp, local)
+        else:
+            _copy_columns(f, local, columns)
+        out.append(str(local))
+    return out
+
+
+def _copy_columns(src: Any, dst: Path, columns: set[str]) -> None:
+    with storage.storage_errors(src, "read"):
+        pf = pq.ParquetFile(src.path, filesystem=src.fs)
+        names = [n for n in pf.schema_arrow.names if n in columns] or pf.schema_arrow.names[:1]
+        with pq.ParquetWriter(dst, pf.schema_arrow.empty_table().select(names).schema) as writer:
+            for i in range(pf.num_row_groups):
+                writer.write_table(pf.read_row_group(i, columns=names))
+
+
 def build_frame(
     con: duckdb.DuckDBPyConnection,
-    pool: Pool,
     refs: list[ColumnRef],
     subsets: list[str],
-    gathered: list[str] | None,
+    files: list[str],
+    gathered: bool,
 ) -> Frame:
-    """The base relation: straight from the pool parquet (``gathered`` None) or from gathered shards."""
+    """The base relation over local parquet ``files``: the pool's (``gathered`` False) or gathered shards."""
     refs = ordered(refs)
     aliases = {ref: f"c{i}" for i, ref in enumerate(refs)}
-    if gathered is None:
-        files = [str(pool.parquet_path(s)) for s in pool.shard_ids()]
+    if not gathered:
         available = parquet_columns(con, files)
         cols = ["uid AS uid", _source_expr(available), "_file", "file_row_number"]
         for ref, alias in aliases.items():
@@ -241,7 +283,7 @@ def build_frame(
         base = f"SELECT {', '.join(cols)} FROM {_scan(files)}{where}"
     else:
         cols = ["uid", "source", "_file", "file_row_number", *aliases.values()]
-        base = f"SELECT {', '.join(cols)} FROM {_scan(gathered)}"
+        base = f"SELECT {', '.join(cols)} FROM {_scan(files)}"
     subset_aliases = {}
     for i, path in enumerate(sorted(set(subsets))):
         name, alias = f"_subset{i}", f"s{i}"
@@ -251,8 +293,7 @@ def build_frame(
             f"LEFT JOIN {name} ON {name}.uid = lower(b.uid)"
         )
         subset_aliases[path] = alias
-    files_under = gathered if gathered is not None else [str(pool.parquet_path(s)) for s in pool.shard_ids()]
-    rows = con.execute("SELECT sum(num_rows) FROM parquet_file_metadata(?)", [files_under]).fetchone()
+    rows = con.execute("SELECT sum(num_rows) FROM parquet_file_metadata(?)", [files]).fetchone()
     frame = Frame(con, base, aliases, {}, subset_aliases=subset_aliases, rows_estimate=int(rows[0] or 0))
     frame.types = {r[0]: r[1] for r in con.execute(f"DESCRIBE {base}").fetchall()}
     return frame

@@ -4,19 +4,19 @@ Attribute tables are written per shard with the pool's shard ids, so joining the
 a per-shard join of a few thousand rows, not a global join of billions. Each gathered shard holds
 ``uid``, ``source`` and the steps' columns under their aliases (``c0``, ``c1``, ...); a sample with
 no row in an attribute table gets NULL there, which the steps count as a missing value. The work
-runs through the shard runner, so it is parallel on any engine and resumes after a crash.
+runs through the shard runner, so it is parallel on any engine and resumes after a crash. The
+pool, its attribute tables and the work dir may each be a local path or a URL.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from curation.core import storage
 from curation.core.io import atomic_write_json, atomic_write_parquet, read_json
 from curation.core.pool import Pool
 from curation.core.runner import ShardJob
@@ -33,17 +33,31 @@ class GatherJob(ShardJob):
         self.pool = pool
         self.refs = ordered(refs)
         self.aliases = {ref: f"c{i}" for i, ref in enumerate(self.refs)}
-        self.work_dir = Path(work_dir)
+        self.work_dir = storage.location(work_dir)
+        self.stage_shards = {stage: self._stage_tables(stage) for stage in self._stages()}
         self.stage_types = {stage: self._stage_schema(stage) for stage in self._stages()}
 
     def _stages(self) -> list[str]:
         return sorted({r.stage for r in self.refs if r.stage is not None})
 
+    def _stage_tables(self, stage: str) -> dict[str, Path]:
+        """A stage's attribute table per shard id, from one listing (two with completion markers:
+        where the stage has them, a table without its marker is an interrupted commit, not data)."""
+        where = self.pool.attributes_dir(stage)
+        tables = {p.stem: p for p in storage.list_files(where, "*.parquet")}
+        done = storage.list_files(where / "_done", "*.done")
+        if done:
+            committed = {p.name.removesuffix(".done") for p in done}
+            tables = {shard: p for shard, p in tables.items() if shard in committed}
+        return tables
+
     def _stage_schema(self, stage: str) -> pa.Schema:
-        files = sorted(self.pool.attributes_dir(stage).glob("*.parquet"))
+        files = sorted(self.stage_shards[stage].values(), key=str)
         if not files:
-            raise SelectionError(f"{self.pool.root}: no attribute tables for stage {stage!r}; run it first")
-        schema = pq.read_schema(files[0])
+            raise SelectionError(
+                f"{storage.url(self.pool.root)}: no attribute tables for stage {stage!r}; run it first"
+            )
+        schema = storage.read_parquet_schema(files[0])
         for ref in self.refs:
             if ref.stage == stage and ref.column not in schema.names:
                 raise SelectionError(
@@ -53,10 +67,12 @@ class GatherJob(ShardJob):
 
     def prepare(self) -> None:
         """Reuse a previous (interrupted) gather only if it was for the same pool and columns."""
-        fingerprint = {"pool": str(self.pool.root.resolve()), "columns": [r.label() for r in self.refs]}
+        root = self.pool.root
+        pool = storage.url(root) if storage.is_remote(root) else str(root.resolve())
+        fingerprint = {"pool": pool, "columns": [r.label() for r in self.refs]}
         marker = self.work_dir / "gather.json"
         if marker.exists() and read_json(marker) != fingerprint:
-            shutil.rmtree(self.work_dir)
+            storage.remove(self.work_dir, recursive=True)
         atomic_write_json(marker, fingerprint)
 
     def shards(self) -> list[str]:
@@ -65,8 +81,8 @@ class GatherJob(ShardJob):
     def output_dir(self) -> Path:
         return self.work_dir
 
-    def files(self) -> list[str]:
-        return [str(self.work_dir / f"{s}.parquet") for s in self.shards()]
+    def files(self) -> list[Path]:
+        return [self.work_dir / f"{s}.parquet" for s in self.shards()]
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
         samples = self.pool.read_samples(shard)
@@ -94,10 +110,10 @@ class GatherJob(ShardJob):
 
     def _join_stage(self, table: pa.Table, shard: str, stage: str) -> tuple[pa.Table, int]:
         cols = {ref.column: alias for ref, alias in self.aliases.items() if ref.stage == stage}
-        path = self.pool.attributes_dir(stage) / f"{shard}.parquet"
+        path = self.stage_shards[stage].get(shard)
         schema = self.stage_types[stage]
-        if path.exists():
-            attr = pq.read_table(path, columns=["uid", *cols])
+        if path is not None:
+            attr = storage.read_parquet(path, columns=["uid", *cols])
             attr = attr.set_column(0, "uid", pc.utf8_lower(attr["uid"]))
         else:
             attr = pa.table(

@@ -27,9 +27,9 @@ from typing import Any, Literal
 import ahocorasick
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
+from curation.core import storage
 from curation.core.config import CONF_DIR, ConfigError
 from curation.core.io import atomic_write_json, atomic_write_parquet, read_json
 from curation.core.pool import Pool
@@ -51,11 +51,12 @@ def normalize(text: str) -> str:
 
 
 def load_entries(path: str | Path) -> list[str]:
-    """Entries from a text file (one a line, ``#`` comments) or a JSON list; normalised, de-duplicated."""
-    path = Path(path)
+    """Entries from a text file (one a line, ``#`` comments) or a JSON list; normalised, de-duplicated.
+    ``path`` may be a URL."""
+    path = storage.location(path)
     if not path.is_file():
-        raise ConfigError(f"metaclip_balance: entry list {path} not found")
-    text = path.read_text(encoding="utf-8")
+        raise ConfigError(f"metaclip_balance: entry list {storage.url(path)} not found")
+    text = storage.read_text(path)
     raw = (
         json.loads(text)
         if path.suffix == ".json"
@@ -91,7 +92,7 @@ class EntryMatcher:
 
 def entries_stage(entries_path: Path, text: str) -> str:
     """The attribute stage of a match: named by a hash of the entry list and the caption column."""
-    digest = hashlib.sha256(entries_path.read_bytes() + b"\0" + text.encode()).hexdigest()[:10]
+    digest = hashlib.sha256(storage.read_bytes(entries_path) + b"\0" + text.encode()).hexdigest()[:10]
     return f"metaclip_{digest}"
 
 
@@ -102,7 +103,7 @@ class MatchJob(ShardJob):
 
     def __init__(self, pool: Pool, entries_path: Path, text: str = "caption") -> None:
         self.pool = pool
-        self.entries_path = Path(entries_path)
+        self.entries_path = storage.location(entries_path)
         self.text = text
         self.stage = entries_stage(self.entries_path, text)
         self._matcher: EntryMatcher | None = None
@@ -114,7 +115,9 @@ class MatchJob(ShardJob):
         return self.pool.attributes_dir(self.stage)
 
     def prepare(self) -> None:
-        identity = {"entries": str(self.entries_path.resolve()), "text": self.text, "stage": self.stage}
+        entries = self.entries_path
+        where = storage.url(entries) if storage.is_remote(entries) else str(entries.resolve())
+        identity = {"entries": where, "text": self.text, "stage": self.stage}
         path = self.output_dir() / "_metaclip.json"
         if not path.exists() or read_json(path) != identity:
             atomic_write_json(path, identity)
@@ -147,7 +150,8 @@ class MatchJob(ShardJob):
 
 
 class MetaClipConfig(StepConfig):
-    entries: str = str(DEFAULT_ENTRIES)  # one entry a line, or MetaCLIP's metadata.json list
+    # one entry a line, or MetaCLIP's metadata.json list (a path or a URL)
+    entries: storage.Location = storage.location(DEFAULT_ENTRIES)
     t: int = Field(20_000, ge=1)  # MetaCLIP's cap for 400M pairs; scale it with the pool
     seed: int = 0
     rule: Literal["any", "sum"] = "any"
@@ -162,9 +166,9 @@ class MetaClipStep(Step):
 
     def bind(self, pool: Pool) -> None:
         super().bind(pool)
-        path = Path(self.cfg.entries)
+        path = self.cfg.entries
         if not path.is_file():
-            raise ConfigError(f"{self.label}: entry list {path} not found")
+            raise ConfigError(f"{self.label}: entry list {storage.url(path)} not found")
         self.job = MatchJob(pool, path, self.cfg.text)
         self.n_entries = len(load_entries(path))
 
@@ -232,7 +236,7 @@ def entry_counts(pool: Pool, stage: str, uids_hex: pa.Array | None = None) -> di
     """Matches per entry id over the pool (or over ``uids_hex``, e.g. a selection's uids)."""
     counts: dict[int, int] = {}
     for shard in pool.shard_ids():
-        table = pq.read_table(pool.attributes_dir(stage) / f"{shard}.parquet", columns=["uid", COLUMN])
+        table = storage.read_parquet(pool.attributes_dir(stage) / f"{shard}.parquet", columns=["uid", COLUMN])
         if uids_hex is not None:
             table = table.filter(pc.is_in(pc.utf8_lower(table["uid"]), value_set=uids_hex))
         for value in table[COLUMN].to_pylist():

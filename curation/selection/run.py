@@ -14,8 +14,8 @@ reason, overall and per source.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -27,6 +27,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from curation.core import storage
 from curation.core.config import ConfigError, ConfigModel
 from curation.core.io import atomic_write_json
 from curation.core.pool import Pool
@@ -43,6 +44,8 @@ from curation.selection.frame import (
     SelectionError,
     build_frame,
     connect,
+    local_parquet,
+    pool_frame_columns,
     uid_column_complete,
 )
 from curation.selection.gather import GatherJob
@@ -83,13 +86,26 @@ def run_selection(
     engine: Engine | str = "local",
     workers: int = 1,
 ) -> SelectionResult:
-    """Evaluate ``spec`` on the pool; ``work_dir`` holds gathered columns and DuckDB spill files."""
+    """Evaluate ``spec`` on the pool (a path or a URL); ``work_dir`` (a path or a URL) holds gathered
+    columns, and DuckDB's spill files where it is local.
+
+    DuckDB reads local files only (its ``httpfs`` extension cannot be installed offline), so with a
+    remote pool or work dir the parquet it scans is copied to a local scratch folder first: the few
+    pool columns the steps need, or the (narrow) gathered shards.
+    """
     steps = parse_steps(spec)
-    pool = Pool(Path(pool_root))
-    if work_dir is None:
-        with tempfile.TemporaryDirectory(prefix="curate-select-") as tmp:
-            return _run(pool, spec, steps, Path(tmp), engine, workers)
-    return _run(pool, spec, steps, Path(work_dir), engine, workers)
+    pool = Pool(storage.location(pool_root))
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work = scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="curate-select-")))
+        else:
+            work = storage.location(work_dir)
+            scratch = (
+                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="curate-select-")))
+                if storage.is_remote(work)
+                else work
+            )
+        return _run(pool, spec, steps, work, scratch, engine, workers)
 
 
 def _run(
@@ -97,27 +113,31 @@ def _run(
     spec: SelectSpec,
     steps: list[Step],
     work: Path,
+    scratch: Path,
     engine: Engine | str,
     workers: int,
     unique: bool = False,
 ) -> SelectionResult:
     """Evaluate the steps; with ``unique``, first drop every pool row of a uid but its first.
 
-    Pools rarely list a uid twice, so that costly window runs only when the subset came out with
-    a uid from two rows (which would silently upsample it): the selection then runs again with it.
+    ``work`` (maybe a URL) holds the gathered shards; ``scratch`` is local (DuckDB's spill files and
+    the local copies it scans). Pools rarely list a uid twice, so that costly window runs only when
+    the subset came out with a uid from two rows (which would silently upsample it): the selection
+    then runs again with it.
     """
     start = time.perf_counter()
-    work.mkdir(parents=True, exist_ok=True)
+    storage.ensure_dir(work)
+    scratch.mkdir(parents=True, exist_ok=True)
     for s in steps:
         s.bind(pool)
     for s in steps:
         s.prepare(pool, lambda job: run_job(job, engine, workers=workers))
     refs = [c for s in steps for c in s.columns()]
     subsets = [p for s in steps for p in s.subsets()]
-    con = connect(spec.duckdb, work)
+    con = connect(spec.duckdb, scratch)
     try:
-        gathered = _gather_if_needed(con, pool, refs, work / "gather", engine, workers)
-        frame = build_frame(con, pool, refs, subsets, gathered)
+        files, gathered = _frame_files(con, pool, refs, work / "gather", scratch, engine, workers)
+        frame = build_frame(con, refs, subsets, files, gathered)
         decisions: list[dict[str, Any]] = []
         stages = [Compiled(frame.add("CAST(1 AS BIGINT)", "m"), frame.add("CAST(NULL AS VARCHAR)", "r"))]
         if unique:
@@ -130,12 +150,12 @@ def _run(
         if repeated_rows and not unique:
             log.warning("the pool lists some selected uids in several rows; dropping all but the first row")
             con.close()  # before the second pass opens its own (closing twice is harmless)
-            return _run(pool, spec, steps, work, engine, workers, unique=True)
+            return _run(pool, spec, steps, work, scratch, engine, workers, unique=True)
         if invalid:
             funnel.stages.append(invalid)
         funnel.check()
         _record_kept(decisions, funnel)
-        manifest = _manifest(spec, pool, frame, funnel, decisions, gathered is not None)
+        manifest = _manifest(spec, pool, frame, funnel, decisions, gathered)
         manifest["seconds"] = round(time.perf_counter() - start, 3)
         return SelectionResult(Subset(uids, manifest), funnel, decisions)
     finally:
@@ -164,7 +184,7 @@ def _manifest(
         "name": spec.name,
         "description": spec.description,
         "how": "curate select",
-        "pool": str(pool.root.resolve()),
+        "pool": storage.url(pool.root) if storage.is_remote(pool.root) else str(pool.root.resolve()),
         "spec": spec.model_dump(mode="json"),
         "frame": "gathered attribute tables" if gathered else "pool parquet",
         "decisions": decisions,
@@ -177,18 +197,22 @@ def _manifest(
     }
 
 
-def _gather_if_needed(
+def _frame_files(
     con: duckdb.DuckDBPyConnection,
     pool: Pool,
     refs: list[ColumnRef],
     work: Path,
+    scratch: Path,
     engine: Engine | str,
     workers: int,
-) -> list[str] | None:
-    """Gathered shard files, or None when the pool parquet alone has every column and uid."""
-    files = [str(pool.parquet_path(s)) for s in pool.shard_ids()]
-    if all(r.stage is None for r in refs) and uid_column_complete(con, files):
-        return None
+) -> tuple[list[str], bool]:
+    """The local parquet files the frame scans, and whether they are gathered shards (else the pool
+    parquet itself, which alone serves when it has every column the steps need and every uid)."""
+    if all(r.stage is None for r in refs):
+        paths = [pool.parquet_path(s) for s in pool.shard_ids()]
+        files = local_parquet(paths, scratch / "pool_columns", pool_frame_columns(refs))
+        if uid_column_complete(con, files):
+            return files, False
     job = GatherJob(pool, refs, work)
     job.prepare()
     report = run_job(job, engine, workers=workers)
@@ -197,7 +221,7 @@ def _gather_if_needed(
         raise SelectionError(
             f"gathering columns failed on {len(report.failed)} shard(s): {failed}; rerun to resume"
         )
-    return job.files()
+    return local_parquet(job.files(), scratch / "gathered"), True
 
 
 def _unique_labels(labels: list[str]) -> list[str]:
@@ -318,11 +342,13 @@ def _source_mix(funnel: Funnel) -> dict[str, dict[str, int]]:
 
 
 def save_selection(result: SelectionResult, out: str | Path) -> Path:
-    """Write ``OUT.npy`` (DataComp format), its manifest ``OUT.json`` and the funnel ``OUT.stats.json``."""
+    """Write ``OUT.npy`` (DataComp format), its manifest ``OUT.json`` and the funnel ``OUT.stats.json``
+    (``out`` a path or a URL; each file written whole)."""
     path = result.subset.save(out)
     atomic_write_json(path.with_suffix(".stats.json"), result.funnel.to_dict())
     return path
 
 
-def clean_work_dir(work: Path) -> None:
-    shutil.rmtree(work, ignore_errors=True)
+def clean_work_dir(work: str | Path) -> None:
+    """Delete a selection's work dir (local or remote); nothing there is not an error."""
+    storage.remove(work, recursive=True)

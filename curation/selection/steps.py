@@ -26,12 +26,11 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
+from curation.core import storage
 from curation.core.config import ConfigError, ConfigModel, build
 from curation.core.pool import Pool
 from curation.core.registry import Registry
@@ -198,10 +197,12 @@ class FilterStep(Step):
 
 def verdict_names(pool: Pool, stage: str) -> list[str]:
     """Filter names with a ``<name>_keep`` verdict column in a stage's attribute tables."""
-    files = sorted(pool.attributes_dir(stage).glob("*.parquet"))
+    files = storage.list_files(pool.attributes_dir(stage), "*.parquet")
     if not files:
-        raise SelectionError(f"no verdicts under {pool.attributes_dir(stage)}; run `curate filter` first")
-    names = [c.removesuffix("_keep") for c in pq.read_schema(files[0]).names if c.endswith("_keep")]
+        where = storage.url(pool.attributes_dir(stage))
+        raise SelectionError(f"no verdicts under {where}; run `curate filter` first")
+    schema = storage.read_parquet_schema(files[0])
+    names = [c.removesuffix("_keep") for c in schema.names if c.endswith("_keep")]
     if not names:
         raise SelectionError(f"attribute stage {stage!r} has no <name>_keep verdict columns")
     return names
@@ -247,7 +248,7 @@ class ThresholdStep(Step):
 
 
 class SubsetConfig(StepConfig):
-    path: str  # a subset .npy (DataComp format), e.g. from another tool
+    path: storage.Location  # a subset .npy (DataComp format; a path or a URL), e.g. from another tool
 
 
 @step_kind("subset", SubsetConfig)
@@ -257,12 +258,12 @@ class SubsetStep(Step):
     cfg: SubsetConfig
 
     def subsets(self) -> list[str]:
-        if not Path(self.cfg.path).exists():
-            raise SelectionError(f"subset file not found: {self.cfg.path}")
-        return [self.cfg.path]
+        if not self.cfg.path.exists():
+            raise SelectionError(f"subset file not found: {storage.url(self.cfg.path)}")
+        return [storage.url(self.cfg.path)]
 
     def compile(self, frame: Frame, within: Compiled, decisions: list[dict[str, Any]]) -> Compiled:
-        s = frame.subset_col(self.cfg.path)
+        s = frame.subset_col(storage.url(self.cfg.path))
         return gate(frame, within, f"{s} > 0", sql_str("not_in_subset"), mult=s)
 
 
@@ -369,7 +370,7 @@ class TopKStep(Step):
 
 
 class RandomConfig(RankConfig):
-    size_of: str | None = None  # match the size of this subset .npy (the control for an ablation)
+    size_of: storage.Location | None = None  # match the size of this subset .npy (path or URL): a control
     seed: int = 0
 
     @model_validator(mode="after")
@@ -420,7 +421,7 @@ class RandomStep(Step):
                 "seed": cfg.seed,
                 "fraction": cfg.fraction,
                 "count": cfg.count,
-                "size_of": cfg.size_of,
+                "size_of": storage.url(cfg.size_of) if cfg.size_of is not None else None,
                 "candidates": n,
                 "k": k,
                 "cut": cut.to_dict(),
