@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.core import storage
 from curation.core.io import atomic_write_json
 from curation.core.pool import Pool
 from curation.core.stage import ConfiguredFilter, Verdict, filter_kind
@@ -37,7 +38,8 @@ LOOKUP_SCHEMA = pa.schema([("uid", pa.string()), ("cluster", pa.int64()), ("targ
 
 class ImageClusterConfig(ConfiguredFilter):
     embeddings: EmbeddingRef = EmbeddingRef()
-    target: Path  # target-set image embeddings: .npy matrix or parquet with ``target_column``
+    # target-set image embeddings, a path or a URL: a .npy matrix, or parquet with ``target_column``
+    target: storage.Location
     target_column: str = "image_emb"
     k: int = 100_000  # DataComp's number of clusters (for pools of 10M+ samples)
     niter: int = 20

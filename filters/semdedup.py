@@ -9,6 +9,9 @@ first value of ``eps``; every further value gets its own ``<name>_keep_eps<eps>`
 ``_keep`` verdict, so ``filter`` selection steps use only the first), and ``<name>_max_sim`` lets
 any other threshold be selected later (``threshold: {score: STAGE:<name>_max_sim, max: 0.95}``)
 without clustering again. A sample without a usable embedding is dropped as ``missing_embedding``.
+
+Phase 1 writes into a local folder (:func:`~curation.filtering.global_view.run_prepare` uploads it
+for a pool on object storage); the per-cluster pass's scratch goes to the shared work folder.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class SemDedupFilter(GlobalFilter):
             emb = writer.close()
             c = self.cfg
             params = SemDedupParams(c.k, c.niter, c.seed, c.max_points_per_centroid)
-            res = semdedup(emb, params, uid_keys(kept_uids), self.schedule, out, c.cluster_groups)
+            work = self.shared_dir or out  # where the engine's workers see it (a URL for a remote pool)
+            res = semdedup(emb, params, uid_keys(kept_uids), self.schedule, work, c.cluster_groups)
             np.save(out / "centroids.npy", res.centroids)
             res_cluster, res_max = res.cluster, res.max_sim
             nearest_uid = pc.if_else(

@@ -132,3 +132,22 @@ def test_the_engine_pass_equals_the_in_process_pass(tmp_path):
     np.testing.assert_array_equal(here.max_sim, there.max_sim)
     np.testing.assert_array_equal(here.nearest, there.nearest)
     assert len(list((work / "clusters").glob("g*.npz"))) == 4
+
+
+def test_the_engine_pass_with_its_work_folder_at_a_url(tmp_path):
+    """A remote work folder (a pool on object storage): each cluster range's rows go up as their own
+    file and the results come back through storage, the same as the in-process pass."""
+    from curation.core import storage
+
+    rng = np.random.default_rng(2)
+    emb = write_file(tmp_path, unit(rng, 300, 8))
+    params = sd.SemDedupParams(k=6, niter=10)
+    here = sd.semdedup(emb, params)
+    work = "memory://semdedup-work/w"
+    there = sd.semdedup(emb, params, schedule=lambda job: run_job(job, "local"), work=work, groups=4)
+    np.testing.assert_array_equal(here.max_sim, there.max_sim)
+    np.testing.assert_array_equal(here.nearest, there.nearest)
+    names = sorted(p.name for p in storage.list_files(work, "**"))
+    assert [n for n in names if n.endswith(".npz")] == [f"g{i:05d}.npz" for i in range(4)]
+    assert "order.npy" not in names and len([n for n in names if n.endswith(".f16")]) == 4
+    storage.remove("memory://semdedup-work", recursive=True)

@@ -11,12 +11,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
+from upath import UPath
 
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.registry import Registry
 from curation.core.stats import StageStats
@@ -46,11 +47,16 @@ class SideInput:
     """Columns of a per-shard table keyed by uid (``directory/NNNNN.parquet``) that a filter reads.
 
     The filter job joins them onto each shard's samples by uid, under the names
-    :meth:`Filter.input_column` gives; a sample missing from the table gets nulls.
+    :meth:`Filter.input_column` gives; a sample missing from the table gets nulls. ``directory`` is a
+    :data:`~curation.core.storage.Location`: a local path or a URL (a string or a ``Path`` is turned
+    into one).
     """
 
-    directory: Path
+    directory: UPath
     columns: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "directory", storage.location(self.directory))
 
 
 class Stage(ABC):

@@ -8,14 +8,15 @@ dropped, so it can still be given a reason.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from upath import UPath
 
+from curation.core import storage
 from curation.core.pool import Pool
 from curation.filtering.global_view import DEFAULT_SCORE, AttributeRef, ScoreRef, gather_shards, read_aligned
 
@@ -100,20 +101,23 @@ def gather_embeddings(
     )
 
 
-def load_vectors(path: Path, column: str = "image_emb") -> np.ndarray:
-    """Embeddings from a ``.npy`` matrix or a parquet list column, L2-normalised, invalid rows removed."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"embeddings file not found: {path}")
-    if path.suffix == ".npy":
-        matrix = np.load(path, allow_pickle=False)
-        if matrix.ndim != 2:
-            raise ValueError(f"{path}: expected a 2-d matrix, got shape {matrix.shape}")
-        flat = pa.array(matrix.astype(np.float32).ravel())
-        vectors, valid = embedding_matrix(pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]))
-    else:
-        table = pq.read_table(path, columns=[column])
-        vectors, valid = embedding_matrix(table[column])
+def load_vectors(path: str | os.PathLike[str] | UPath, column: str = "image_emb") -> np.ndarray:
+    """Embeddings from a ``.npy`` matrix or a parquet list column (a local path or a URL),
+    L2-normalised, invalid rows removed."""
+    path = storage.location(path)
+    name = storage.url(path)
+    try:
+        if path.suffix == ".npy":
+            matrix = storage.load_npy(path)
+            if matrix.ndim != 2:
+                raise ValueError(f"{name}: expected a 2-d matrix, got shape {matrix.shape}")
+            flat = pa.array(matrix.astype(np.float32).ravel())
+            vectors, valid = embedding_matrix(pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]))
+        else:
+            table = storage.read_parquet(path, columns=[column])
+            vectors, valid = embedding_matrix(table[column])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"embeddings file not found: {name}") from None
     if not valid.any():
-        raise ValueError(f"{path}: no usable embeddings")
+        raise ValueError(f"{name}: no usable embeddings")
     return vectors[valid]

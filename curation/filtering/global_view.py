@@ -4,7 +4,9 @@ Phase 1, :meth:`GlobalFilter.prepare`, runs once in the driver before any shard 
 ``prepare``, which every engine's ``run_job`` calls). It gathers what it needs over all shards out
 of core (DuckDB over parquet, or one shard at a time), makes its global decision (duplicate
 groups, clusters) and writes a small uid-keyed lookup table per shard, ``NNNNN.parquet``, into the
-folder the job gives it: ``POOL/attributes/<job>/_prepared/<filter>/``.
+folder the job gives it: ``POOL/attributes/<job>/_prepared/<filter>/``. Phase 1 always writes into
+a local staging folder; :func:`run_prepare` then publishes it, with a rename on local disk and, on
+object storage (a pool at a URL), by uploading the files and its marker last.
 
 Phase 2 is the ordinary per-shard filter: the job joins the shard's lookup onto the samples like
 any other :class:`~curation.core.stage.SideInput`, and ``verdict`` reads the joined columns. Nothing
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -27,7 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from upath import UPath
 
+from curation.core import storage
 from curation.core.config import ConfigError, ConfigModel
 from curation.core.io import atomic_write_json, atomic_write_parquet, read_json
 from curation.core.pool import Pool
@@ -48,13 +53,18 @@ class GlobalFilter(Filter):
     def __init__(self, cfg: ConfiguredFilter) -> None:
         super().__init__(cfg.name)
         self.cfg = cfg
-        self.prepared_dir: Path | None = None  # set by the filter job before phase 1
+        self.prepared_dir: UPath | None = None  # set by the filter job before phase 1 (a path or a URL)
+        # set by run_prepare while phase 1 runs: a folder every worker of the engine sees, for the
+        # inputs and outputs of shard jobs phase 1 schedules (its local ``out`` where the pool is local)
+        self.shared_dir: UPath | None = None
         # set by the filter job while phase 1 runs: run_job on the job's engine, for work split in shards
         self.schedule: Callable[[Any], Any] | None = None
 
     @abstractmethod
     def prepare(self, pool: Pool, out: Path) -> None:
-        """Phase 1: write ``out/<shard>.parquet`` (``uid`` + :attr:`lookup_columns`) for every shard."""
+        """Phase 1: write ``out/<shard>.parquet`` (``uid`` + :attr:`lookup_columns`) for every shard.
+
+        ``out`` is a local staging folder, whatever the pool's storage."""
 
     def fingerprint(self, pool: Pool) -> dict[str, Any]:
         """What phase 1's result depends on; a finished phase 1 is reused only when this matches."""
@@ -66,13 +76,19 @@ class GlobalFilter(Filter):
         return [SideInput(self.prepared_dir, self.lookup_columns)]
 
 
-def run_prepare(f: GlobalFilter, pool: Pool, out: Path) -> list[str]:
+def run_prepare(f: GlobalFilter, pool: Pool, out: Path | UPath) -> list[str]:
     """Phase 1 with the runner's guarantees: skipped when already done, atomic, complete for every shard.
 
     Returns the shards whose lookup is new or differs from the previous phase 1 (every shard on a
     first run, none when reused). A pool that gained shards since (``curate download --append``)
     gets phase 1 again over the union; only shards whose lookup changed need filtering again.
+
+    ``out`` may be a URL: phase 1 then runs in a local temp folder, the previous result is deleted
+    (its marker first), the new files are uploaded and the marker is written last, so a killed
+    upload leaves no marker and the next run does phase 1 again. Shard jobs that phase 1 schedules
+    share ``out``'s sibling ``.work-<name>`` prefix (:attr:`GlobalFilter.shared_dir`), deleted after.
     """
+    out = storage.location(out)
     fingerprint = f.fingerprint(pool)
     marker = out / MARKER
     grown = False
@@ -89,9 +105,17 @@ def run_prepare(f: GlobalFilter, pool: Pool, out: Path) -> list[str]:
                 "delete that folder or use another job name"
             )
         log.info("filter %s: the pool has new shards; phase 1 again over all of them", f.name)
-    staging = out.parent / f".staging-{out.name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    remote = storage.is_remote(out)
+    if remote:
+        staging = Path(tempfile.mkdtemp(prefix=f"curation-prepare-{out.name}-"))
+        shared = out.parent / f".work-{out.name}"
+        storage.remove(shared, recursive=True)  # what a killed phase 1 left
+    else:
+        staging = Path(out.parent / f".staging-{out.name}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        shared = storage.location(staging)
+    f.shared_dir = shared
     try:
         f.prepare(pool, staging)
         shards = pool.shard_ids()
@@ -101,12 +125,21 @@ def run_prepare(f: GlobalFilter, pool: Pool, out: Path) -> list[str]:
         changed = [
             s for s in shards if not (grown and _same_table(out / f"{s}.parquet", staging / f"{s}.parquet"))
         ]
-        atomic_write_json(staging / MARKER, {"fingerprint": fingerprint})
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(staging, out)
+        if remote:
+            storage.remove(marker)  # first: from here until the new marker, the folder is not trusted
+            storage.remove(out, recursive=True)
+            storage.upload_dir(staging, out)
+            atomic_write_json(marker, {"fingerprint": fingerprint})
+        else:
+            atomic_write_json(staging / MARKER, {"fingerprint": fingerprint})
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(staging, out)
         return changed
     finally:
+        f.shared_dir = None
         shutil.rmtree(staging, ignore_errors=True)
+        if remote:
+            storage.remove(shared, recursive=True)
 
 
 def _only_new_shards(before: dict[str, Any], now: dict[str, Any]) -> bool:
@@ -120,11 +153,15 @@ def _only_new_shards(before: dict[str, Any], now: dict[str, Any]) -> bool:
 FLOAT_TOLERANCE = 1e-5  # float lookups (similarities) vary in the last bits with BLAS summation order
 
 
-def _same_table(a: Path, b: Path) -> bool:
-    """Same lookup rows in any order (phase 1 may reorder a shard's rows), floats to ``FLOAT_TOLERANCE``."""
-    if not a.exists():
+def _same_table(a: Path | UPath, b: Path) -> bool:
+    """Same lookup rows in any order (phase 1 may reorder a shard's rows), floats to ``FLOAT_TOLERANCE``.
+
+    ``a`` (the previous lookup) may be a URL."""
+    try:
+        old = storage.read_parquet(a).sort_by("uid")
+    except FileNotFoundError:
         return False
-    old, new = pq.read_table(a).sort_by("uid"), pq.read_table(b).sort_by("uid")
+    new = storage.read_parquet(b).sort_by("uid")
     if old.schema != new.schema or old.num_rows != new.num_rows:
         return False
     for name in old.column_names:
@@ -146,16 +183,44 @@ def join_side_inputs(table: pa.Table, shard: str, filters: Sequence[Filter], poo
     for f in filters:
         for side in f.side_inputs(pool):
             path = side.directory / f"{shard}.parquet"
-            if not path.exists():
-                raise FileNotFoundError(f"filter {f.name!r} needs {path}; has the stage that writes it run?")
-            names = pq.read_schema(path).names
-            absent = [c for c in ("uid", *side.columns) if c not in names]
-            if absent:
-                raise ValueError(f"filter {f.name!r}: {path} lacks columns {absent} (has {names})")
-            lookup = pq.read_table(path, columns=["uid", *side.columns])
+            where, columns = storage.url(path), ["uid", *side.columns]
+            try:
+                lookup = read_columns(path, columns)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"filter {f.name!r} needs {where}; has the stage that writes it run?"
+                ) from None
+            except MissingColumns as exc:
+                raise ValueError(
+                    f"filter {f.name!r}: {where} lacks columns {exc.absent} (has {exc.names})"
+                ) from None
             index = lookup_index(uids, lookup["uid"])
             for col in side.columns:
                 table = table.append_column(f.input_column(col), lookup[col].take(index))
+    return table
+
+
+class MissingColumns(ValueError):
+    def __init__(self, absent: list[str], names: list[str]) -> None:
+        super().__init__(f"columns {absent} absent (has {names})")
+        self.absent, self.names = absent, names
+
+
+def read_columns(path: Path | UPath, columns: list[str]) -> pa.Table:
+    """``columns`` of a parquet table at a path or a URL, or :class:`MissingColumns` if it lacks some.
+
+    On object storage the schema and the columns are read through one open file (one metadata
+    request, then ranged reads), not two."""
+    if not storage.is_remote(path):
+        names = storage.read_parquet_schema(path).names
+        table = storage.read_parquet(path, columns=columns) if set(columns) <= set(names) else None
+    else:
+        with storage.storage_errors(path, "read"), path.open("rb") as f:
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            table = parquet.read(columns=columns) if set(columns) <= set(names) else None
+    if table is None:
+        raise MissingColumns([c for c in columns if c not in names], names)
     return table
 
 
@@ -239,9 +304,13 @@ class ScoreRef(AttributeRef):
 def read_aligned(pool: Pool, shard: str, ref: AttributeRef, uids: pa.Array | pa.ChunkedArray) -> pa.Array:
     """``ref``'s column for ``uids`` of one shard (null where the table has no row for a uid)."""
     path = pool.attributes_dir(ref.stage) / f"{shard}.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run the stage that writes {ref.stage!r} first")
-    if ref.column not in pq.read_schema(path).names:
-        raise ValueError(f"{path} has no column {ref.column!r}")
-    table = pq.read_table(path, columns=["uid", ref.column])
+    try:
+        table = read_columns(path, ["uid", ref.column])
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{storage.url(path)} not found; run the stage that writes {ref.stage!r} first"
+        ) from None
+    except MissingColumns as exc:
+        absent = ", ".join(repr(c) for c in exc.absent)
+        raise ValueError(f"{storage.url(path)} has no column {absent}") from None
     return table[ref.column].combine_chunks().take(lookup_index(uids, table["uid"]))

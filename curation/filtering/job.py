@@ -6,6 +6,9 @@ shard's funnel stats (each filter seeing only what earlier ones kept) to the run
 Filters that read other stages' attributes get them joined by uid (their side inputs); filters
 that need the whole pool (:class:`curation.filtering.global_view.GlobalFilter`) run their phase 1 once in
 ``prepare`` and are joined to its per-shard lookups the same way.
+
+The pool may be a URL (:mod:`curation.core.storage`): side inputs and lookups are read through
+storage, the verdicts are committed by the runner, and phase 1's lookups are uploaded beside them.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from upath import UPath
 
+from curation.core import storage
 from curation.core.config import ConfigError, ConfigModel, build
 from curation.core.io import atomic_write_parquet
 from curation.core.pool import Pool
-from curation.core.runner import ShardJob, is_done, marker_path
+from curation.core.runner import ShardJob, done_shards, marker_path
 from curation.core.stage import FILTERS, Filter, funnel_stats
 from curation.core.stats import StageStats
 from curation.engines import run_job
@@ -60,8 +65,10 @@ def drop_repeated_columns(table: pa.Table) -> pa.Table:
 class FilterJob(ShardJob):
     """Verdicts of ``filter_specs`` for every sample of ``pool``."""
 
-    def __init__(self, pool: str | Path, filter_specs: list[dict[str, Any]], name: str = "filters") -> None:
-        self.pool = Pool(Path(pool))
+    def __init__(
+        self, pool: str | Path | UPath, filter_specs: list[dict[str, Any]], name: str = "filters"
+    ) -> None:
+        self.pool = Pool(storage.location(pool))
         self.name = name
         self.filter_specs = filter_specs
         self.filters = [build_filter(s) for s in filter_specs]
@@ -77,7 +84,7 @@ class FilterJob(ShardJob):
     def shards(self) -> list[str]:
         return self.pool.shard_ids()
 
-    def output_dir(self) -> Path:
+    def output_dir(self) -> UPath:
         return self.pool.attributes_dir(self.name)
 
     def prepare(self) -> None:
@@ -86,7 +93,8 @@ class FilterJob(ShardJob):
         After new shards arrived (an appended crawl), phase 1 runs over all shards and the shards
         whose lookups changed are filtered again; the others keep their verdicts.
         """
-        if all(is_done(self.output_dir(), s) for s in self.shards()):
+        out = self.output_dir()
+        if set(self.shards()) <= done_shards(out):  # one listing, also on object storage
             return
         engine = self.engine
         for f in self.global_filters():
@@ -97,7 +105,7 @@ class FilterJob(ShardJob):
             finally:
                 f.schedule = None  # the filters are pickled to workers with the job
             for shard in changed:  # its global verdicts may differ: filter that shard again
-                marker_path(self.output_dir(), shard).unlink(missing_ok=True)
+                storage.remove(marker_path(out, shard))
 
     def setup(self) -> None:
         for f in self.filters:

@@ -12,11 +12,14 @@ of at most ``k * max_points_per_centroid`` rows; assignment streams the file in 
 are processed one at a time, reading only their own rows through a mapping opened and closed per
 cluster, and a cluster's similarity rows are computed in blocks, so memory is bounded by the
 largest cluster's block, not by the pool. Given a scheduler, the per-cluster pass runs on an engine
-as a shard job whose shards are ranges of clusters of about equal work (:class:`ClusterJob`).
+as a shard job whose shards are ranges of clusters of about equal work (:class:`ClusterJob`). Its
+work folder may be a URL (a pool on object storage, workers without a shared disk): each range's
+rows are then uploaded as their own small file, so a worker downloads only what it prunes.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 from collections.abc import Callable, Iterator
@@ -25,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from upath import UPath
 
+from curation.core import storage
 from curation.core.runner import ShardJob
 from curation.core.stats import Counts, StageStats
 from curation.filtering.faiss_index import kmeans, nearest_centroid
@@ -173,28 +178,60 @@ def cluster_groups(bounds: np.ndarray, n_groups: int) -> list[tuple[int, int]]:
 
 class ClusterJob(ShardJob):
     """The per-cluster pass as shard work: each "shard" is a range of clusters (:func:`cluster_groups`),
-    so any engine runs it; workers read the embedding file and the cluster order from ``work``."""
+    so any engine runs it; workers read the embedding file and the cluster order from ``work``.
+
+    Where ``work`` is a URL, workers read their range's rows from ``work/groups/<shard>.f16`` and
+    their row numbers from ``work/groups/<shard>.npy`` instead (:meth:`upload_groups`)."""
 
     name = "semdedup-clusters"
 
-    def __init__(self, work: Path, emb: EmbeddingFile, groups: list[tuple[int, int]]) -> None:
-        self.work, self.emb, self.groups = work, emb, groups
+    def __init__(self, work: Path | UPath, emb: EmbeddingFile, groups: list[tuple[int, int]]) -> None:
+        self.work, self.emb, self.groups = storage.location(work), emb, groups
 
     def shards(self) -> list[str]:
         return [f"g{i:05d}" for i in range(len(self.groups))]
 
-    def output_dir(self) -> Path:
+    def output_dir(self) -> UPath:
         return self.work / "clusters"
+
+    def upload_groups(self, order: np.ndarray, bounds: np.ndarray) -> None:
+        """Driver side, for a remote ``work``: the cluster bounds, and each range's rows and row numbers."""
+        storage.write_bytes(self.work / "bounds.npy", storage.npy_bytes(bounds))
+        for shard, (c0, c1) in zip(self.shards(), self.groups, strict=True):
+            mine = np.ascontiguousarray(order[bounds[c0] : bounds[c1]])
+            storage.write_bytes(self.work / "groups" / f"{shard}.npy", storage.npy_bytes(mine))
+            rows = np.ascontiguousarray(self.emb.rows(mine), dtype=np.float16)  # float16 -> 32 -> 16: exact
+            storage.write_bytes(self.work / "groups" / f"{shard}.f16", rows.tobytes())
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
         c0, c1 = self.groups[int(shard[1:])]
-        order = np.load(self.work / "order.npy", mmap_mode="r")
-        bounds = np.load(self.work / "bounds.npy")
-        mine = np.asarray(order[bounds[c0] : bounds[c1]])
-        rows, sims, nearest = prune_range(self.emb, mine, bounds - bounds[c0], c0, c1)
+        if storage.is_remote(self.work):
+            bounds = storage.load_npy(self.work / "bounds.npy")
+            rows, sims, nearest = self._prune_uploaded(shard, bounds, c0, c1)
+        else:
+            order = np.load(self.work / "order.npy", mmap_mode="r")
+            bounds = np.load(self.work / "bounds.npy")
+            mine = np.asarray(order[bounds[c0] : bounds[c1]])
+            rows, sims, nearest = prune_range(self.emb, mine, bounds - bounds[c0], c0, c1)
         np.savez(staging / f"{shard}.npz", rows=rows, max_sim=sims, nearest=nearest)
         n = int(bounds[c1] - bounds[c0])
         return [StageStats(self.name, total=Counts(n, n))]
+
+    def _prune_uploaded(
+        self, shard: str, bounds: np.ndarray, c0: int, c1: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`prune_range` over this range's own file (row ``i`` is pool row ``mine[i]``)."""
+        mine = storage.load_npy(self.work / "groups" / f"{shard}.npy")
+        with storage.local_copy(self.work / "groups" / f"{shard}.f16") as path:
+            local = EmbeddingFile(path, len(mine), self.emb.dim)
+            rows, sims, near = prune_range(local, np.arange(len(mine)), bounds - bounds[c0], c0, c1)
+        return mine[rows], sims, np.where(near >= 0, mine[np.maximum(near, 0)], -1)
+
+    def load_result(self, shard: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, max_sim, nearest)`` a finished shard wrote."""
+        path = self.output_dir() / f"{shard}.npz"
+        with np.load(io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path) as z:
+            return z["rows"], z["max_sim"], z["nearest"]
 
 
 Scheduler = Callable[[ShardJob], Any]  # runs a shard job on an engine and returns its JobReport
@@ -205,13 +242,14 @@ def semdedup(
     params: SemDedupParams,
     tie_key: np.ndarray | None = None,
     schedule: Scheduler | None = None,
-    work: Path | None = None,
+    work: Path | UPath | None = None,
     groups: int = 64,
 ) -> SemDedupResult:
     """SemDeDup's ``max_sim`` for every row; ``tie_key`` (e.g. uids) orders equal centroid distances.
 
-    With ``schedule`` (and a ``work`` folder every worker sees) the per-cluster pass runs as a
-    :class:`ClusterJob` of ``groups`` cluster ranges on an engine; otherwise here, cluster by cluster.
+    With ``schedule`` (and a ``work`` folder every worker sees: a local path or a URL) the
+    per-cluster pass runs as a :class:`ClusterJob` of ``groups`` cluster ranges on an engine;
+    otherwise here, cluster by cluster.
     """
     centroids = train_centroids(emb, params)
     cluster, centroid_sim = assign(emb, centroids)
@@ -223,17 +261,17 @@ def semdedup(
     if schedule is None or work is None:
         parts = [prune_range(emb, order, bounds, 0, len(centroids))]
     else:
-        np.save(work / "order.npy", order)
-        np.save(work / "bounds.npy", bounds)
         job = ClusterJob(work, emb, cluster_groups(bounds, groups))
+        if storage.is_remote(job.work):
+            job.upload_groups(order, bounds)
+        else:
+            np.save(job.work / "order.npy", order)
+            np.save(job.work / "bounds.npy", bounds)
         report = schedule(job)
         if report.failed:
             failed = [(o.shard, o.error) for o in report.failed]
             raise RuntimeError(f"semdedup: {len(failed)} cluster groups failed: {failed[:3]}")
-        parts = []
-        for shard in job.shards():
-            with np.load(job.output_dir() / f"{shard}.npz") as z:
-                parts.append((z["rows"], z["max_sim"], z["nearest"]))
+        parts = [job.load_result(shard) for shard in job.shards()]
     for rows, sims, near in parts:
         max_sim[rows] = sims
         nearest[rows] = near
