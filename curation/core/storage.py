@@ -158,7 +158,7 @@ def describe(exc: BaseException) -> str:
 def read_bytes(loc: str | os.PathLike[str] | UPath) -> bytes:
     loc = location(loc)
     with storage_errors(loc, "read"):
-        return loc.read_bytes()
+        return loc.fs.cat_file(loc.path) if is_remote(loc) else Path(loc).read_bytes()
 
 
 def read_text(loc: str | os.PathLike[str] | UPath) -> str:
@@ -173,19 +173,19 @@ def write_bytes(loc: str | os.PathLike[str] | UPath, data: bytes) -> None:
 
 
 def read_parquet(loc: str | os.PathLike[str] | UPath, columns: list[str] | None = None) -> pa.Table:
+    """A parquet file's table; on object storage one GET of the whole object (a pyarrow file
+    system would send a HEAD and a ranged GET per column chunk: many round trips per file)."""
     loc = location(loc)
     if not is_remote(loc):
         return pq.read_table(loc, columns=columns)
-    with storage_errors(loc, "read"):
-        return pq.read_table(loc.path, columns=columns, filesystem=loc.fs)
+    return pq.read_table(pa.BufferReader(read_bytes(loc)), columns=columns)
 
 
 def read_parquet_schema(loc: str | os.PathLike[str] | UPath) -> pa.Schema:
     loc = location(loc)
     if not is_remote(loc):
         return pq.read_schema(loc)
-    with storage_errors(loc, "read"), loc.open("rb") as f:
-        return pq.read_schema(f)
+    return pq.read_schema(pa.BufferReader(read_bytes(loc)))
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
