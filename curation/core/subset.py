@@ -8,7 +8,6 @@ multiset operations on counts.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from curation import __version__
-from curation.core.io import atomic_write_bytes, atomic_write_json
+from curation.core import storage
+from curation.core.io import atomic_write_bytes, atomic_write_json, read_json
 from curation.core.uid import UID_DTYPE, array_to_uids, uids_to_array
 
 
@@ -67,8 +67,8 @@ class Subset:
         return self.uids[pos] == uids
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.npy) and its manifest atomically; returns the .npy path."""
-        path = Path(path)
+        """Write ``path`` (.npy) and its manifest atomically; returns the .npy path (local or a URL)."""
+        path = storage.location(path)
         if path.suffix != ".npy":
             path = path.with_suffix(".npy")
         import io
@@ -89,15 +89,15 @@ class Subset:
 
     @classmethod
     def load(cls, path: str | Path) -> Subset:
-        path = Path(path)
+        path = storage.location(path)
         try:
-            arr = np.load(path, allow_pickle=False)
+            arr = storage.load_npy(path)
         except (OSError, ValueError) as exc:
             raise SubsetError(f"cannot read subset {path}: {exc}") from exc
         if arr.dtype != UID_DTYPE:
             raise SubsetError(f"{path}: dtype {arr.dtype}, expected {UID_DTYPE} (DataComp subset format)")
         mpath = manifest_path(path)
-        manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+        manifest = read_json(mpath) if mpath.exists() else {}
         return cls(arr, manifest)
 
 
