@@ -45,21 +45,22 @@ def remote_files(url: str) -> dict[str, bytes]:
     return {name[len(base) + 1 :]: loc.fs.cat_file(name) for name in sorted(loc.fs.find(base))}
 
 
-def normalised(name: str, data: bytes, swaps: dict[str, str]) -> object:
-    """An object's content for comparison: JSON with locations swapped and wall-clock times dropped."""
+def normalised(name: str, data: bytes, swaps: dict[str, str], drop: tuple[str, ...] = TIMES) -> object:
+    """An object's content for comparison: JSON with locations swapped and the ``drop`` keys (times)
+    removed, at any depth."""
     if not name.endswith(JSON):
         return data
     text = data.decode()
     for old, new in swaps.items():
         text = text.replace(old, new)
-    return _drop_times(json.loads(text))
+    return _without(json.loads(text), drop)
 
 
-def _drop_times(obj: object) -> object:
+def _without(obj: object, drop: tuple[str, ...]) -> object:
     if isinstance(obj, dict):
-        return {k: _drop_times(v) for k, v in obj.items() if k not in TIMES}
+        return {k: _without(v, drop) for k, v in obj.items() if k not in drop}
     if isinstance(obj, list):
-        return [_drop_times(v) for v in obj]
+        return [_without(v, drop) for v in obj]
     return obj
 
 
