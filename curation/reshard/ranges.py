@@ -18,9 +18,12 @@ from typing import Any
 
 from curation.core import storage
 
-BATCH_BYTES = 64 << 20  # span bytes fetched together (the memory a batch holds)
-MAX_GAP = 1 << 20  # spans of one tar at most this far apart are read in one request ...
-MAX_BLOCK = 8 << 20  # ... up to this many bytes per request (larger runs go out as parallel requests)
+BATCH_BYTES = 64 << 20  # span bytes fetched together (a batch holds these plus its gaps)
+# Spans of one tar at most MAX_GAP apart are read in one request, up to MAX_BLOCK bytes per request
+# (longer runs go out as parallel requests). A gap's bytes are read for nothing: at most MAX_GAP
+# (about one web image) per span.
+MAX_GAP = 64 << 10
+MAX_BLOCK = 8 << 20
 
 
 @dataclass(frozen=True)
