@@ -210,3 +210,32 @@ def test_card_command(carded, tmp_path):
     assert (tmp_path / "c2" / "card.html").exists() and (
         tmp_path / "c2" / "score_clip_score_ref.png"
     ).exists()
+
+
+def test_card_from_s3_inputs_written_to_s3_is_the_local_card(carded, s3, tmp_path):
+    """Subset, pool (with attribute tables and stage stats) and results on S3, the card written to S3:
+    the same files, byte for byte, as the card made from and into local disk."""
+    from curation.cards.stage import CardInputs, run_card
+    from curation.core import storage
+    from curation.core.stagedef import NoConfig
+    from tests.test_reshard_s3 import local_files, remote_files
+
+    result = {"set": "clip_top30", "model": "RN50", "dataset": "imagenet1k", "metrics": {"acc1": 0.125}}
+    (tmp_path / "results.jsonl").write_text(json.dumps(result) + "\n")
+    storage.upload_dir(tmp_path / "pool", f"{s3.url}/pool")
+    for name in ("top30.npy", "top30.json", "results.jsonl"):
+        storage.write_bytes(f"{s3.url}/sets/{name}", (tmp_path / name).read_bytes())
+    local = CardInputs(subset=tmp_path / "top30.npy", out=tmp_path / "local_card", pool=tmp_path / "pool",
+                       results=[tmp_path / "results.jsonl"])  # fmt: skip
+    remote = CardInputs(subset=f"{s3.url}/sets/top30.npy", out=f"{s3.url}/card", pool=f"{s3.url}/pool",
+                        results=[f"{s3.url}/sets/results.jsonl"])  # fmt: skip
+    assert CardInputs.model_validate(remote.model_dump()).out == remote.out
+    run_card(local, NoConfig())
+    summary = run_card(remote, NoConfig()).summary
+    assert summary["html"] == f"{s3.url}/card/card.html"
+    want, got = local_files(tmp_path / "local_card"), remote_files(f"{s3.url}/card")
+    assert sorted(got) == sorted(want) and {"README.md", "card.html", "provenance.json"} <= set(got)
+    assert any(n.endswith(".png") for n in got)
+    assert "| RN50 | imagenet1k | acc1 | 0.1250 |" in got["README.md"].decode()
+    for name in want:  # paths are never written into the card: nothing to normalise
+        assert got[name] == want[name], name

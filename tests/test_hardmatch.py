@@ -455,3 +455,40 @@ def test_hand_labelled_captions_precision_and_recall():
     label, _ = decide(m.match(pa.array(captions, pa.string())), "drop")
     scores = score_labels([names[x] if x >= 0 else None for x in label], gold)
     assert scores["precision"] >= 0.98 and scores["recall"] >= 0.9, scores
+
+
+def test_hardmatch_on_a_pool_on_s3_writes_the_local_outputs(crawl, s3, tmp_path):
+    """A pool, class list, synonyms and ground truth on S3, the output on S3: the subset, labels and
+    match tables are the local run's bytes; records differ only by the locations and timings."""
+    from curation.builders.stage import HardmatchInputs, run_hardmatch_stage
+    from curation.core import storage
+    from tests.test_reshard_s3 import TIMES, local_files, normalised, remote_files
+
+    table = pq.read_table(crawl["crawl"])
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(3):  # a metadata pool (DataComp layout: no status column, no tars)
+        pq.write_table(table.slice(i * 1000, 1000), pool / f"{i:05d}.parquet")
+    storage.upload_dir(pool, f"{s3.url}/pool")
+    remote = {k: f"{s3.url}/conf/{crawl[k].name}" for k in ("gt", "classes", "synonyms")}
+    for key, url in remote.items():
+        storage.write_bytes(url, crawl[key].read_bytes())
+    run_hardmatch(pool, _cfg(crawl), tmp_path / "hm", ground_truth=crawl["gt"])
+    inputs = HardmatchInputs(input=f"{s3.url}/pool", out=f"{s3.url}/hm", ground_truth=remote["gt"])
+    cfg = HardmatchConfig(classes=remote["classes"], synonyms=remote["synonyms"])
+    result = run_hardmatch_stage(inputs, cfg, "local")  # type: ignore[arg-type]
+    assert result.summary["subset"] == f"{s3.url}/hm/hardmatch.npy"
+    assert len(Subset.load(result.summary["subset"])) > 1000
+    want, got = local_files(tmp_path / "hm"), remote_files(f"{s3.url}/hm")
+    assert sorted(got) == sorted(want)
+    swaps = {str(pool.resolve()): f"{s3.url}/pool"} | {str(crawl[k]): remote[k] for k in remote}
+    timings = (*TIMES, "match_seconds", "captions_per_s")
+    for name in want:
+        if name.endswith((".json", ".done")):
+            assert normalised(name, got[name], swaps, timings) == normalised(name, want[name], swaps, timings)
+        elif name == "report.md":  # the one line with a timing differs
+            lines = [[ln for ln in t[name].decode().splitlines() if "speed" not in ln] for t in (got, want)]
+            assert lines[0] == lines[1] and len(lines[0]) > 10
+        else:  # hardmatch.npy, labels.parquet, classnames.txt, matches/NNNNN.parquet
+            assert got[name] == want[name], name
+    assert {"hardmatch.npy", "labels.parquet", "matches/00002.parquet"} <= set(got)

@@ -379,3 +379,46 @@ def test_a_separator_set_on_the_command_line_is_used_as_typed(inputs, tmp_path):
     assert result.exit_code == 0, result.output
     rows = _rows(out)
     assert rows[0]["image_id"] == "n01_1" and rows[0]["caption"] == "Reflected Duck | lake, water, bird"
+
+
+@pytest.mark.parametrize("layout", ["tars", "files"])
+def test_inputs_and_pool_on_s3_give_the_local_pool(layout, s3, tmp_path):
+    """Index, metadata (parquet, or the YFCC100M TSV) and images (tars, or ImageNet's folder of files)
+    on S3, the pool written to S3: every object is the local build's, but for the recorded locations."""
+    from curation.core import storage
+    from tests.test_reshard_s3 import local_files, normalised, remote_files
+
+    local = write_inputs(tmp_path / "in", layout=layout)
+    if layout == "files":
+        local["meta"] = write_yfcc_tsv(tmp_path / "in" / "yfcc100m_dataset.tsv")
+    storage.upload_dir(tmp_path / "in", f"{s3.url}/in")
+    remote = {k: f"{s3.url}/in/{v.relative_to(tmp_path / 'in').as_posix()}" for k, v in local.items()}
+    cfg = ImagenetCaptionsConfig(shard_size=5)
+    run_imagenet_captions(local["index"], local["meta"], local["images"], tmp_path / "pool", cfg)
+    job, report = run_imagenet_captions(
+        remote["index"], remote["meta"], remote["images"], f"{s3.url}/pool", cfg
+    )
+    assert not job.failed and report is not None and report["samples"] == 5
+    shards = [storage.read_parquet(f"{s3.url}/pool/{s:05d}.parquet") for s in range(3)]
+    _check_exact(pa.concat_tables(shards).to_pylist())
+    want, got = local_files(tmp_path / "pool"), remote_files(f"{s3.url}/pool")
+    assert sorted(got) == sorted(want) and "00002.tar" in got
+    swap = {str(tmp_path / "in"): f"{s3.url}/in"}
+    for name in want:
+        if name == "_work/plan.parquet":  # image locations: local paths there, URLs here
+            tables = [pq.read_table(pa.BufferReader(t[name])).to_pylist() for t in (want, got)]
+            for row in tables[0]:
+                for col in ("container", "path"):
+                    row[col] = row[col] and row[col].replace(*next(iter(swap.items())))
+            assert tables[0] == tables[1]
+        elif name.endswith((".json", ".done")):
+            assert normalised(name, got[name], swap) == normalised(name, want[name], swap), name
+        elif name.endswith(".tar"):  # webdataset's TarWriter stamps members with the time of writing
+            assert _members(got[name]) == _members(want[name]), name
+        else:
+            assert got[name] == want[name], name
+
+
+def _members(tar_bytes: bytes) -> list[tuple[str, bytes]]:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]  # type: ignore[union-attr]

@@ -31,6 +31,7 @@ import numpy as np
 
 from curation.builders.captiontext import normalize_phrases
 from curation.builders.plurals import phrase_plurals
+from curation.core import storage
 from curation.core.config import CONF_DIR, ConfigError, read_yaml
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,10 @@ def load_class_names(spec: str | Path) -> list[str]:
     """``imagenet`` (open_clip's 1,000 names) or a text file with one class name per line (line = label)."""
     if str(spec) == "imagenet":
         return imagenet_class_names()
-    path = Path(spec)
+    path = storage.location(spec)
     if not path.is_file():
         raise ConfigError(f"classes: {spec!r} is neither 'imagenet' nor a class-name file")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [line.strip() for line in storage.read_text(path).splitlines()]
     while names and not names[-1]:
         names.pop()
     if not names or any(not n for n in names):
@@ -72,7 +73,10 @@ def imagenet_class_names() -> list[str]:
 
 
 def resolve_conf_path(path: str | Path) -> Path:
-    """A relative path as given, or else relative to the project root (``conf/...`` from anywhere)."""
+    """A relative path as given, or else relative to the project root (``conf/...`` from anywhere);
+    a URL as it is."""
+    if storage.is_remote(path):
+        return storage.location(path)
     path = Path(path)
     if path.is_absolute() or path.exists():
         return path
@@ -84,7 +88,12 @@ def load_synonyms(path: str | Path | None, class_names: list[str]) -> dict[str, 
     """YAML ``class name -> [synonyms]``; every key must be one of the class names."""
     if path is None:
         return {}
-    data = read_yaml(resolve_conf_path(path))
+    resolved = resolve_conf_path(path)
+    if storage.is_remote(resolved):
+        with storage.local_copy(resolved) as local:
+            data = read_yaml(local)
+    else:
+        data = read_yaml(resolved)
     known = set(class_names)
     unknown = sorted(k for k in data if k not in known)
     if unknown:

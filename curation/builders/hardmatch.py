@@ -10,7 +10,8 @@ names exactly one class gets it as label, one that names several is ``ambiguous`
 default, or labelled with the class named first).
 
 The job writes one match table per shard (runner markers, any engine); :func:`finalize` gathers
-them into the labelled subset, ``labels.parquet`` and the report.
+them into the labelled subset, ``labels.parquet`` and the report. The input, the output folder and
+the ground truth may be local paths or URLs (:mod:`curation.core.storage`).
 
 Rows a crawl gets wrong are dropped one by one with a reason, never by failing a shard: a null or
 non-hex uid is ``bad_uid``; a uid seen again (in any shard) is ``duplicate_uid`` for every row after
@@ -21,7 +22,6 @@ decision (``conflicting_uids``). The funnel is recounted after that, so it balan
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +31,12 @@ import ahocorasick
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation.builders.captiontext import TextBlock, normalized_blocks
 from curation.builders.classvocab import Vocabulary, load_class_names, load_synonyms
 from curation.builders.hardmatch_eval import evaluate
 from curation.builders.hardmatch_report import build_report, report_markdown
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.io import atomic_write_json, atomic_write_parquet, atomic_write_text, read_json
 from curation.core.rowsource import RowSource
@@ -58,7 +58,7 @@ class HardmatchError(ValueError):
 
 class HardmatchConfig(ConfigModel):
     classes: str = "imagenet"  # "imagenet" (open_clip's names) or a class-name file
-    synonyms: Path | None = None  # YAML: class name -> [synonyms]
+    synonyms: storage.Location | None = None  # YAML: class name -> [synonyms]
     plurals: bool = True
     parenthetical: Literal["drop", "keep"] = "drop"
     ambiguous: Literal["drop", "first"] = "drop"
@@ -176,7 +176,7 @@ class HardmatchJob(ShardJob):
     def __init__(self, source: RowSource, cfg: HardmatchConfig, out: str | Path) -> None:
         self.source = source
         self.cfg = cfg
-        self.out = Path(out)
+        self.out = storage.location(out)
         self.matcher: ClassMatcher | None = None
 
     def shards(self) -> list[str]:
@@ -247,10 +247,10 @@ def _match_table(
 
 def gather_matches(out: str | Path) -> pa.Table:
     """Every shard's match table, in shard order."""
-    paths = sorted((Path(out) / "matches").glob("*.parquet"))
+    paths = storage.list_files(storage.location(out) / "matches", "*.parquet")
     if not paths:
         raise FileNotFoundError(f"{out}/matches: no match tables; did the hardmatch job run?")
-    tables = [pq.read_table(p) for p in paths]
+    tables = [storage.read_parquet(p) for p in paths]
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -322,7 +322,7 @@ def finalize(
     ground_truth: str | Path | None = None,
 ) -> dict[str, object]:
     """Write ``hardmatch.npy`` (+ manifest), ``labels.parquet``, ``classnames.txt`` and the report."""
-    out = Path(out)
+    out = storage.location(out)
     matches, repeats, conflicting = drop_repeated_uids(gather_matches(out))
     stats = recount(matches, stats)
     labels = labels_table(matches)
@@ -352,10 +352,11 @@ def finalize(
 
 def prepare_output(out: Path, cfg: HardmatchConfig, source: RowSource, overwrite: bool) -> None:
     """Refuse to resume into matches made with other settings (the runner would skip their shards)."""
-    stamp = {"config": cfg.model_dump(mode="json"), "input": str(source.path.resolve())}
+    where = storage.url(source.path) if storage.is_remote(source.path) else str(source.path.resolve())
+    stamp = {"config": cfg.model_dump(mode="json"), "input": where}
     stamp_path = out / "matches" / "_run.json"
-    if overwrite and (out / "matches").exists():
-        shutil.rmtree(out / "matches")
+    if overwrite:
+        storage.remove(out / "matches", recursive=True)
     if stamp_path.exists() and read_json(stamp_path) != stamp:
         raise HardmatchError(
             f"{out} holds matches of another input or config ({stamp_path}); pass --overwrite or a new --out"
@@ -373,7 +374,7 @@ def run_hardmatch(
     overwrite: bool = False,
 ) -> tuple[JobReport, dict[str, object] | None]:
     """Match every shard (resumable, any engine), then gather the labelled subset and the report."""
-    out = Path(out)
+    out = storage.location(out)
     source = RowSource.open(input_path)
     prepare_output(out, cfg, source, overwrite)
     matcher = ClassMatcher.from_config(cfg)  # fail on a bad class list before any shard runs

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from curation.core import storage
 
 
 def _np(col: pa.ChunkedArray, fill: object) -> np.ndarray:
@@ -32,9 +33,9 @@ def evaluate(
     names_column: str = "caption_names_class",
 ) -> dict[str, object]:
     """Precision (vs caption and vs image class) and recall of the labels in ``matches``."""
-    available = pq.read_schema(ground_truth).names
+    available = storage.read_parquet_schema(ground_truth).names
     columns = ["uid", image_class, names_column] + ([caption_class] if caption_class in available else [])
-    gt = pq.read_table(ground_truth, columns=columns)
+    gt = storage.read_parquet(ground_truth, columns=columns)
     pred = matches.select(["uid", "class_name", "n_classes"]).rename_columns(["uid", "pred", "n_classes"])
     pred = pred.set_column(1, "pred", pred["pred"].cast(pa.string()))
     joined = pred.join(gt, "uid", join_type="inner")

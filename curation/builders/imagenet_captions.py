@@ -18,6 +18,8 @@ captions are built and cleaned column-wise (:mod:`curation.builders.metaclean`).
 the output pool's parquet, either as a sample (``status == "success"``, with ``KEY.jpg/.txt/.json
 /.cls`` in the tar) or with the reason it is not one: ``duplicate_image``, ``no_flickr_id``,
 ``bad_flickr_id``, ``no_metadata``, ``empty_text``, ``missing_image``, ``corrupt_image``.
+
+Every input and the output pool may be a local path or a URL (:mod:`curation.core.storage`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import io
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ from pydantic import Field, model_validator
 
 from curation.builders.imagenet_captions_report import finish_report
 from curation.builders.metaclean import clean_tags, clean_text, url_decode
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.imagestore import ImageReader, locate_images
 from curation.core.io import atomic_path, atomic_write_json, atomic_write_parquet, read_json
@@ -105,7 +107,7 @@ class ImagenetCaptionsConfig(ConfigModel):
 
 def read_index(path: str | Path) -> pa.Table:
     """The image index (parquet): image_id, label, flickr_id, optional class_name."""
-    table = pq.read_table(path)
+    table = storage.read_parquet(path)
     missing = [c for c in ("image_id", "label", "flickr_id") if c not in table.column_names]
     if missing:
         raise ImagenetCaptionsError(f"{path}: index lacks column(s) {missing}; has {table.column_names}")
@@ -116,11 +118,11 @@ def read_index(path: str | Path) -> pa.Table:
 
 def read_meta(path: str | Path, fmt: str = "auto") -> pa.Table:
     """Flickr metadata: photo_id, title, description, tags (from parquet or the YFCC100M TSV)."""
-    path = Path(path)
+    path = storage.location(path)
     if fmt == "auto":
         fmt = "parquet" if path.suffix == ".parquet" else "yfcc100m"
     if fmt == "parquet":
-        table = pq.read_table(path)
+        table = storage.read_parquet(path)
         missing = [c for c in ("photo_id", *META_FIELDS) if c not in table.column_names]
         if missing:
             raise ImagenetCaptionsError(
@@ -130,11 +132,12 @@ def read_meta(path: str | Path, fmt: str = "auto") -> pa.Table:
     columns = ", ".join(f"'{c}': 'VARCHAR'" for c in YFCC100M_COLUMNS)
     con = duckdb.connect()
     try:
-        return con.sql(
-            f"SELECT photo_id, title, description, tags FROM read_csv(?, delim='\\t', header=false, "
-            f"quote='', escape='', columns={{{columns}}}, null_padding=true)",
-            params=[str(path)],
-        ).to_arrow_table()
+        with storage.local_copy(path) as local:  # DuckDB reads local files (no httpfs offline)
+            return con.sql(
+                f"SELECT photo_id, title, description, tags FROM read_csv(?, delim='\\t', header=false, "
+                f"quote='', escape='', columns={{{columns}}}, null_padding=true)",
+                params=[str(local)],
+            ).to_arrow_table()
     except duckdb.Error as exc:
         raise ImagenetCaptionsError(f"{path}: not a YFCC100M dataset file: {exc}") from exc
     finally:
@@ -350,7 +353,7 @@ class ImagenetCaptionsJob(ShardJob):
     name = "imagenet_captions"
 
     def __init__(self, out: str | Path, cfg: ImagenetCaptionsConfig, n_rows: int) -> None:
-        self.out = Path(out)
+        self.out = storage.location(out)
         self.cfg = cfg
         self.n_rows = n_rows
         self.digits = max(1, math.ceil(math.log10(cfg.shard_size)) if cfg.shard_size > 1 else 1)
@@ -363,9 +366,8 @@ class ImagenetCaptionsJob(ShardJob):
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
         lo = int(shard) * self.cfg.shard_size
-        plan = pq.read_table(
-            plan_path(self.out), filters=[("row_idx", ">=", lo), ("row_idx", "<", lo + self.cfg.shard_size)]
-        )
+        rows = [("row_idx", ">=", lo), ("row_idx", "<", lo + self.cfg.shard_size)]
+        plan = _read_plan(plan_path(self.out), rows)
         keys = [f"{shard}{i:0{self.digits}d}" for i in range(plan.num_rows)]
         urls = [f"imagenet:{x}" for x in plan["image_id"].to_pylist()]
         uids = compute_uids(urls, plan["caption"].to_pylist())
@@ -459,6 +461,13 @@ class ImagenetCaptionsJob(ShardJob):
         )
 
 
+def _read_plan(path: Path, filters: list[tuple[str, str, int]]) -> pa.Table:
+    if not storage.is_remote(path):
+        return pq.read_table(path, filters=filters)
+    with storage.storage_errors(path, "read"):
+        return pq.read_table(path.path, filesystem=path.fs, filters=filters)
+
+
 def shard_stats(table: pa.Table) -> list[StageStats]:
     """Funnel of one shard: join -> caption -> image, each stage seeing what the previous kept."""
     status = table["status"].combine_chunks()
@@ -486,11 +495,12 @@ def write_plan(plan: pa.Table, out: Path, cfg: ImagenetCaptionsConfig) -> None:
 def prepare_output(out: Path, stamp: dict[str, Any], overwrite: bool) -> None:
     """Refuse to resume into a pool built from other inputs or settings (finished shards would stay)."""
     stamp_path = out / "_work" / "run.json"
-    if overwrite and out.exists():
-        for p in [*out.glob("[0-9]*.tar"), *out.glob("[0-9]*.parquet"), *out.glob("[0-9]*_stats.json")]:
-            p.unlink()
-        for d in ("_done", "_stats", "_work"):
-            shutil.rmtree(out / d, ignore_errors=True)
+    if overwrite:
+        for pattern in ("[0-9]*.tar", "[0-9]*.parquet", "[0-9]*_stats.json"):
+            for p in storage.list_files(out, pattern):
+                storage.remove(p)
+        for d in ("_done", "_stats", "_work", "_pending"):
+            storage.remove(out / d, recursive=True)
     if stamp_path.exists() and read_json(stamp_path) != stamp:
         raise ImagenetCaptionsError(
             f"{out} holds a pool built from other inputs or settings ({stamp_path}); "
@@ -510,7 +520,7 @@ def run_imagenet_captions(
     overwrite: bool = False,
 ) -> tuple[JobReport, dict[str, Any] | None]:
     """Join, plan, write the pool shard by shard (resumable, any engine), then the report."""
-    out = Path(out)
+    out = storage.location(out)
     stamp = {
         "index": str(index),
         "meta": str(meta),

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from curation.core import storage
 from curation.core.io import atomic_write_json, atomic_write_text
 from curation.core.stats import Funnel
 
@@ -18,13 +19,10 @@ META_FIELDS = ("title", "description", "tags")
 def build_report(funnel: Funnel, info: dict[str, Any], pool: Path, config: dict[str, Any]) -> dict[str, Any]:
     join, _, image = funnel.stages
     n = join.total.seen
-    samples = (
-        pq.read_table(
-            sorted(pool.glob("[0-9]*.parquet")), columns=["status", "caption", "title", "description", "tags"]
-        )
-        if n
-        else None
-    )
+    columns = ["status", "caption", "title", "description", "tags"]
+    files = storage.list_files(pool, "[0-9]*.parquet") if n else []
+    tables = [storage.read_parquet(p, columns) for p in files]
+    samples = pa.concat_tables(tables) if tables else None
     reasons: dict[str, int] = {}
     for s in funnel.stages:
         reasons.update(s.total.dropped)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from curation.builders.hardmatch import HardmatchConfig
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.stagedef import StageDef, StageResult
 from curation.engines import Engine
 
 
 class HardmatchInputs(ConfigModel):
-    input: Path = Path("pool")
-    out: Path = Path("sets/hardmatch")
-    ground_truth: Path | None = None
+    input: storage.Location = storage.location("pool")
+    out: storage.Location = storage.location("sets/hardmatch")
+    ground_truth: storage.Location | None = None
     overwrite: bool = False
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 from curation import __version__
 from curation.cards.data import CardData, size_category
 from curation.cards.funnel import FunnelRow, card_funnel, first_reasons
+from curation.core import storage
 from curation.core.io import atomic_write_bytes, atomic_write_text
 from curation.core.pool import Pool
 from curation.core.safepath import unique_safe_names
@@ -291,8 +292,10 @@ def _env(autoescape: bool) -> jinja2.Environment:
 
 
 def write_card(data: CardData, pool: Pool, out: Path) -> tuple[Path, Path]:
-    """Write ``out/README.md``, ``out/card.html``, the figures and ``provenance.json``; returns the cards."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``out/README.md``, ``out/card.html``, the figures and ``provenance.json``; returns the cards.
+
+    ``out`` may be a URL: each file is written whole (one PUT on object storage)."""
+    out = storage.ensure_dir(out)
     figures = plots(data)
     for name, png in figures.items():
         atomic_write_bytes(out / name, png)

@@ -2,14 +2,19 @@
 
 The card joins the pool's sample rows with every attribute table under ``POOL/attributes/`` by
 uid (DuckDB, out of core), marks which samples the subset kept, and reads the shard stats that
-each stage wrote, so the card's funnel is exactly the pipeline's own numbers.
+each stage wrote, so the card's funnel is exactly the pipeline's own numbers. The subset, the pool
+and the results may be local paths or URLs (:mod:`curation.core.storage`); DuckDB reads local copies
+of attribute tables on object storage (its ``httpfs`` extension is not there offline).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,10 @@ from urllib.parse import urlsplit
 import duckdb
 import numpy as np
 import pandas as pd
+from upath import UPath
 
+from curation.core import storage
+from curation.core.io import read_json
 from curation.core.pool import Pool
 from curation.core.stats import StageStats, merge
 from curation.core.subset import Subset
@@ -84,8 +92,9 @@ def load_card_data(
     results: Path | Sequence[Path] | None = None,
     name: str | None = None,
 ) -> CardData:
+    subset_path = storage.location(subset_path)
     subset = Subset.load(subset_path)
-    pool = Pool(pool_dir or Path(subset.manifest.get("pool", "")))
+    pool = Pool(pool_dir or storage.location(subset.manifest.get("pool", "")))
     frame = _sample_frame(pool)
     member = set(array_to_uids(np.unique(subset.uids)))
     frame["in_subset"] = frame["uid"].isin(member)
@@ -96,7 +105,7 @@ def load_card_data(
         frame=frame,
         stages=pool_stage_stats(pool),
         results=_read_results(results),
-        labels=pd.read_parquet(labels_path) if labels_path.exists() else None,
+        labels=_read_frame(labels_path) if labels_path.exists() else None,
         file=subset_path.name,
         scorers=scorers(pool),
         crawl=crawl_origin(pool, frame),
@@ -105,21 +114,20 @@ def load_card_data(
 
 def scorers(pool: Pool) -> dict[str, dict[str, Any]]:
     """The model behind each score stage (``curate score`` pins it in ``attributes/STAGE/_model.json``)."""
-    root = pool.root / "attributes"
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/_model.json"))}
+    return {p.parent.name: read_json(p) for p in _files(pool.root / "attributes", "*/_model.json")}
 
 
 def crawl_origin(pool: Pool, frame: pd.DataFrame) -> dict[str, Any]:
     """The crawl file(s) the download read, the url hosts, and any licence column, as recorded."""
     plan = pool.root / "_download" / "plan.json"
-    parts = json.loads(plan.read_text()).get("parts", []) if plan.exists() else []
+    parts = read_json(plan).get("parts", []) if plan.exists() else []
     hosts: Counter[str] = Counter()
     if "url" in frame:
         hosts.update(frame["url"].dropna().astype(str).map(lambda u: urlsplit(u).hostname or "?"))
     lic = next((c for c in frame.columns if c.lower() in LICENSE_COLUMNS), None)
     licenses = Counter(frame[lic].dropna().astype(str)) if lic else Counter()
     return {
-        "files": [{"file": Path(p["file"]).name, "rows": p.get("rows")} for p in parts if "file" in p],
+        "files": [{"file": _basename(p["file"]), "rows": p.get("rows")} for p in parts if "file" in p],
         "hosts": hosts.most_common(3),
         "n_hosts": len(hosts),
         "licenses": licenses.most_common(3),
@@ -131,14 +139,12 @@ def _sample_frame(pool: Pool) -> pd.DataFrame:
     base = pd.concat([pool.read_samples(s).to_pandas() for s in pool.shard_ids()], ignore_index=True)
     keep = [c for c in SAMPLE_COLUMNS if c in base.columns]
     frame = base[keep].drop_duplicates("uid")
-    attr_root = pool.root / "attributes"
-    for stage_dir in sorted(p for p in attr_root.glob("*") if p.is_dir()) if attr_root.exists() else []:
-        files = sorted(stage_dir.glob("*.parquet"))
-        if not files:
-            continue
-        table = con.execute(
-            "SELECT * FROM read_parquet(?, union_by_name=true)", [[str(f) for f in files]]
-        ).df()
+    stages: dict[str, list[UPath]] = {}  # stage -> its tables, stages and tables in name order
+    for f in _files(pool.root / "attributes", "*/*.parquet"):
+        stages.setdefault(f.parent.name, []).append(f)
+    for files in stages.values():
+        with _local_names(files) as names:
+            table = con.execute("SELECT * FROM read_parquet(?, union_by_name=true)", [names]).df()
         table = table.drop(columns=[c for c in table.columns if c.endswith("_emb")])
         new = [c for c in table.columns if c not in frame.columns or c == "uid"]
         frame = frame.merge(table[new].drop_duplicates("uid"), on="uid", how="left")
@@ -147,26 +153,55 @@ def _sample_frame(pool: Pool) -> pd.DataFrame:
 
 def pool_stage_stats(pool: Pool) -> list[StageStats]:
     """Stage stats recorded under the pool (download first, then each attribute stage), merged."""
-    stats_files = sorted(pool.root.glob("_stats/*.json")) + sorted(
-        pool.root.glob("attributes/*/_stats/*.json")
-    )
+    stats_files = _files(pool.root, "_stats/*.json") + _files(pool.root, "attributes/*/_stats/*.json")
     stages: list[StageStats] = []
     for path in stats_files:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         stages += [StageStats.from_dict(d) for d in data.get("stages", [data] if "stage" in data else [])]
     return merge(stages)
 
 
 def _read_results(paths: Path | Sequence[Path] | None) -> list[dict[str, Any]]:
     """Evaluator records (``results.jsonl``) of the models trained on this set; missing files add none."""
-    files = [paths] if isinstance(paths, Path) else list(paths or [])
+    files = [paths] if isinstance(paths, (str, Path, UPath)) else list(paths or [])
+    locations = [storage.location(p) for p in files]
     return [
         json.loads(line)
-        for path in files
+        for path in locations
         if path.exists()
-        for line in path.read_text().splitlines()
+        for line in storage.read_text(path).splitlines()
         if line.strip()
     ]
+
+
+def _files(root: Path, pattern: str) -> list[UPath]:
+    """Files under ``root`` matching ``pattern``, in local path order (part by part) wherever they are."""
+    base = len(storage.url(root).rstrip("/"))
+    return sorted(storage.list_files(root, pattern), key=lambda p: storage.url(p)[base:].split("/"))
+
+
+@contextlib.contextmanager
+def _local_names(files: list[UPath]) -> Iterator[list[str]]:
+    """File names DuckDB can open: the files themselves, or local copies of objects (one batch)."""
+    if not files or not storage.is_remote(files[0]):
+        yield [str(f) for f in files]
+        return
+    with tempfile.TemporaryDirectory(prefix="curation-card-") as tmp:
+        names = [str(Path(tmp) / f"{i:06d}.parquet") for i in range(len(files))]
+        with storage.storage_errors(files[0].parent, "read"):
+            files[0].fs.get([f.path for f in files], names)
+        yield names
+
+
+def _read_frame(loc: Path) -> pd.DataFrame:
+    if not storage.is_remote(loc):
+        return pd.read_parquet(loc)
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(loc)))
+
+
+def _basename(name: str) -> str:
+    """The last part of a path or URL (a crawl recorded as ``s3://bucket/crawl.parquet``)."""
+    return str(name).rstrip("/").rsplit("/", 1)[-1]
 
 
 def size_category(n: int) -> str:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.stagedef import NoConfig, StageDef, StageResult
 
 
 class CardInputs(ConfigModel):
-    subset: Path = Field(description="Subset .npy (DataComp format) with its manifest.")
-    out: Path = Field(description="Directory for README.md, card.html and figures.")
-    pool: Path | None = Field(None, description="Pool directory; default: the manifest's pool.")
-    results: list[Path] = Field(default_factory=list, description="Evaluation results (JSON lines).")
+    subset: storage.Location = Field(description="Subset .npy (DataComp format) with its manifest.")
+    out: storage.Location = Field(description="Directory for README.md, card.html and figures.")
+    pool: storage.Location | None = Field(None, description="Pool directory; default: the manifest's pool.")
+    results: list[storage.Location] = Field(
+        default_factory=list, description="Evaluation results (JSON lines)."
+    )
     name: str | None = Field(None, description="The set's name (default: the subset file's).")
 
 
@@ -25,7 +27,8 @@ def run_card(inputs: CardInputs, cfg: NoConfig, engine: Any = None) -> StageResu
     from curation.core.pool import Pool
 
     data = load_card_data(inputs.subset, inputs.pool, inputs.results or None, name=inputs.name)
-    readme, html = write_card(data, Pool(inputs.pool or Path(data.subset.manifest["pool"])), inputs.out)
+    pool = Pool(inputs.pool or storage.location(data.subset.manifest["pool"]))
+    readme, html = write_card(data, pool, inputs.out)
     return StageResult({"readme": str(readme), "html": str(html)})
 
 

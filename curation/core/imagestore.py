@@ -4,6 +4,9 @@ ImageNet comes as ``train/<wnid>/<image_id>.JPEG`` (the id is the file stem) or 
 shards (the id is a sample's ``json`` ``image_id`` when it has one, else its key). The locator
 lists where every image lives (file path, or tar + byte offset + size) as an Arrow table, so a
 join matches ids to images; readers then open each image exactly where it is.
+
+The folder may be a URL (:mod:`curation.core.storage`): each tar is copied to a local temp file
+for its header scan (one GET), and an image is then read with one ranged request.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
+from upath import UPath
 
+from curation.core import storage
 from curation.core.tarindex import member_ranges
 
 IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -53,26 +58,37 @@ def _scan_tar(path: Path) -> dict[str, list]:
 
 
 def locate_images(root: str | Path) -> pa.Table:
-    """image_id, container (tar path or ""), path (file path or ""), offset, size, ext for every image."""
-    root = Path(root)
+    """image_id, container (tar path or ""), path (file path or ""), offset, size, ext for every image.
+
+    A container or path on object storage is its URL."""
+    root = storage.location(root)
+    remote = storage.is_remote(root)
+    if remote:
+        storage.check_bucket(root)
     if not root.is_dir():
         raise ImageStoreError(f"images folder not found: {root}")
-    tars = sorted(root.rglob("*.tar"))
+    files = _remote_files(root) if remote else []
+    tars = sorted(root.rglob("*.tar")) if not remote else [f for f in files if f.name.endswith(".tar")]
     parts = []
     if tars:
         for tar in tars:
-            cols = _scan_tar(tar)
+            with storage.local_copy(tar) as local:
+                cols = _scan_tar(local)
             n = len(cols["image_id"])
             parts.append(pa.table({**cols, "container": [str(tar)] * n, "path": [""] * n}))
     else:
         ids, paths, exts = [], [], []
-        for dirpath, _, files in os.walk(root):
-            for name in files:
-                stem, _, ext = name.rpartition(".")
-                if ext.lower() in IMAGE_EXTS:
-                    ids.append(stem)
-                    paths.append(os.path.join(dirpath, name))
-                    exts.append(IMAGE_EXTS[ext.lower()])
+        found = (
+            [(str(f), f.name) for f in files]
+            if remote
+            else [(os.path.join(d, name), name) for d, _, names in os.walk(root) for name in names]
+        )
+        for path, name in found:
+            stem, _, ext = name.rpartition(".")
+            if ext.lower() in IMAGE_EXTS:
+                ids.append(stem)
+                paths.append(path)
+                exts.append(IMAGE_EXTS[ext.lower()])
         n = len(ids)
         parts.append(
             pa.table(
@@ -102,6 +118,15 @@ def locate_images(root: str | Path) -> pa.Table:
     return table
 
 
+def _remote_files(root: UPath) -> list[UPath]:
+    """Every object under ``root`` (at any depth), sorted by its path within it (one listing)."""
+    base = root.path.rstrip("/")
+    with storage.storage_errors(root, "list"):
+        found = root.fs.find(base)
+    rel = sorted((name[len(base) + 1 :] for name in found), key=lambda r: r.split("/"))
+    return [root / r for r in rel]
+
+
 @dataclass
 class ImageReader:
     """Reads images where :func:`locate_images` found them, keeping tar files open."""
@@ -110,7 +135,14 @@ class ImageReader:
 
     def read(self, container: str, path: str, offset: int, size: int) -> bytes:
         if not container:
-            return Path(path).read_bytes()
+            return storage.read_bytes(path) if storage.is_remote(path) else Path(path).read_bytes()
+        if storage.is_remote(container):  # one ranged request: images are read in index order, not tar order
+            loc = storage.location(container)
+            with storage.storage_errors(loc, "read"):
+                data = loc.fs.cat_file(loc.path, start=offset, end=offset + size)
+            if len(data) != size:
+                raise OSError(f"{container}: truncated member at offset {offset}")
+            return data
         f = self._open.get(container)
         if f is None:
             f = self._open[container] = open(container, "rb")  # noqa: SIM115 - closed in close()

@@ -3,7 +3,8 @@
 Builders such as hardmatch and mixing only need ``uid``, ``caption`` and ``source`` per sample.
 They accept a pool (img2dataset or DataComp metadata layout), a single parquet file of rows with
 ``uid`` and ``caption`` or ``text`` (a raw crawl table), or a folder of such files. A single file
-is split into shards by its row groups, so every engine can spread it over workers.
+is split into shards by its row groups, so every engine can spread it over workers. Each may be a
+local path or a URL (:mod:`curation.core.storage`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.core import storage
 from curation.core.pool import CAPTION_COLUMNS, SHARD_RE, Pool, PoolError, with_caption, with_uid
 
 ROW_GROUP_RE = re.compile(r"^rg(\d+)$")
@@ -30,16 +32,19 @@ class RowSource:
 
     @classmethod
     def open(cls, path: str | Path) -> RowSource:
-        path = Path(path)
+        path = storage.location(path)
+        if storage.is_remote(path):
+            storage.check_bucket(path)
         if path.is_file():
             if path.suffix != ".parquet":
                 raise PoolError(f"{path}: expected a .parquet file or a pool directory")
             return cls(path, "file")
         if not path.is_dir():
             raise PoolError(f"input not found: {path}")
-        if any(SHARD_RE.match(p.stem) for p in path.glob("*.parquet")):
+        tables = storage.list_files(path, "*.parquet")
+        if any(SHARD_RE.match(p.stem) for p in tables):
             return cls(path, "pool")
-        if any(path.glob("*.parquet")):
+        if tables:
             return cls(path, "folder")
         raise PoolError(f"{path}: no parquet files; expected a pool or a folder of parquet tables")
 
@@ -47,8 +52,8 @@ class RowSource:
         if self.kind == "pool":
             return Pool(self.path).shard_ids()
         if self.kind == "folder":
-            return sorted(p.stem for p in self.path.glob("*.parquet"))
-        n = pq.ParquetFile(self.path).metadata.num_row_groups
+            return sorted(p.stem for p in storage.list_files(self.path, "*.parquet"))
+        n = self._parquet_file().metadata.num_row_groups
         return [f"rg{i:05d}" for i in range(max(n, 1))]
 
     def _path(self, shard: str) -> Path:
@@ -81,7 +86,7 @@ class RowSource:
     def _needed(self, shard: str, columns: list[str] | None, derive_uid: bool) -> list[str] | None:
         if columns is None:
             return None
-        names = set(pq.read_schema(self._path(shard)).names)
+        names = set(storage.read_parquet_schema(self._path(shard)).names)
         wanted = set(columns) | {"status"} | ({"url", *CAPTION_COLUMNS} if derive_uid else set())
         if "caption" in columns:
             wanted |= set(CAPTION_COLUMNS)
@@ -89,11 +94,11 @@ class RowSource:
 
     def _read_raw(self, shard: str, columns: list[str] | None) -> pa.Table:
         if self.kind != "file":
-            return pq.read_table(self._path(shard), columns=columns)
+            return storage.read_parquet(self._path(shard), columns=columns)
         m = ROW_GROUP_RE.match(shard)
         if m is None:
             raise PoolError(f"{shard!r} is not a row-group shard of {self.path}")
-        pf = pq.ParquetFile(self.path)
+        pf = self._parquet_file()
         if pf.metadata.num_row_groups == 0:
             schema = pf.schema_arrow
             return schema.empty_table().select(columns) if columns else schema.empty_table()
@@ -108,4 +113,10 @@ class RowSource:
         return table.select(columns)
 
     def has_column(self, name: str) -> bool:
-        return name in pq.read_schema(self._path(self.shards()[0])).names
+        return name in storage.read_parquet_schema(self._path(self.shards()[0])).names
+
+    def _parquet_file(self) -> pq.ParquetFile:
+        if not storage.is_remote(self.path):
+            return pq.ParquetFile(self.path)
+        with storage.storage_errors(self.path, "read"):
+            return pq.ParquetFile(self.path.path, filesystem=self.path.fs)

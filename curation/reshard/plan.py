@@ -10,6 +10,8 @@ where its pool tar is cut short, ``missing_label``).
 
 The plan is a pure function of (pool, subset, labels, settings); it is fingerprinted so a rerun
 reuses it and resumes writing, and a different request refuses to mix into the same directory.
+Every location may be a URL (:mod:`curation.core.storage`): a pool tar on object storage is copied
+to a local temp file once for its header scan.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.io import atomic_write_parquet
 from curation.core.pool import Pool
@@ -56,8 +58,8 @@ class MatchJob(ShardJob):
 
     def __init__(self, pool: Pool, subset_path: Path, out: Path) -> None:
         self.pool = pool
-        self.subset_path = Path(subset_path)
-        self.out = Path(out)
+        self.subset_path = storage.location(subset_path)
+        self.out = storage.location(out)
         self._unique: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -83,7 +85,10 @@ class MatchJob(ShardJob):
         keys = [str(k) for k in samples["key"].take(pa.array(rows)).to_pylist()]
         tar = self.pool.tar_path(shard)
         damage: list[TarDamage] = []
-        index = index_tar(tar, set(keys), damage) if tar.exists() and len(keys) else {}
+        index = {}
+        if len(keys) and tar.exists():
+            with storage.local_copy(tar) as local:  # a tar on object storage: one GET, then local reads
+                index = index_tar(local, set(keys), damage)
         members = [[m.__dict__ for m in index.get(k, [])] for k in keys]
         has_image = [any(m["ext"] in IMAGE_EXTS for m in ms) for ms in members]
         source = (
@@ -114,27 +119,50 @@ class MatchJob(ShardJob):
 def fingerprint(pool: Pool, subset_path: Path, labels: Path | None, cfg: ReshardConfig) -> dict[str, Any]:
     """What the plan depends on; a rerun with the same fingerprint resumes, any other is refused."""
     return {
-        "pool": str(pool.root.resolve()),
-        "subset_sha256": hashlib.sha256(Path(subset_path).read_bytes()).hexdigest(),
-        "labels": str(labels.resolve()) if labels else None,
+        "pool": _resolved(pool.root),
+        "subset_sha256": hashlib.sha256(storage.read_bytes(subset_path)).hexdigest(),
+        "labels": _resolved(labels) if labels else None,
         "labels_sha256": _tree_sha(labels) if labels else None,
         "config": cfg.model_dump(exclude={"max_open_tars"}),
     }
 
 
+def _resolved(loc: Path) -> str:
+    """An absolute local path, or the URL as given."""
+    return storage.url(loc) if storage.is_remote(loc) else str(loc.resolve())
+
+
 def _tree_sha(path: Path) -> str:
     h = hashlib.sha256()
-    for f in sorted([path] if path.is_file() else path.rglob("*.parquet")):
-        h.update(f.read_bytes())
+    for f in label_files(path):
+        h.update(storage.read_bytes(f))
     return h.hexdigest()
+
+
+def label_files(path: Path) -> list[Path]:
+    """A label table's parquet files: the file itself, or every ``*.parquet`` under the folder,
+    sorted by their path within it (the same order locally and on object storage)."""
+    path = storage.location(path)
+    if path.is_file():
+        return [path]
+    if not storage.is_remote(path):
+        return sorted(path.rglob("*.parquet"))
+    root = path.path.rstrip("/")
+    with storage.storage_errors(path, "list"):
+        try:
+            found = path.fs.find(root)
+        except FileNotFoundError:
+            found = []
+    rel = [name[len(root) + 1 :] for name in found if name.endswith(".parquet")]
+    return [path / r for r in sorted(rel, key=lambda r: r.split("/"))]
 
 
 def load_labels(path: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
     """A label table (parquet file or directory; ``uid`` + integer ``column``) as sorted uids and labels."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    files = label_files(path)
     if not files:
         raise ValueError(f"label table not found: {path}")
-    table = pa.concat_tables(pq.read_table(f, columns=["uid", column]) for f in files)
+    table = pa.concat_tables(storage.read_parquet(f, columns=["uid", column]) for f in files)
     if not pa.types.is_integer(table[column].type):
         raise ValueError(f"label column {column!r} of {path} is {table[column].type}, expected integers")
     uids, valid = hex_to_uids(table["uid"])
@@ -157,7 +185,7 @@ def build_plan(
     """Output shard tables, the reshard stage stats, and a summary (missing uids, duplicates)."""
     if not 0 < cfg.shard_size < 10**KEY_DIGITS:
         raise ValueError(f"shard_size must be in 1..{10**KEY_DIGITS - 1}")
-    matched = pa.concat_tables(pq.read_table(f) for f in matched_files) if matched_files else None
+    matched = pa.concat_tables(storage.read_parquet(f) for f in matched_files) if matched_files else None
     unique, counts = subset.counts()
     stats = StageStats("reshard", total=Counts(seen=len(subset)))
     summary: dict[str, Any] = {}

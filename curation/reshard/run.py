@@ -10,13 +10,18 @@ A uid listed k times in the subset is written k times under distinct keys (upsam
 output shard is one job of the shard runner: written to a staging file, renamed into place, then
 marked done (``DIR/_done/``), so a crash leaves only whole shards and a rerun writes just the rest.
 The plan that fixes every shard's content lives in ``DIR/_plan/`` (see :mod:`curation.reshard.plan`).
+
+The pool, the subset, the label table and ``DIR`` may each be a local path or a URL
+(:mod:`curation.core.storage`); a shard's bytes are the same wherever they are read and written.
+Member bytes of pool tars on object storage are read as merged byte ranges
+(:mod:`curation.reshard.ranges`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from curation.core import storage
 from curation.core.io import atomic_write_json, read_json
 from curation.core.pool import Pool
 from curation.core.runner import ShardJob
@@ -42,6 +46,7 @@ from curation.reshard.plan import (
     load_labels,
     write_plan,
 )
+from curation.reshard.ranges import Span, fetch_spans
 from curation.reshard.tarwrite import TarSink
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,7 @@ class WriteJob(ShardJob):
 
     def __init__(self, pool: Pool, out: Path, n_shards: int, mtime: int, max_open: int = 64) -> None:
         self.pool = pool
-        self.out = Path(out)
+        self.out = storage.location(out)
         self.n_shards = n_shards
         self.mtime = mtime
         self.max_open = max_open
@@ -70,14 +75,14 @@ class WriteJob(ShardJob):
         return self.out
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
-        plan = pq.read_table(plan_dir(self.out) / f"{shard}.parquet")
+        plan = storage.read_parquet(plan_dir(self.out) / f"{shard}.parquet")
         stats = StageStats(self.name)
         written = 0
-        tars = {s: str(self.pool.tar_path(s)) for s in plan["pool_shard"].unique().to_pylist()}
         columns = {name: plan[name].to_pylist() for name in SAMPLE_COLUMNS if name in plan.column_names}
-        with TarReader(self.max_open) as reader, TarSink(staging / f"{shard}.tar", self.mtime) as sink:
-            for row in _rows(columns):
-                for name, data in self._sample(reader, tars[row["pool_shard"]], row):
+        spans = contextlib.closing(self._spans(plan["pool_shard"].unique().to_pylist(), _rows(columns)))
+        with spans as found, TarSink(staging / f"{shard}.tar", self.mtime) as sink:
+            for row, span in found:
+                for name, data in self._sample(span, row):
                     sink.add(name, data)
                     written += len(data)
         for source, n in Counter(columns["source"]).items():
@@ -86,16 +91,33 @@ class WriteJob(ShardJob):
         stats.extra["bytes"] = written
         return [stats]
 
+    def _spans(
+        self, pool_shards: list[str], rows: Iterator[dict[str, Any]]
+    ) -> Iterator[tuple[dict[str, Any], bytes | memoryview]]:
+        """(row, the bytes of its sample's members in the pool tar) for every plan row, in order.
+
+        The sample's members lie next to each other in the pool tar: one read covers them all. A
+        local tar is read with ``pread``; tars on object storage with merged ranged requests.
+        """
+        tars = {s: self.pool.tar_path(s) for s in pool_shards}
+        if storage.is_remote(self.pool.root):
+            yield from fetch_spans(Span(row, tars[row["pool_shard"]], *_extent(row)) for row in rows)
+            return
+        paths = {s: str(tar) for s, tar in tars.items()}
+        with TarReader(self.max_open) as reader:
+            for row in rows:
+                start, end = _extent(row)
+                yield row, reader.read(paths[row["pool_shard"]], start, end - start)
+
     @staticmethod
-    def _sample(reader: TarReader, tar: str, row: dict[str, Any]) -> list[tuple[str, bytes | memoryview]]:
+    def _sample(span: bytes | memoryview, row: dict[str, Any]) -> list[tuple[str, bytes | memoryview]]:
         """The output members of one sample, in name order (as webdataset's TarWriter orders them).
 
-        The sample's members lie next to each other in the pool tar: one read covers them all and
-        each member is a view into it. Only the JSON is rebuilt (it gains the sample's identity).
+        ``span`` holds the sample's members as they lie in the pool tar (see :meth:`_spans`): each
+        member is a view into it. Only the JSON is rebuilt (it gains the sample's identity).
         """
         members = row["members"]
-        start = min(m["offset"] for m in members)
-        span = reader.read(tar, start, max(m["offset"] + m["size"] for m in members) - start)
+        start = _extent(row)[0]
         view = memoryview(span)
         files = {m["ext"]: view[m["offset"] - start : m["offset"] - start + m["size"]] for m in members}
         meta = json.loads(files["json"].tobytes()) if "json" in files else {}
@@ -120,6 +142,12 @@ class WriteJob(ShardJob):
 
 
 SAMPLE_COLUMNS = ("key", "uid", "source", "pool_shard", "pool_key", "members", "copy", "label")
+
+
+def _extent(row: dict[str, Any]) -> tuple[int, int]:
+    """Where a sample's members lie in its pool tar: [first member's data, last member's end)."""
+    members = row["members"]
+    return min(m["offset"] for m in members), max(m["offset"] + m["size"] for m in members)
 
 
 def _rows(columns: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
@@ -156,8 +184,9 @@ def run_reshard(
 ) -> ReshardResult:
     """Plan (or reuse the plan of an interrupted run), write every missing shard, then sizes/stats."""
     cfg = cfg or ReshardConfig()
-    pool, out, subset_path = Pool(Path(pool_root)), Path(out), Path(subset_path)
-    labels_path = Path(labels) if labels else None
+    pool, out = Pool(storage.location(pool_root)), storage.location(out)
+    subset_path = storage.location(subset_path)
+    labels_path = storage.location(labels) if labels else None
     if not pool.has_images():
         raise ReshardError(f"{pool.root} has no tar shards (a metadata-only pool?); download it first")
     if overwrite:
@@ -191,7 +220,7 @@ def _ensure_plan(
         raise ReshardError(
             f"{out} holds a reshard of another subset or settings; use --overwrite or a new --out"
         )
-    if any(out.glob("*.tar")):
+    if storage.list_files(out, "*.tar"):
         raise ReshardError(f"{out} already has tar files but no plan; use --overwrite or a new --out")
     match = MatchJob(pool, subset_path, pdir / "match")
     report = run_job(match, engine, workers=workers)
@@ -209,13 +238,21 @@ def _ensure_plan(
         "shards": len(tables),
         "created": time.time(),
         # member mtime in the tars: the subset's, so the same request gives byte-identical shards
-        "mtime": int(subset_path.stat().st_mtime),
+        "mtime": subset_mtime(subset_path),
         "stats": stats.to_dict(),
         "match": [s.to_dict() for s in report.stats],
         **summary,
     }
     atomic_write_json(plan_file, plan)  # last: its presence means the plan is whole
     return plan
+
+
+def subset_mtime(subset_path: Path) -> int:
+    """The subset file's modification time in whole seconds (on object storage: its object's)."""
+    if not storage.is_remote(subset_path):
+        return int(subset_path.stat().st_mtime)
+    with storage.storage_errors(subset_path, "read"):
+        return int(subset_path.fs.modified(subset_path.path).timestamp())
 
 
 def _finish(out: Path, job: WriteJob, plan: dict[str, Any], subset_manifest: dict[str, Any]) -> None:
@@ -248,12 +285,11 @@ def _finish(out: Path, job: WriteJob, plan: dict[str, Any], subset_manifest: dic
 
 
 def clear_output(out: Path) -> None:
-    """Remove a previous reshard's files (tars, plan, markers, stats) from ``out``."""
-    if not out.exists():
-        return
-    for p in out.glob("*.tar"):
-        p.unlink()
-    for name in ("_plan", "_done", "_stats", ".staging"):
-        shutil.rmtree(out / name, ignore_errors=True)
+    """Remove a previous reshard's files (tars, plan, markers, stats, commit intents) from ``out``."""
+    out = storage.location(out)
+    for p in storage.list_files(out, "*.tar"):
+        storage.remove(p)
+    for name in ("_plan", "_done", "_stats", "_pending", ".staging"):
+        storage.remove(out / name, recursive=True)
     for name in ("sizes.json", "stats.json"):
-        (out / name).unlink(missing_ok=True)
+        storage.remove(out / name)

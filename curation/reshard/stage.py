@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.stagedef import StageDef, StageFailed, StageResult
 from curation.engines import Engine
@@ -13,10 +12,10 @@ from curation.reshard.run import ReshardConfig
 
 
 class ReshardInputs(ConfigModel):
-    pool: Path = Path("pool")
-    subset: Path = Field(description="Subset .npy (DataComp format).")
-    out: Path = Field(description="Output directory for NNNNN.tar, sizes.json, stats.json.")
-    labels: Path | None = Field(None, description="Label table (uid, label) for KEY.cls.")
+    pool: storage.Location = storage.location("pool")
+    subset: storage.Location = Field(description="Subset .npy (DataComp format).")
+    out: storage.Location = Field(description="Output directory for NNNNN.tar, sizes.json, stats.json.")
+    labels: storage.Location | None = Field(None, description="Label table (uid, label) for KEY.cls.")
     overwrite: bool = False
 
 
