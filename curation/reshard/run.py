@@ -50,6 +50,7 @@ from curation.reshard.ranges import Span, fetch_spans
 from curation.reshard.tarwrite import TarSink
 
 log = logging.getLogger(__name__)
+TAR_MTIME = 946684800  # 2000-01-01: every member's mtime (the time a shard was written is in stats.json)
 
 
 class ReshardError(ValueError):
@@ -237,22 +238,15 @@ def _ensure_plan(
         "fingerprint": fp,
         "shards": len(tables),
         "created": time.time(),
-        # member mtime in the tars: the subset's, so the same request gives byte-identical shards
-        "mtime": subset_mtime(subset_path),
+        # member mtime in the tars: fixed (as reproducible builds do), so the same request gives
+        # byte-identical shards wherever and whenever its subset was written
+        "mtime": TAR_MTIME,
         "stats": stats.to_dict(),
         "match": [s.to_dict() for s in report.stats],
         **summary,
     }
     atomic_write_json(plan_file, plan)  # last: its presence means the plan is whole
     return plan
-
-
-def subset_mtime(subset_path: Path) -> int:
-    """The subset file's modification time in whole seconds (on object storage: its object's)."""
-    if not storage.is_remote(subset_path):
-        return int(subset_path.stat().st_mtime)
-    with storage.storage_errors(subset_path, "read"):
-        return int(subset_path.fs.modified(subset_path.path).timestamp())
 
 
 def _finish(out: Path, job: WriteJob, plan: dict[str, Any], subset_manifest: dict[str, Any]) -> None:
