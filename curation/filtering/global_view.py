@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.core import storage
 from curation.core.config import ConfigError, ConfigModel
 from curation.core.io import atomic_write_json, atomic_write_parquet, read_json
 from curation.core.pool import Pool
@@ -241,7 +242,7 @@ def read_aligned(pool: Pool, shard: str, ref: AttributeRef, uids: pa.Array | pa.
     path = pool.attributes_dir(ref.stage) / f"{shard}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; run the stage that writes {ref.stage!r} first")
-    if ref.column not in pq.read_schema(path).names:
+    if ref.column not in storage.read_parquet_schema(path).names:
         raise ValueError(f"{path} has no column {ref.column!r}")
-    table = pq.read_table(path, columns=["uid", ref.column])
+    table = storage.read_parquet(path, columns=["uid", ref.column])
     return table[ref.column].combine_chunks().take(lookup_index(uids, table["uid"]))

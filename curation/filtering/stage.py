@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.stagedef import StageDef, StageResult
 from curation.engines import Engine, run_job
@@ -12,7 +11,7 @@ from curation.filtering.job import FilterJobConfig
 
 
 class PoolInputs(ConfigModel):
-    pool: Path = Path("pool")
+    pool: storage.Location = storage.location("pool")
 
 
 def run_copydesc(inputs: PoolInputs, cfg: CopyDescConfig, engine: Engine) -> StageResult:
