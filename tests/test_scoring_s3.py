@@ -22,6 +22,7 @@ from curation.core.stagedef import STAGES, StageResult
 from curation.engines import get_engine
 from curation.scoring.model import ModelLoadError, ModelSpec
 from tests.image_pool import write_image_pool
+from tests.s3kit import SECRET
 from tests.test_scoring import save_tiny_checkpoint
 
 COLUMN = "clip_score_tiny_vit"
@@ -93,7 +94,9 @@ def test_score_and_copydesc_on_s3_write_the_objects_of_a_local_run(tmp_path, s3,
     run_stage("copydesc", {"pool": remote}, {}, workers=2)  # in spawned workers: each opens the bucket
     attrs = tree(local / "attributes")
     assert {f"{COLUMN}/00001.parquet", f"{COLUMN}/_model.json", "copydesc/00001.parquet"} < set(attrs)
-    assert_same_outputs(attrs, tree(f"{remote}/attributes"))
+    written = tree(f"{remote}/attributes")
+    assert_same_outputs(attrs, written)
+    assert not [rel for rel, data in written.items() if SECRET.encode() in data]
     assert not [k for k in s3.keys("pools") if "_pending" in k or "staging" in k]
     for column in (COLUMN, "copydesc"):  # what the stages wrote reads back in this process
         table = Pool(remote).read_attributes(column)
