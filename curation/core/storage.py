@@ -40,9 +40,15 @@ SECRET_OPTION = re.compile(r"secret|token|password|passwd|credential|sas|account
 MANGLED_URL = re.compile(r"^([a-z][a-z0-9+.-]*[a-z0-9]):/(?!/)")
 _configured: dict[str, dict[str, Any]] = {}
 # Never hang on an unreachable endpoint: botocore's defaults wait 60 s per try and retry with backoff.
-S3_DEFAULTS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}}
+# No listing cache: other processes (engine workers, reruns) write under the prefixes this one lists,
+# and s3fs would keep answering from a listing made before they did (files "missing" after a run).
+S3_DEFAULTS = {
+    "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}},
+    "use_listings_cache": False,
+}
 for _protocol in ("s3", "s3a"):
-    fsspec.config.conf.setdefault(_protocol, {}).setdefault("config_kwargs", S3_DEFAULTS["config_kwargs"])
+    for _key, _value in S3_DEFAULTS.items():
+        fsspec.config.conf.setdefault(_protocol, {}).setdefault(_key, _value)
 
 
 class StorageError(OSError):

@@ -7,7 +7,8 @@ short; the samples before the damage are read as usual), every downloaded row of
 parquet accounted for.
 The near-duplicate filter searches it (``embeddings: {attribute: copydesc, column: copydesc}``).
 ``_copydesc.json`` records the settings, so a resumed run cannot mix two descriptors in one column.
-The tar is streamed: only the thumbnails of a shard are held in memory.
+The tar is streamed: only the thumbnails of a shard are held in memory (a tar on object storage is
+copied to a local temp file first, by :meth:`Pool.iter_tar`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curation.core import storage
 from curation.core.config import ConfigError
 from curation.core.io import atomic_write_json, atomic_write_parquet, read_json
 from curation.core.pool import Pool, PoolError
@@ -64,7 +66,7 @@ class CopyDescJob(ShardJob):
     name = "copydesc"
 
     def __init__(self, pool: str | Path, cfg: CopyDescConfig) -> None:
-        self.pool = Pool(Path(pool))
+        self.pool = Pool(storage.location(pool))
         self.cfg = cfg
 
     def shards(self) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 from torch import nn
+
+from curation.core import storage
 
 Activation = Literal["relu", "gelu", "none"]
 
@@ -58,26 +61,40 @@ class QualityHead(nn.Module):
 
 
 def save_head(head: QualityHead, path: Path, meta: dict[str, Any] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": head.state_dict(), "config": head.config, "meta": meta or {}}, path)
+    """Write a head to a local path or a URL (one object, the same bytes as the local file)."""
+    obj = {"state_dict": head.state_dict(), "config": head.config, "meta": meta or {}}
+    if not storage.is_remote(path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, path)
+        return
+    # torch names the archive inside the file after the file: save under the same name, then upload
+    with tempfile.TemporaryDirectory(prefix="curation-head-") as tmp:
+        local = Path(tmp) / storage.location(path).name
+        torch.save(obj, local)
+        storage.upload(local, path)
 
 
 def load_head(path: str | Path, activation: Activation | None = None) -> QualityHead:
-    """A head from the project's file or from a bare state dict of Linear layers (module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"quality head {path} not found")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    """A head from the project's file or from a bare state dict of Linear layers (module docstring);
+    ``path`` may be a URL."""
+    loc = storage.location(path)
+    name = storage.url(loc)
+    with storage.storage_errors(loc, "read"):
+        if not loc.is_file():
+            raise FileNotFoundError(f"quality head {name} not found")
+    with storage.local_copy(loc) as local:
+        obj = torch.load(local, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and "state_dict" in obj and "config" in obj:
         cfg = obj["config"]
         head = QualityHead(cfg["dim"], cfg["hidden"], activation or cfg["activation"])
         head.load_state_dict(obj["state_dict"])
         return head
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        raise ValueError(f"{name}: expected a state dict, got {type(obj).__name__}")
     weights = [(k, v) for k, v in obj.items() if k.endswith("weight") and v.ndim == 2]
     if not weights or weights[-1][1].shape[0] != 1:
-        raise ValueError(f"{path}: no stack of Linear layers ending in one output ({list(obj)[:6]} ...)")
+        raise ValueError(f"{name}: no stack of Linear layers ending in one output ({list(obj)[:6]} ...)")
     dims = [weights[0][1].shape[1]] + [w.shape[0] for _, w in weights]
     head = QualityHead(dims[0], dims[1:-1], activation or "relu")
     linears = [m for m in head.layers if isinstance(m, nn.Linear)]

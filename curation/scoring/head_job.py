@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.io import atomic_write_json, atomic_write_parquet
 from curation.core.pool import Pool
@@ -35,7 +36,7 @@ from curation.scoring.head import Activation, fit_head, holdout_mask, load_head,
 class TrainHeadConfig(ConfigModel):
     embeddings: EmbeddingRef = EmbeddingRef()
     labels: AttributeRef | None = None  # a label column of an attribute table
-    positives: Path | None = None  # or: a file of positive uids, one a line
+    positives: storage.Location | None = None  # or: a file of positive uids, one a line (path or URL)
     hidden: list[int] = Field(default_factory=lambda: [128])  # [] for a linear head
     holdout: float = Field(0.2, ge=0, lt=1)
     epochs: int = 300
@@ -61,11 +62,11 @@ def labelled_embeddings(pool: Pool, cfg: TrainHeadConfig) -> tuple[np.ndarray, n
     rows = emb.valid_rows()
     uids = pc.utf8_lower(emb.uids.take(pa.array(rows, pa.int64())))
     if cfg.positives is not None:
-        if not cfg.positives.is_file():
-            raise FileNotFoundError(f"train-head: positives file {cfg.positives} not found")
-        wanted = pa.array(
-            sorted({ln.strip().lower() for ln in cfg.positives.read_text().splitlines() if ln.strip()})
-        )
+        with storage.storage_errors(cfg.positives, "read"):
+            if not cfg.positives.is_file():
+                raise FileNotFoundError(f"train-head: positives file {storage.url(cfg.positives)} not found")
+        lines = storage.read_text(cfg.positives).splitlines()
+        wanted = pa.array(sorted({ln.strip().lower() for ln in lines if ln.strip()}))
         labels = pc.is_in(uids, value_set=wanted).to_numpy(zero_copy_only=False).astype(np.float32)
         keep = np.ones(len(rows), bool)
     else:
@@ -90,24 +91,26 @@ def labelled_embeddings(pool: Pool, cfg: TrainHeadConfig) -> tuple[np.ndarray, n
     )
 
 
-def train_head_on_pool(pool: str | Path, cfg: TrainHeadConfig, out: Path) -> TrainHeadReport:
-    """Fit a head on a pool's labelled samples; write it to ``out`` and its figures to ``out``.json."""
-    vectors, labels, uids = labelled_embeddings(Pool(Path(pool)), cfg)
+def train_head_on_pool(pool: str | Path, cfg: TrainHeadConfig, out: str | Path) -> TrainHeadReport:
+    """Fit a head on a pool's labelled samples; write it to ``out`` and its figures to ``out``.json
+    (``pool`` and ``out`` may be URLs)."""
+    dest = storage.location(out)
+    vectors, labels, uids = labelled_embeddings(Pool(storage.location(pool)), cfg)
     if len(vectors) == 0:
         raise ValueError("train-head: no sample has both an embedding and a label")
     held = holdout_mask(uids, cfg.holdout, cfg.seed)
     fit = fit_head(vectors, labels, held, cfg.hidden, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.seed)
     report = TrainHeadReport(
-        out, len(fit.train_rows), len(fit.holdout_rows), int((labels > 0).sum()), fit.holdout_auc
+        dest, len(fit.train_rows), len(fit.holdout_rows), int((labels > 0).sum()), fit.holdout_auc
     )
     meta = {
         "embeddings": cfg.embeddings.model_dump(),
         "holdout_auc": fit.holdout_auc,
         "n_train": report.n_train,
     }
-    save_head(fit.head, out, meta)
+    save_head(fit.head, dest, meta)
     atomic_write_json(
-        out.with_suffix(".json"),
+        dest.with_suffix(".json"),
         {
             **meta,
             "config": cfg.model_dump(mode="json"),
@@ -119,7 +122,7 @@ def train_head_on_pool(pool: str | Path, cfg: TrainHeadConfig, out: Path) -> Tra
 
 
 class ScoreHeadConfig(ConfigModel):
-    head: Path
+    head: storage.Location  # a path or a URL
     embeddings: EmbeddingRef = EmbeddingRef()
     name: str = "quality"  # attribute stage and score column
     activation: Activation | None = None  # for a bare state dict (LAION's aesthetic MLP: none)
@@ -131,7 +134,7 @@ class HeadScoreJob(ShardJob):
     name = "score-head"
 
     def __init__(self, pool: str | Path, cfg: ScoreHeadConfig) -> None:
-        self.pool = Pool(Path(pool))
+        self.pool = Pool(storage.location(pool))
         self.cfg = cfg
         self._head = None
 

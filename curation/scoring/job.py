@@ -11,6 +11,7 @@ so a resumed run cannot mix the scores of two checkpoints in one column.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from curation.core import storage
 from curation.core.config import ConfigError
 from curation.core.io import atomic_write_json, atomic_write_parquet, read_json
 from curation.core.pool import Pool, PoolError
@@ -71,7 +73,7 @@ class ScoreJob(ShardJob):
     costly_setup = True
 
     def __init__(self, pool: str | Path, cfg: ScoreConfig) -> None:
-        self.pool = Pool(Path(pool))
+        self.pool = Pool(storage.location(pool))
         self.cfg = cfg
         self.column = cfg.score_column
         self.spec = ModelSpec(cfg.model, cfg.pretrained)
@@ -151,11 +153,15 @@ class ScoreJob(ShardJob):
         if "key" not in rows.column_names:
             raise PoolError(f"{self.pool.parquet_path(shard)}: no key column to find samples in the tar")
         tar = self.pool.tar_path(shard)
-        if rows.num_rows and not tar.exists():
+        has_tar = tar.exists()
+        if rows.num_rows and not has_tar:
             raise PoolError(f"{tar} is missing but its parquet lists {rows.num_rows} downloaded samples")
-        batches = pair_loader(tar, w.decoder, w.collate, w.loader) if tar.exists() else []
-        encoded = encode_batches(w.encoder, batches, self.cfg.embeddings)
-        damaged = tar.exists() and tar_damage(tar) is not None
+        with contextlib.ExitStack() as stack:
+            # the loader reads a local file by offset: a tar on object storage is copied here first
+            local_tar = stack.enter_context(storage.local_copy(tar)) if has_tar else None
+            batches = pair_loader(local_tar, w.decoder, w.collate, w.loader) if local_tar else []
+            encoded = encode_batches(w.encoder, batches, self.cfg.embeddings)
+            damaged = local_tar is not None and tar_damage(local_tar) is not None
         table, verdict = attribute_table(rows, encoded, self.column, damaged)
         meta = {"curation.score": json.dumps({"column": self.column, **w.describe})}
         atomic_write_parquet(staging / f"{shard}.parquet", table.replace_schema_metadata(meta))

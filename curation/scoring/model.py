@@ -1,9 +1,10 @@
 """The reference CLIP of the score stage: loaded by name through open_clip, pinned to one device.
 
-A model name and tag (``ViT-B-32`` / ``laion2b_s34b_b79k``), a checkpoint path, or a project tiny
-config all go through ``curation.core.models.load_clip``. What can go wrong before any shard runs (an
-unknown name, a tag that is neither known nor a file, weights that cannot be fetched) is a
-:class:`ModelLoadError` that says what to do instead.
+A model name and tag (``ViT-B-32`` / ``laion2b_s34b_b79k``), a checkpoint path or URL (``s3://...``:
+each worker loads it from a local copy), or a project tiny config all go through
+``curation.core.models.load_clip``. What can go wrong before any shard runs (an unknown name, a tag
+that is neither known nor a file, weights that cannot be fetched) is a :class:`ModelLoadError` that
+says what to do instead.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import open_clip
 import torch
 
+from curation.core import storage
 from curation.core.models import ClipBundle, load_clip, register_project_models
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,28 @@ class ModelSpec:
         return out
 
     def checkpoint_path(self) -> Path | None:
+        """The checkpoint file ``pretrained`` names (a resolved local path, or a URL), None for a tag."""
         if self.pretrained is None:
             return None
+        if self.remote_checkpoint():
+            loc = storage.location(self.pretrained)
+            with storage.storage_errors(loc, "read"):
+                return loc if loc.is_file() else None
         path = Path(self.pretrained).expanduser()
         return path.resolve() if path.is_file() else None
+
+    def remote_checkpoint(self) -> bool:
+        """``pretrained`` is a URL (open_clip tags never are)."""
+        return self.pretrained is not None and storage.is_remote(self.pretrained)
+
+    @contextlib.contextmanager
+    def local_pretrained(self) -> Iterator[str | None]:
+        """``pretrained`` as open_clip takes it: a tag or a local file (a URL's object copied here)."""
+        if self.pretrained is None or not self.remote_checkpoint():
+            yield self.pretrained
+            return
+        with storage.local_copy(self.pretrained) as path:
+            yield str(path)
 
     def check(self) -> None:
         """Fail fast, before any download or shard, on a name or tag open_clip cannot resolve."""
@@ -62,6 +82,8 @@ class ModelSpec:
             )
         if self.pretrained is None or self.checkpoint_path() is not None:
             return
+        if self.remote_checkpoint():
+            raise ModelLoadError(f"--pretrained {storage.url(self.pretrained)}: no such checkpoint object")
         tags = open_clip.list_pretrained_tags_by_model(self.model)
         if self.pretrained not in tags:
             raise ModelLoadError(
@@ -97,7 +119,8 @@ class ModelSpec:
                 "%s has random weights: its scores mean nothing (use for benchmarks only)", self.model
             )
         try:
-            return load_clip(self.model, self.pretrained, device=str(device), precision="fp32")
+            with self.local_pretrained() as pretrained:
+                return load_clip(self.model, pretrained, device=str(device), precision="fp32")
         except Exception as exc:  # torch.load and open_clip raise many types for a bad file or download
             if self.checkpoint_path() is not None:
                 raise ModelLoadError(
@@ -113,8 +136,10 @@ def project_models() -> list[str]:
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """The content hash of a local file or an object (streamed: a checkpoint can be gigabytes)."""
+    loc = storage.location(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.storage_errors(loc, "read"), loc.open("rb") as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.stagedef import StageDef, StageResult
 from curation.engines import Engine
@@ -12,7 +11,7 @@ from curation.scoring.head_job import ScoreHeadConfig, TrainHeadConfig
 
 
 class ScoreInputs(ConfigModel):
-    pool: Path = Path("pool")
+    pool: storage.Location = storage.location("pool")
 
 
 def run_score(inputs: ScoreInputs, cfg: ScoreConfig, engine: Engine) -> StageResult:
@@ -25,8 +24,8 @@ STAGE = StageDef("score", ScoreInputs, run_score, ScoreConfig, "score/default.ya
 
 
 class TrainHeadInputs(ConfigModel):
-    pool: Path = Path("pool")
-    out: Path = Path("heads/quality.pt")
+    pool: storage.Location = storage.location("pool")
+    out: storage.Location = storage.location("heads/quality.pt")
 
 
 def run_train_head(inputs: TrainHeadInputs, cfg: TrainHeadConfig, engine: object = None) -> StageResult:
@@ -35,7 +34,7 @@ def run_train_head(inputs: TrainHeadInputs, cfg: TrainHeadConfig, engine: object
     report = train_head_on_pool(inputs.pool, cfg, inputs.out)
     return StageResult(
         {
-            "head": str(report.head_path),
+            "head": storage.url(report.head_path),
             "n_train": report.n_train,
             "n_holdout": report.n_holdout,
             "positives": report.positives,
