@@ -563,6 +563,50 @@ def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
     assert len(attempts) == 1  # not trained again
 
 
+@pytest.mark.slow
+def test_tiny_ablation_with_out_suite_and_baseline_shards_on_s3(tmp_path, s3):
+    """OUT, the suite and the supervised baseline's shards on object storage; cells in the spawn pool."""
+    from curation.core import storage
+    from tests.ablation_fixtures import write_world
+    from workflows.ablation import run_ablation
+
+    world = write_world(tmp_path / "world")
+    storage.upload_dir(world["suite"], f"{s3.url}/suite")
+    storage.upload_dir(world["baseline"], f"{s3.url}/imagenet_train")
+    cfg = config(
+        pool=str(world["pool"]),  # selection and resharding read their pool on their own (see the stages)
+        topk=[50],
+        random_control=False,
+        modes=["one_epoch"],
+        preset_overrides=["batch_size=16", "warmup=1", "log_every_n_steps=1", "workers=0"],
+        suite=f"{s3.url}/suite",
+        eval_overrides=["bootstrap.samples=50", "workers=0"],
+        baselines={"shards": f"{s3.url}/imagenet_train", "budgets": [32]},
+        device="cpu",
+        parallel_cells=2,
+    )
+    out = storage.location(f"{s3.url}/ablation")
+    result = run_ablation(cfg, out)
+    assert {c.id: c.status for c in result.cells} == {
+        "top50__one_epoch__s0": "finished",
+        "supervised32__equal_samples__s0": "finished",
+    }, [c.error for c in result.cells]
+    keys = s3.keys("ablation")
+    for cid in ("top50__one_epoch__s0", "supervised32__equal_samples__s0"):
+        for name in (CELL_FILE, "run/run.json", "run/checkpoint.pt", "eval/results.jsonl"):
+            assert f"ablation/cells/{cid}/{name}" in keys, (cid, name)
+    assert {"ablation/results.csv", "ablation/results.json", "ablation/report.html"} <= set(keys)
+    assert "ablation/sets/top50/set.json" in keys and "ablation/sets/top50/shards/sizes.json" in keys
+    table = pd.read_csv(io.StringIO(storage.read_text(out / "results.csv"))).set_index("cell")
+    assert table.loc["top50__one_epoch__s0", "samples_seen"] == 48
+    assert table.loc["supervised32__equal_samples__s0", "samples_seen"] == 32
+    assert table["acc_id"].notna().sum() == 2
+    run = json.loads(storage.read_text(out / "cells" / "top50__one_epoch__s0" / "run" / "run.json"))
+    assert run["data"] == f"{s3.url}/ablation/sets/top50/shards"
+    again = run_ablation(cfg, out)  # finished cells are skipped
+    assert all(c.reused for c in again.cells)
+
+
 def test_cli_writes_the_table_and_exits_non_zero_when_cells_fail(tmp_path):
     """Also runs the cells in the spawn process pool (-p 2): jobs and records must pickle."""
     from typer.testing import CliRunner
