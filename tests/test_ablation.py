@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from html.parser import HTMLParser
@@ -205,6 +206,74 @@ def test_mix_sets_add_the_noisy_source_to_all_of_the_clean_one(tmp_path):
     bad = config(pool=str(pool), topk=[100], mix={"clean": ["photo"], "noisy": ["nowhere"]})
     info = prepare_sets(expand_cells(bad), bad, tmp_path / "bad")["mix_noisy50"]
     assert info.error is not None and "nowhere" in info.error
+
+
+def _members(tar) -> list[tuple[str, bytes]]:
+    """A tar's members and contents (resharding stamps its tars with the time they were written)."""
+    import tarfile
+
+    with tarfile.open(fileobj=tar) if isinstance(tar, io.BytesIO) else tarfile.open(tar) as f:
+        return [(m.name, f.extractfile(m).read()) for m in f if m.isfile()]
+
+
+def test_sets_and_cells_with_out_on_s3_match_local_ones(tmp_path, s3):
+    """OUT on object storage: sets made locally and uploaded before their set.json, cell markers there."""
+    from curation.core import storage
+    from tests.ablation_fixtures import write_quality_pool
+
+    pool = write_quality_pool(tmp_path / "pool", n=60, per_shard=30)
+    cfg = config(pool=str(pool), topk=[50, 100], modes=["one_epoch"])
+    local, remote = tmp_path / "out", storage.location(f"{s3.url}/ablation")
+    here, there = prepare_sets(expand_cells(cfg), cfg, local), prepare_sets(expand_cells(cfg), cfg, remote)
+    assert all(i.error is None for i in there.values()), there
+    assert there["top50"].shards == f"{s3.url}/ablation/sets/top50/shards"
+    assert there["random50"].subset == f"{s3.url}/ablation/sets/random50/subset.npy"
+    for name in ("top50", "random50", "top100"):
+        assert there[name].size == here[name].size
+        files = sorted(
+            p.relative_to(local / "sets" / name).as_posix() for p in (local / "sets" / name).rglob("*")
+        )
+        files = [f for f in files if (local / "sets" / name / f).is_file()]
+        assert s3.keys(f"ablation/sets/{name}") == [f"ablation/sets/{name}/{f}" for f in files]
+        for f in ("subset.npy", "shards/sizes.json"):
+            assert (
+                storage.read_bytes(remote / "sets" / name / f) == (local / "sets" / name / f).read_bytes()
+            ), f
+        tar = storage.read_bytes(remote / "sets" / name / "shards" / "00000.tar")
+        assert _members(io.BytesIO(tar)) == _members(local / "sets" / name / "shards" / "00000.tar")
+    storage.remove(remote / "sets" / "top50" / "shards" / "00000.tar")  # set.json: made once, not again
+    assert prepare_sets(expand_cells(cfg), cfg, remote)["top50"] == there["top50"]
+
+    job = _job(tmp_path, "ReshardError: no samples")
+    job = CellJob(**{**job.__dict__, "cell_dir": remote / "cells" / job.cell.id})
+    assert run_cell(job).status == "failed"
+    assert s3.keys(f"ablation/cells/{job.cell.id}") == [f"ablation/cells/{job.cell.id}/{ERROR_FILE}"]
+    done = CellRecord(job.cell.id, "top50", "topk", 50.0, "one_epoch", 0, "finished", subset_size=7)
+    storage.write_bytes(job.cell_dir / CELL_FILE, json.dumps(done.__dict__).encode())
+    rec = run_cell(job)
+    assert rec.reused and rec.run_dir == f"{s3.url}/ablation/cells/{job.cell.id}/run"
+
+
+def test_results_and_report_on_s3_equal_local_ones(tmp_path, s3):
+    from curation.core import storage
+    from workflows.ablation_report import write_outputs
+
+    cfg = config(eval_overrides=["bootstrap.samples=50"], topk=[20, 50, 100])
+    cells = _fake_cells(tmp_path / "cells")
+    storage.upload_dir(tmp_path / "cells", f"{s3.url}/cells")
+    remote_cells = [
+        CellRecord(**{**c.__dict__, "eval_dir": c.eval_dir and c.eval_dir.replace(str(tmp_path), s3.url)})
+        for c in cells
+    ]
+    local_out, remote_out = tmp_path / "out", storage.location(f"{s3.url}/out")
+    write_outputs(AblationResult(local_out, cells, {}), cfg)
+    write_outputs(AblationResult(remote_out, remote_cells, {}), cfg)
+    assert s3.keys("out") == ["out/report.html", "out/results.csv", "out/results.json"]
+    for name in ("results.csv", "results.json"):
+        assert storage.read_bytes(remote_out / name) == (local_out / name).read_bytes(), name
+    html = storage.read_text(remote_out / "report.html").replace(str(remote_out), str(local_out))
+    assert html == (local_out / "report.html").read_text()
+    assert read_headlines(remote_out) == read_headlines(local_out) != []
 
 
 # ---------------------------------------------------------------- power law
@@ -492,6 +561,50 @@ def test_tiny_ablation_end_to_end_rerun_and_a_failing_cell(tmp_path):
     }
     attempts = json.loads((out / "cells" / "top50__one_epoch__s0" / "run" / "attempts.json").read_text())
     assert len(attempts) == 1  # not trained again
+
+
+@pytest.mark.slow
+def test_tiny_ablation_with_out_suite_and_baseline_shards_on_s3(tmp_path, s3):
+    """OUT, the suite and the supervised baseline's shards on object storage; cells in the spawn pool."""
+    from curation.core import storage
+    from tests.ablation_fixtures import write_world
+    from workflows.ablation import run_ablation
+
+    world = write_world(tmp_path / "world")
+    storage.upload_dir(world["suite"], f"{s3.url}/suite")
+    storage.upload_dir(world["baseline"], f"{s3.url}/imagenet_train")
+    cfg = config(
+        pool=str(world["pool"]),  # selection and resharding read their pool on their own (see the stages)
+        topk=[50],
+        random_control=False,
+        modes=["one_epoch"],
+        preset_overrides=["batch_size=16", "warmup=1", "log_every_n_steps=1", "workers=0"],
+        suite=f"{s3.url}/suite",
+        eval_overrides=["bootstrap.samples=50", "workers=0"],
+        baselines={"shards": f"{s3.url}/imagenet_train", "budgets": [32]},
+        device="cpu",
+        parallel_cells=2,
+    )
+    out = storage.location(f"{s3.url}/ablation")
+    result = run_ablation(cfg, out)
+    assert {c.id: c.status for c in result.cells} == {
+        "top50__one_epoch__s0": "finished",
+        "supervised32__equal_samples__s0": "finished",
+    }, [c.error for c in result.cells]
+    keys = s3.keys("ablation")
+    for cid in ("top50__one_epoch__s0", "supervised32__equal_samples__s0"):
+        for name in (CELL_FILE, "run/run.json", "run/checkpoint.pt", "eval/results.jsonl"):
+            assert f"ablation/cells/{cid}/{name}" in keys, (cid, name)
+    assert {"ablation/results.csv", "ablation/results.json", "ablation/report.html"} <= set(keys)
+    assert "ablation/sets/top50/set.json" in keys and "ablation/sets/top50/shards/sizes.json" in keys
+    table = pd.read_csv(io.StringIO(storage.read_text(out / "results.csv"))).set_index("cell")
+    assert table.loc["top50__one_epoch__s0", "samples_seen"] == 48
+    assert table.loc["supervised32__equal_samples__s0", "samples_seen"] == 32
+    assert table["acc_id"].notna().sum() == 2
+    run = json.loads(storage.read_text(out / "cells" / "top50__one_epoch__s0" / "run" / "run.json"))
+    assert run["data"] == f"{s3.url}/ablation/sets/top50/shards"
+    again = run_ablation(cfg, out)  # finished cells are skipped
+    assert all(c.reused for c in again.cells)
 
 
 def test_cli_writes_the_table_and_exits_non_zero_when_cells_fail(tmp_path):

@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch.nn.functional as F
+from upath import UPath
 
+from curation.core import storage
 from curation.core.io import atomic_path, atomic_write_text
 from trainer.eval_config import BootstrapSettings, EvalConfig
-from trainer.evaluatees import Evaluatee, ModelSource
+from trainer.evaluatees import Evaluatee, ModelSource, is_url
 from trainer.retrieval import retrieval_metrics
 from trainer.robustness import percentile_ci, resample_means
 from trainer.suites import Role, Suite, SuiteError, TestSet
@@ -184,8 +186,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
-def evaluate_suite(ev: Evaluatee, suite: Suite, cfg: EvalConfig, out_dir: Path) -> list[dict[str, Any]]:
-    """Evaluate every test set, write per-sample arrays, ``results.jsonl`` and ``results.csv``."""
+def evaluate_suite(
+    ev: Evaluatee, suite: Suite, cfg: EvalConfig, out_dir: Path | UPath
+) -> list[dict[str, Any]]:
+    """Evaluate every test set, write per-sample arrays, ``results.jsonl`` and ``results.csv``.
+
+    ``out_dir`` may be a URL: every file is written whole (one object each)."""
     records = []
     for test_set in suite.test_sets:
         for outcome in evaluate_test_set(ev, test_set, cfg):
@@ -220,7 +226,7 @@ def results_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_results(records: Sequence[dict[str, Any]], out_dir: Path) -> None:
+def write_results(records: Sequence[dict[str, Any]], out_dir: Path | UPath) -> None:
     lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
     atomic_write_text(out_dir / "results.jsonl", lines)
     atomic_write_text(out_dir / "results.csv", results_frame(records).to_csv(index=False))
@@ -229,19 +235,22 @@ def write_results(records: Sequence[dict[str, Any]], out_dir: Path) -> None:
 CLIP_BENCHMARK_TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
 
 
-def write_clip_benchmark(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+def write_clip_benchmark(records: Sequence[dict[str, Any]], out_dir: Path | UPath) -> list[Path | UPath]:
     """The records as ``clip_benchmark eval`` writes them: one JSON per dataset x model x task.
 
     File names follow its default ``{dataset}_{pretrained}_{model}_{language}_{task}.json`` (a
     checkpoint file is named by its base name); the dataset is ``wds/NAME`` as in its webdataset
     runs, and the JSON has exactly its keys, so its ``clip_benchmark build`` table reads them.
     """
-    paths = []
+    paths: list[Path | UPath] = []
     for rec in records:
         if rec["task"] not in CLIP_BENCHMARK_TASKS:
             continue
         pretrained = str(rec.get("pretrained") or "")
-        slug = Path(pretrained).name if Path(pretrained).is_file() else pretrained
+        if is_url(pretrained):  # a checkpoint on object storage: named by its base name too
+            slug = storage.location(pretrained).name
+        else:
+            slug = Path(pretrained).name if Path(pretrained).is_file() else pretrained
         name = f"{rec['dataset']}_{slug}_{rec['model']}_{LANGUAGE}_{rec['task']}.json".replace("/", "_")
         dump = {
             "dataset": f"wds/{rec['dataset']}",
@@ -256,7 +265,7 @@ def write_clip_benchmark(records: Sequence[dict[str, Any]], out_dir: Path) -> li
     return paths
 
 
-def default_out_dir(source: ModelSource, suite: Suite) -> Path:
+def default_out_dir(source: ModelSource, suite: Suite) -> Path | UPath:
     if source.run_dir is not None:
         return source.run_dir / "eval" / _slug(suite.name)
     return Path("eval") / _slug(source.label) / _slug(suite.name)

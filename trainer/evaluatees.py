@@ -3,7 +3,8 @@
 A model comes from open_clip's factory (``--model NAME --pretrained TAG_OR_PATH``) or from a
 project run directory (``RUN/run.json``: ``kind``, ``model``, ``checkpoint``). CLIP models classify
 with template-ensemble text classifiers; supervised runs classify with their own head, whose
-classes are matched to the test set's by name.
+classes are matched to the test set's by name. Run directories and checkpoints may be URLs
+(``s3://...``): a checkpoint there is copied to a local temp file while the model is built.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from upath import UPath
 
+from curation.core import storage
 from curation.core.models import load_clip, resolve_device
 from trainer.errors import EvalInputError
 from trainer.eval_config import EvalConfig
@@ -37,13 +40,18 @@ class ModelSource:
     model: str
     pretrained: str | None
     label: str
-    run_dir: Path | None = None
+    run_dir: Path | UPath | None = None
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
+def is_url(text: str | None) -> bool:
+    """A weights reference that is a URL on object storage (not a path, not an open_clip tag)."""
+    return bool(text) and "://" in str(text) and storage.is_remote(str(text))
+
+
+def read_run(run_dir: Path | UPath) -> dict[str, Any]:
     path = run_dir / RUN_FILE
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(storage.read_text(path))
     except json.JSONDecodeError as exc:
         raise ModelSourceError(f"{path}: not valid JSON: {exc}") from exc
     missing = [k for k in ("model", "checkpoint") if not info.get(k)]
@@ -55,16 +63,20 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 def resolve_source(
     source: str | None, model: str | None, pretrained: str | None, label: str | None = None
 ) -> ModelSource:
-    """A RUN dir, a checkpoint file (needs ``--model``), or ``--model`` with a ``--pretrained`` tag."""
-    if source and (Path(source) / RUN_FILE).exists():
-        run_dir = Path(source)
+    """A RUN dir, a checkpoint file (needs ``--model``), or ``--model`` with a ``--pretrained`` tag.
+
+    The RUN dir and the checkpoint (``source`` or ``pretrained``) may be URLs."""
+    loc = storage.location(source) if source else None
+    if loc is not None and (loc / RUN_FILE).exists():
+        run_dir = loc
         info = read_run(run_dir)
         kind = info.get("kind", "clip")
         if kind not in ("clip", "supervised"):
             raise ModelSourceError(f"{run_dir / RUN_FILE}: unknown kind {kind!r} (clip or supervised)")
         checkpoint = str(run_dir / info["checkpoint"])
-        return ModelSource(kind, model or info["model"], checkpoint, label or run_dir.resolve().name, run_dir)
-    if source and Path(source).is_dir():
+        name = run_dir.name if storage.is_remote(run_dir) else Path(run_dir).resolve().name
+        return ModelSource(kind, model or info["model"], checkpoint, label or name, run_dir)
+    if loc is not None and loc.is_dir():
         raise ModelSourceError(f"{source}: a directory without {RUN_FILE} is not a run")
     if source and pretrained:
         raise ModelSourceError(
@@ -73,12 +85,17 @@ def resolve_source(
     weights = source or pretrained
     if not model:
         raise ModelSourceError("--model NAME is required unless a run directory is given")
-    if source and not Path(source).is_file():
+    if loc is not None and not loc.is_file():
         raise ModelSourceError(f"{source}: no such checkpoint file or run directory")
-    default_label = (
-        model if not weights else f"{model}/{Path(weights).stem if Path(weights).exists() else weights}"
-    )
+    default_label = model if not weights else f"{model}/{_weights_name(weights)}"
     return ModelSource("clip", model, weights, label or default_label)
+
+
+def _weights_name(weights: str) -> str:
+    """A checkpoint file's (or URL's) stem, else the open_clip tag as given."""
+    if is_url(weights):
+        return storage.location(weights).stem
+    return Path(weights).stem if Path(weights).exists() else weights
 
 
 class Evaluatee(Protocol):
@@ -102,7 +119,12 @@ class ClipEvaluatee:
 
     def __init__(self, source: ModelSource, device: str, precision: str) -> None:
         self.source = source
-        self.bundle = load_clip(source.model, source.pretrained, device=device, precision=precision)
+        if is_url(source.pretrained):
+            assert source.pretrained is not None
+            with storage.local_copy(source.pretrained) as local:
+                self.bundle = load_clip(source.model, str(local), device=device, precision=precision)
+        else:
+            self.bundle = load_clip(source.model, source.pretrained, device=device, precision=precision)
         self.preprocess = self.bundle.preprocess
         self.device = self.bundle.device
         self.dtype = next(self.bundle.model.parameters()).dtype

@@ -21,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from curation.core import storage
 from curation.core.progress import bar
 from trainer.budget import Budget
 from trainer.oclog import StepLine, parse_line
@@ -33,7 +34,10 @@ EXPECTED_WARNING = "No pretrained weights loaded"  # training from scratch is th
 
 
 def subprocess_env() -> dict[str, str]:
+    """The training process's environment: this one, plus the project on the path and the configured
+    storage options (so it, and the ``pipe:`` readers of shards on object storage, open the same URLs)."""
     env = dict(os.environ)
+    env.update(storage.worker_env())
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     # Busy-waiting OpenMP threads stall badly when cores are shared (10x slower steps measured on a
     # loaded 2-core machine); passive waiting costs nothing measurable on an idle one.

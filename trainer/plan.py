@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from upath import UPath
 
+from curation.core import storage
 from curation.core.config import build
 from curation.core.io import read_json
 from trainer.budget import Budget, plan_budget
@@ -27,8 +29,8 @@ class TrainError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainRequest:
-    shards: Path
-    out: Path
+    shards: Path | UPath  # a local folder or a URL (s3://...)
+    out: Path | UPath  # the run folder: a local folder or a URL
     preset: Preset
     mode: str = "one_epoch"
     samples_seen: int | None = None
@@ -36,7 +38,7 @@ class TrainRequest:
     device: str = "auto"
     gpus: int = 1
     supervised: bool = False
-    classnames: Path | None = None
+    classnames: Path | UPath | None = None
     overwrite: bool = False
 
 
@@ -110,7 +112,7 @@ def plan_from_file(run_dir: Path, device: str) -> RunPlan:
     """The plan a run started with (``RUN/plan.json``), for the training process to rebuild."""
     d = read_json(run_dir / PLAN_FILE)
     req = TrainRequest(
-        shards=Path(d["data"]),
+        shards=storage.location(d["data"]),
         out=run_dir,
         preset=build(Preset, d["preset"], source=str(run_dir / PLAN_FILE)),
         mode=d["budget"]["mode"],

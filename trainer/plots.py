@@ -18,7 +18,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from upath import UPath
 
+from curation.core import storage
 from curation.core.io import atomic_path
 from trainer.robustness import AVERAGE, Point, RobustnessReport, logit, sigmoid
 
@@ -101,7 +103,10 @@ def draw_robustness_panel(ax: plt.Axes, report: RobustnessReport, shift: str, co
 
 
 def plot_effective_robustness(
-    report: RobustnessReport, out: str | Path | None = None, svg: bool = False, include_average: bool = True
+    report: RobustnessReport,
+    out: str | Path | UPath | None = None,
+    svg: bool = False,
+    include_average: bool = True,
 ) -> Figure:
     """Draw the report; write ``out`` (PNG) and, with ``svg``, the same name with ``.svg``."""
     shifts = list(report.shifts) + ([AVERAGE] if include_average and len(report.shifts) > 1 else [])
@@ -116,7 +121,7 @@ def plot_effective_robustness(
     fig.suptitle("Effective robustness (logit axes)", fontsize=12)
     fig.tight_layout()
     if out is not None:
-        out = Path(out)
+        out = storage.location(out)  # a path or a URL
         with atomic_path(out) as tmp:
             fig.savefig(tmp, format="png", dpi=150)
         if svg:

@@ -21,6 +21,7 @@ against; with two baselines the line is exact through them and is held fixed.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from upath import UPath
 
+from curation.core import storage
 from trainer.errors import EvalInputError
 
 
@@ -129,7 +132,7 @@ class BootstrapConfig:
 TABLE_COLUMNS = ["model", "dataset", "acc1", "role", "samples"]
 
 
-def records_to_table(records: Iterable[dict[str, Any]], base: Path | None = None) -> pd.DataFrame:
+def records_to_table(records: Iterable[dict[str, Any]], base: Path | UPath | None = None) -> pd.DataFrame:
     """Classification records (ours or CLIP_benchmark's) -> rows (model, dataset, acc1, role, samples)."""
     rows = []
     for rec in records:
@@ -165,17 +168,18 @@ def _dataset_name(name: str) -> str:
     return name.split("/")[-1]
 
 
-def load_accuracy_table(paths: Iterable[str | Path]) -> pd.DataFrame:
+def load_accuracy_table(paths: Iterable[str | Path | UPath]) -> pd.DataFrame:
     """Read results JSONL (ours), CLIP_benchmark JSON, JSON lists or CSV (model, dataset, acc1|acc).
 
-    Accuracies are fractions in [0, 1]; a table in percent is an error, not a silent rescale.
+    Accuracies are fractions in [0, 1]; a table in percent is an error, not a silent rescale. Paths
+    may be URLs.
     """
     frames = []
-    for path in map(Path, paths):
+    for path in map(storage.location, paths):
         if not path.exists():
             raise RobustnessInputError(f"accuracy table not found: {path}")
         if path.suffix == ".csv":
-            df = pd.read_csv(path)
+            df = pd.read_csv(io.StringIO(storage.read_text(path)) if storage.is_remote(path) else path)
             if "acc1" not in df.columns and "acc" in df.columns:
                 df = df.rename(columns={"acc": "acc1"})
             missing = {"model", "dataset", "acc1"} - set(df.columns)
@@ -186,10 +190,10 @@ def load_accuracy_table(paths: Iterable[str | Path]) -> pd.DataFrame:
             df = df.assign(dataset=df["dataset"].map(_dataset_name))
             df = df.reindex(columns=TABLE_COLUMNS)
         elif path.suffix == ".jsonl":
-            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            lines = [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
             df = records_to_table(lines, base=path.parent)
         elif path.suffix == ".json":
-            data = json.loads(path.read_text())
+            data = json.loads(storage.read_text(path))
             df = records_to_table(data if isinstance(data, list) else [data], base=path.parent)
         else:
             raise RobustnessInputError(f"{path}: unknown table format (use .jsonl, .json or .csv)")
@@ -378,7 +382,11 @@ def _model_points(
     return points
 
 
-def load_correct(path: str | Path) -> np.ndarray:
+def load_correct(path: str | Path | UPath) -> np.ndarray:
+    """The per-sample ``correct`` array of a results ``.npz`` (a path or a URL)."""
+    if storage.is_remote(path):
+        with np.load(io.BytesIO(storage.read_bytes(path))) as data:
+            return data["correct"].astype(bool)
     with np.load(path) as data:
         return data["correct"].astype(bool)
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from upath import UPath
 
 from curation.core.io import atomic_write_json, atomic_write_text
 from trainer.robustness import MEAN_OF_SHIFTS, BootstrapConfig, RobustnessReport, compute_report, infer_roles
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def report_robustness(
     evaluated: pd.DataFrame,
     baseline: pd.DataFrame,
-    out_dir: Path,
+    out_dir: Path | UPath,  # a folder or a URL
     id_dataset: str | None = None,
     shifts: Sequence[str] | None = None,
     boot: BootstrapConfig | None = None,

@@ -5,6 +5,9 @@ samples seen, seed, code version, wall time, final loss) and where the weights a
 (``checkpoint``, relative to RUN). ``RUN/checkpoint.pt`` is ``{"state_dict": ..., ...}`` that
 ``open_clip.create_model_and_transforms(model, pretrained=PATH)`` loads, or for a supervised run,
 what :func:`trainer.supervised.load_supervised` rebuilds.
+
+A run folder may be a URL (``s3://bucket/runs/r1``): ``run.json`` is read from there and the
+checkpoint copied to a local temp file only while a model is built from it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from upath import UPath
 
+from curation.core import storage
 from curation.core.io import atomic_path, read_json
 
 RUN_FILE = "run.json"
@@ -30,10 +35,10 @@ class RunError(ValueError):
 class RunInfo:
     """A finished run, as the evaluator and the scoring stage need it."""
 
-    run_dir: Path | None
+    run_dir: Path | UPath | None  # local paths or URLs
     kind: str
     model: str
-    checkpoint: Path
+    checkpoint: Path | UPath
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -56,12 +61,13 @@ class RunInfo:
                 f"{self.run_dir}: trained with {self.model_kwargs}; build it with "
                 "open_clip.create_model_and_transforms(model, pretrained=checkpoint, **model_kwargs)"
             )
-        return load_clip(self.model, str(self.checkpoint), device=device, precision=precision)
+        with storage.local_copy(self.checkpoint) as local:
+            return load_clip(self.model, str(local), device=device, precision=precision)
 
 
-def load_run(path: str | Path) -> RunInfo:
-    """A RUN directory (with ``run.json``) or a checkpoint file written by the trainer."""
-    path = Path(path)
+def load_run(path: str | Path | UPath) -> RunInfo:
+    """A RUN directory (with ``run.json``) or a checkpoint file written by the trainer (paths or URLs)."""
+    path = storage.location(path)
     if path.is_dir():
         run_file = path / RUN_FILE
         if not run_file.exists():
@@ -92,12 +98,18 @@ def load_run(path: str | Path) -> RunInfo:
     raise RunError(f"{path}: no such run directory or checkpoint")
 
 
-def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+def checkpoint_metadata(path: str | Path | UPath) -> dict[str, Any]:
     """Everything in a trainer checkpoint except the weights."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict):
         return {}
     return {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+def load_checkpoint(path: str | Path | UPath) -> Any:
+    """``torch.load`` of a checkpoint file or URL (copied to a local temp file first), on the CPU."""
+    with storage.local_copy(path) as local:
+        return torch.load(local, map_location="cpu", weights_only=True)
 
 
 def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], **meta: Any) -> None:
@@ -111,5 +123,3 @@ def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
     if state_dict and all(k.startswith("module.") for k in state_dict):
         return {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict
-
-

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.stagedef import NoConfig, StageDef, StageResult
 from trainer.eval_config import EvalConfig
@@ -18,8 +19,8 @@ log = logging.getLogger(__name__)
 class TrainInputs(ConfigModel):
     """Everything a training run takes besides the preset's contents (the data, the budget, the seed)."""
 
-    shards: Path = Field(description="Training shards directory (NNNNN.tar + sizes.json).")
-    out: Path = Field(description="Run directory (resumed if unfinished).")
+    shards: storage.Location = Field(description="Training shards directory or URL (NNNNN.tar + sizes.json).")
+    out: storage.Location = Field(description="Run directory or URL (resumed if unfinished).")
     preset: str = Field("tiny", description="tiny, small, medium or a preset YAML path.")
     preset_config: Path | None = Field(None, description="A partial preset YAML merged over the preset.")
     preset_set: list[str] = Field(default_factory=list, description="Dotted overrides of the preset.")
@@ -29,7 +30,7 @@ class TrainInputs(ConfigModel):
     device: str = "auto"
     gpus: int = 1
     supervised: bool = False
-    classnames: Path | None = None
+    classnames: storage.Location | None = None
     overwrite: bool = False
     reuse: bool = Field(False, description="Return a finished run in `out` as it is (no retraining).")
 
@@ -56,8 +57,8 @@ class TrainInputs(ConfigModel):
 class ReferenceModelInputs(TrainInputs):
     """The reference CLIP (a data filtering network): trained on a clean seed set, equal samples seen."""
 
-    shards: Path = Field(Path("synth/seed"), description="Clean seed shards.")
-    out: Path = Path("reference")
+    shards: storage.Location = Field(storage.location("synth/seed"), description="Clean seed shards.")
+    out: storage.Location = storage.location("reference")
     mode: Literal["one_epoch", "equal_samples"] = "equal_samples"
 
 
@@ -74,27 +75,34 @@ def run_train(inputs: TrainInputs, cfg: NoConfig, engine: Any = None) -> StageRe
 
 
 class EvaluateInputs(ConfigModel):
-    source: Path | None = Field(None, description="A run directory or checkpoint file to evaluate.")
+    source: storage.Location | None = Field(None, description="A run directory or checkpoint file (or URL).")
     model: str | None = Field(None, description="open_clip model name (with a checkpoint or --pretrained).")
     pretrained: str | None = Field(None, description="open_clip pretrained tag for `model`.")
-    suite: Path = Field(description="Evaluation suite directory (or a suite name from the eval config).")
-    out: Path | None = Field(None, description="Output dir (default RUN/eval/SUITE).")
+    suite: storage.Location = Field(
+        description="Evaluation suite directory or URL (or a suite name from the eval config)."
+    )
+    out: storage.Location | None = Field(None, description="Output dir or URL (default RUN/eval/SUITE).")
     label: str | None = None
-    clip_benchmark: Path | None = Field(None, description="Also write CLIP_benchmark's layout here.")
+    clip_benchmark: storage.Location | None = Field(
+        None, description="Also write CLIP_benchmark's layout here (a folder or a URL)."
+    )
 
 
 def run_evaluate(inputs: EvaluateInputs, cfg: EvalConfig, engine: Any = None) -> StageResult:
     from trainer.evaluate import default_out_dir, evaluate_suite
     from trainer.evaluatees import load_evaluatee, resolve_source
-    from trainer.suites import load_suite, resolve_suite
+    from trainer.suites import load_suite, local_suite, resolve_suite
 
-    suite = load_suite(resolve_suite(inputs.suite, cfg.suites))
-    source = resolve_source(
-        str(inputs.source) if inputs.source else None, inputs.model, inputs.pretrained, inputs.label
-    )
-    out = inputs.out or default_out_dir(source, suite)
-    log.info("evaluating %s on suite %r (%d sets) -> %s", source.label, suite.name, len(suite.test_sets), out)
-    records = evaluate_suite(load_evaluatee(source, cfg), suite, cfg, out)
+    with local_suite(resolve_suite(str(inputs.suite), cfg.suites)) as suite_dir:  # a URL: copied here
+        suite = load_suite(suite_dir)
+        source = resolve_source(
+            str(inputs.source) if inputs.source else None, inputs.model, inputs.pretrained, inputs.label
+        )
+        out = inputs.out or default_out_dir(source, suite)
+        log.info(
+            "evaluating %s on suite %r (%d sets) -> %s", source.label, suite.name, len(suite.test_sets), out
+        )
+        records = evaluate_suite(load_evaluatee(source, cfg), suite, cfg, out)
     if inputs.clip_benchmark is not None:
         from trainer.evaluate import write_clip_benchmark
 

@@ -13,9 +13,11 @@ with a message naming the file, not an hour into a run.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tarfile
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -23,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 from pydantic import Field, ValidationError, field_validator
+from upath import UPath
 
+from curation.core import storage
 from curation.core.config import ConfigModel, format_validation_error
 from curation.core.safepath import UnsafePathError, child, safe_name
 from trainer.errors import EvalInputError
@@ -118,14 +122,14 @@ class Suite:
         return ids[0] if ids else None
 
 
-def resolve_suite(name_or_dir: str | Path, named: Mapping[str, str]) -> Path:
-    """Turn ``--suite`` into a directory: an existing path wins, then a name from config."""
-    path = Path(name_or_dir)
+def resolve_suite(name_or_dir: str | Path, named: Mapping[str, str]) -> Path | UPath:
+    """Turn ``--suite`` into a directory (or a URL): an existing path wins, then a name from config."""
+    path = storage.location(name_or_dir)
     if path.exists():
         return path
     key = str(name_or_dir)
     if key in named:
-        target = Path(named[key])
+        target = storage.location(named[key])
         if not target.exists():
             hint = " (generate it with `curate synth`)" if key == "synthetic" else ""
             raise SuiteError(
@@ -135,6 +139,22 @@ def resolve_suite(name_or_dir: str | Path, named: Mapping[str, str]) -> Path:
         return target
     known = ", ".join(sorted(named)) or "none"
     raise SuiteError(f"suite {key!r} is neither a directory nor a configured suite name (known: {known})")
+
+
+@contextlib.contextmanager
+def local_suite(path: str | Path | UPath) -> Iterator[Path]:
+    """A suite (or test set) folder on this machine: ``path`` itself, or a copy of the one at a URL
+    (under the same folder name, which names a lone test set), removed afterwards."""
+    loc = storage.location(path)
+    if not storage.is_remote(loc):
+        yield Path(loc)
+        return
+    if not loc.exists():
+        raise SuiteError(f"{storage.url(loc)}: no suite there")
+    with storage.local_dir(loc) as copy, tempfile.TemporaryDirectory(prefix="curation-suite-") as tmp:
+        named = Path(tmp) / (loc.name or "suite")
+        named.symlink_to(copy, target_is_directory=True)
+        yield named
 
 
 def load_suite(path: str | Path) -> Suite:

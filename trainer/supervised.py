@@ -32,11 +32,13 @@ from open_clip_train.precision import get_autocast
 from open_clip_train.scheduler import cosine_lr
 from PIL import Image
 from torch import nn
+from upath import UPath
 
+from curation.core import storage
 from curation.core.io import atomic_path, atomic_write_json, read_json
 from curation.core.models import register_project_models
 from trainer.oclog import StepLine, format_step
-from trainer.runs import CHECKPOINT_FILE, RunError, load_run, save_checkpoint
+from trainer.runs import CHECKPOINT_FILE, RunError, load_checkpoint, load_run, save_checkpoint
 from trainer.seeding import EpochSeededShuffle, WorkerSeed
 
 if TYPE_CHECKING:
@@ -76,16 +78,17 @@ def build_classifier(
     return LinearHeadClassifier(clip.visual, embed_dim, num_classes), preprocess_train, preprocess_val
 
 
-def read_classnames(path: Path) -> list[str]:
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_classnames(path: Path | UPath) -> list[str]:
+    names = [line.strip() for line in storage.read_text(path).splitlines() if line.strip()]
     if not names:
         raise RunError(f"{path}: no class names")
     return names
 
 
-def find_classnames(shards_dir: Path, explicit: Path | None) -> Path:
-    """``--classnames``, else ``classnames.txt`` in the shards' directory or the one above it."""
+def find_classnames(shards_dir: Path | UPath, explicit: Path | UPath | None) -> Path | UPath:
+    """``--classnames``, else ``classnames.txt`` in the shards' folder or the one above it (paths or URLs)."""
     if explicit is not None:
+        explicit = storage.location(explicit)
         if not explicit.exists():
             raise RunError(f"--classnames {explicit}: no such file")
         return explicit
@@ -103,7 +106,8 @@ def prepare_supervised(plan: RunPlan) -> None:
     path = find_classnames(plan.shards.directory, plan.request.classnames)
     names = read_classnames(path)
     log.info("classes: %d from %s", len(names), path)
-    plan.extra.update({"classnames": names, "classnames_file": str(path.resolve())})
+    where = storage.url(path) if storage.is_remote(path) else str(Path(path).resolve())
+    plan.extra.update({"classnames": names, "classnames_file": where})
 
 
 class ToExample:
@@ -140,7 +144,7 @@ def labelled_loader(
     plan: RunPlan, chunk: int, to_example: ToExample, batch_size: int, workers: int
 ) -> wds.WebLoader:
     """Batches for one chunk: shards drawn or shuffled, and samples shuffled, by (seed, chunk)."""
-    seed, urls = plan.request.seed, plan.shards.paths
+    seed, urls = plan.request.seed, plan.shards.urls  # pipe: URLs for shards on object storage
     epoch = ocd.SharedEpoch(chunk)
     if plan.budget.resampled:
         source = [ocd.ResampledShards2(urls, worker_seed=WorkerSeed(seed), deterministic=True, epoch=epoch)]
@@ -355,6 +359,7 @@ def run_supervised(plan: RunPlan) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     """Training process: ``python -m trainer.supervised RUN --device DEV``."""
     from trainer.plan import plan_from_file
+    from trainer.shards import install_fsspec_opener
 
     run_dir, device = Path(argv[0]), argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
     (run_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
@@ -364,16 +369,17 @@ def main(argv: list[str]) -> None:
         datefmt="%Y-%m-%d,%H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / STATE_DIR / "out.log")],
     )
+    install_fsspec_opener()  # shards on object storage: read in-process (trainer.shards)
     fields = train_supervised(plan_from_file(run_dir, device))
     atomic_write_json(run_dir / STATE_DIR / RESULT_FILE, fields)
 
 
-def load_supervised(path_or_run: str | Path) -> tuple[nn.Module, Any, list[str]]:
+def load_supervised(path_or_run: str | Path | UPath) -> tuple[nn.Module, Any, list[str]]:
     """(classifier returning logits, eval preprocess, class names) from a RUN dir or its checkpoint."""
     run = load_run(path_or_run)
     if run.kind != "supervised":
         raise RunError(f"{path_or_run}: a {run.kind} run, not a supervised one")
-    ckpt = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(run.checkpoint)
     classnames = list(ckpt["classnames"])
     model, _, preprocess = build_classifier(ckpt["model"], len(classnames), ckpt.get("model_kwargs"))
     model.load_state_dict(ckpt["state_dict"])

@@ -15,13 +15,20 @@ RUN layout::
     RUN/openclip/checkpoints/epoch_latest.pt   training state (model, optimizer, epoch)
     RUN/checkpoint.pt                  final weights for open_clip.create_model_and_transforms
     RUN/run.json                       summary; its presence marks the run finished
+
+SHARDS and RUN may be URLs (``s3://...``). Shards on object storage are read through webdataset
+``pipe:`` URLs (``--train-data 'pipe:PYTHON -m curation.core.storage cat s3://b/shards/{00000..00099}.tar'``,
+see :mod:`trainer.shards`); a RUN on object storage is trained in a local temp folder and mirrored
+to the URL while training runs and at the end, ``run.json`` last (:mod:`trainer.runsync`), so a run
+killed there resumes from the last epoch uploaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +37,7 @@ from typing import Any
 import open_clip
 import torch
 
+from curation.core import storage
 from curation.core.io import atomic_write_json, read_json
 from curation.core.provenance import code_version
 from trainer.launch import run_training_subprocess
@@ -53,22 +61,8 @@ ATTEMPTS_FILE = "attempts.json"
 DEVICE_INDEPENDENT = ("device",)  # plan keys that may change between an interrupted run and its resume
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def prepare_run_dir(plan: RunPlan) -> bool:
-    """Create RUN or check that it holds the same unfinished run; True when resuming."""
+    """Create RUN or check that it holds the same unfinished run; True when resuming (RUN may be a URL)."""
     out = plan.request.out
     if (out / RUN_FILE).exists():
         if not plan.request.overwrite:
@@ -89,20 +83,25 @@ def prepare_run_dir(plan: RunPlan) -> bool:
         return True
     if plan.request.overwrite:
         _clear_run(out)
-    elif out.exists() and any(out.iterdir()):
+    elif _has_entries(out):
         raise TrainError(f"{out} exists and is not a run directory of this trainer; pick an empty --out")
-    out.mkdir(parents=True, exist_ok=True)
+    storage.ensure_dir(out)
     atomic_write_json(plan_path, new)
     return False
 
 
-def _clear_run(out: Path) -> None:
+def _has_entries(out: Any) -> bool:
+    if storage.is_remote(out):
+        return bool(storage.list_files(out))
+    return out.exists() and any(out.iterdir())
+
+
+def _clear_run(out: Any) -> None:
     """Remove what a previous run of this trainer wrote (only its own files)."""
     for name in (RUN_FILE, PLAN_FILE, ATTEMPTS_FILE, CHECKPOINT_FILE):
-        (out / name).unlink(missing_ok=True)
+        storage.remove(out / name)
     for sub in (OPENCLIP_NAME, "supervised"):
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
+        storage.remove(out / sub, recursive=True)
 
 
 def record_attempt(out: Path, started: float, resumed: bool, status: str) -> list[dict[str, Any]]:
@@ -124,8 +123,18 @@ def record_attempt(out: Path, started: float, resumed: bool, status: str) -> lis
 
 
 def openclip_args(plan: RunPlan) -> list[str]:
-    """open_clip_train arguments for the plan (DataComp's set: resume latest, save most recent)."""
+    """open_clip_train arguments for the plan (DataComp's set: resume latest, save most recent).
+
+    ``--train-data`` is the shards' brace pattern: local paths, or ``pipe:`` URLs for shards on
+    object storage. ``--logs`` must be a local folder (open_clip_train writes to a file system).
+    """
     p, b = plan.request.preset, plan.budget
+    if storage.is_remote(plan.request.out):
+        raise TrainError(
+            f"open_clip_train writes its logs and checkpoints to a local folder, not {plan.request.out}: "
+            "`curate train` with a URL --out trains in a local folder and uploads; --print-command needs a "
+            "local --out"
+        )
     args = [
         "--train-data", plan.shards.url_spec(),
         "--dataset-type", "webdataset",
@@ -176,12 +185,6 @@ def subprocess_command(plan: RunPlan) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={plan.request.gpus}", *entry]  # fmt: skip
     return [sys.executable, *entry]
-
-
-
-
-
-
 
 
 def export_clip_checkpoint(plan: RunPlan) -> tuple[Path, int]:
@@ -239,16 +242,45 @@ def train_clip(plan: RunPlan) -> dict[str, Any]:
 
 
 def train(req: TrainRequest) -> RunInfo:
-    """Plan, train (resuming an unfinished RUN), and write RUN/run.json; returns the finished run."""
+    """Plan, train (resuming an unfinished RUN), and write RUN/run.json; returns the finished run.
+
+    A RUN on object storage is trained in a local temp folder mirrored to it (:mod:`trainer.runsync`).
+    """
+    if storage.is_remote(req.out):
+        storage.check_bucket(req.out, write=True)
     plan = make_plan(req)
     if req.supervised:
-        from trainer.supervised import prepare_supervised, run_supervised
+        from trainer.supervised import prepare_supervised
 
         prepare_supervised(plan)
-        resumed = prepare_run_dir(plan)
+    resumed = prepare_run_dir(plan)
+    if not storage.is_remote(req.out):
+        _train(plan, resumed)
+        return load_run(req.out)
+    from trainer.runsync import RunSync
+
+    with tempfile.TemporaryDirectory(prefix="curation-run-") as tmp:
+        work = Path(tmp) / (storage.location(req.out).name or "run")
+        work.mkdir()
+        here = dataclasses.replace(plan, request=dataclasses.replace(req, out=work))
+        sync = RunSync(work, storage.location(req.out))
+        sync.pull()  # the unfinished run's plan, logs and training state: open_clip_train resumes from it
+        with sync:
+            try:
+                _train(here, resumed, shown_out=storage.url(req.out))
+            except TrainError as exc:  # name the run's URL, not the temp folder that is going away
+                raise TrainError(str(exc).replace(str(work), storage.url(req.out))) from exc
+    return load_run(req.out)
+
+
+def _train(plan: RunPlan, resumed: bool, shown_out: str | None = None) -> None:
+    """Train the planned run in its (local) RUN folder and write RUN/run.json."""
+    req = plan.request
+    if req.supervised:
+        from trainer.supervised import run_supervised
+
         runner = run_supervised
     else:
-        resumed = prepare_run_dir(plan)
         runner = train_clip
     log.info(
         "%s %s run on %s (%d samples): %s, %d samples seen in %d chunk(s), seed %d, %s%s",
@@ -289,6 +321,6 @@ def train(req: TrainRequest) -> RunInfo:
     atomic_write_json(req.out / RUN_FILE, info)
     log.info(
         "finished: %d samples seen in %.1f s (%.0f samples/s), final loss %s -> %s",
-        info["samples_seen"], wall, info["samples_per_s"] or 0, info["final_loss"], req.out / CHECKPOINT_FILE,
+        info["samples_seen"], wall, info["samples_per_s"] or 0, info["final_loss"],
+        f"{shown_out or req.out}/{CHECKPOINT_FILE}",
     )  # fmt: skip
-    return load_run(req.out)

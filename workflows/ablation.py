@@ -12,20 +12,34 @@ A **set** is a subset of the pool made into training shards once (selected, resh
 ``OUT/cells/<set>__<mode>__s<seed>/``. A cell is finished when its ``cell.json`` exists (written
 after evaluation), so a rerun skips it; a cell that fails writes ``error.json`` and is reported with
 status ``failed`` while the others go on (and a rerun retries it).
+
+``OUT`` may be a URL (``s3://bucket/ablation``): a set is selected and resharded in a local temp
+folder and uploaded whole before its ``set.json``; a cell trains and evaluates with its run and
+evaluation folders at the URL (the trainer mirrors its run there, ``run.json`` last), then writes
+``cell.json``; results and the report are single objects. The markers are written last, so a rerun
+trusts exactly what finished.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+from upath import UPath
+
+from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.io import atomic_write_json, read_json
 from curation.core.progress import make_progress
@@ -78,11 +92,35 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- sets
 
 
-def set_dir(out: Path, name: str) -> Path:
+Out = Path | UPath  # the ablation's output folder: a local path or a URL
+
+
+def set_dir(out: Out, name: str) -> Out:
     return out / "sets" / name
 
 
-def prepare_set(spec: SetSpec, cfg: AblationConfig, out: Path, engine: Engine | str = "local") -> SetInfo:
+@contextlib.contextmanager
+def _set_workdir(root: Out) -> Iterator[Path]:
+    """Where a set is made: ``root`` itself, or for a URL a local temp folder uploaded to it whole
+    when the block succeeds (selection and resharding write to a file system)."""
+    if not storage.is_remote(root):
+        yield Path(root)
+        return
+    with tempfile.TemporaryDirectory(prefix="curation-set-") as tmp:
+        work = Path(tmp) / root.name
+        work.mkdir()
+        yield work
+        storage.upload_dir(work, root)
+
+
+def _uploaded(path: Any, work: Path, root: Out) -> Any:
+    """Where ``path`` (made in ``work``) is once ``work`` is uploaded to ``root`` (a URL)."""
+    if not storage.is_remote(root) or storage.is_remote(path) or not Path(path).is_relative_to(work):
+        return path
+    return root / Path(path).relative_to(work).as_posix()
+
+
+def prepare_set(spec: SetSpec, cfg: AblationConfig, out: Out, engine: Engine | str = "local") -> SetInfo:
     """Select (if needed) and reshard one set, once: a ``set.json`` marks it ready for every cell."""
     if spec.kind == "baseline":
         assert spec.shards is not None
@@ -91,9 +129,11 @@ def prepare_set(spec: SetSpec, cfg: AblationConfig, out: Path, engine: Engine | 
     if (root / SET_FILE).exists():
         return SetInfo(**read_json(root / SET_FILE))
     try:
-        subset = _select(spec, cfg, out, engine)
-        size = len(Subset.load(subset))
-        shards = ops.reshard(Path(cfg.pool), subset, root / "shards", cfg.reshard, engine)
+        with _set_workdir(root) as work:
+            made = _select(spec, cfg, out, engine, work)
+            size = len(Subset.load(made))
+            ops.reshard(storage.location(cfg.pool), made, work / "shards", cfg.reshard, engine)
+        subset, shards = _uploaded(made, work, root), root / "shards"
         info = SetInfo(spec.name, shards=str(shards), subset=str(subset), size=size)
         atomic_write_json(root / SET_FILE, asdict(info))
         log.info("set %s: %d samples -> %s", spec.name, size, shards)
@@ -103,21 +143,22 @@ def prepare_set(spec: SetSpec, cfg: AblationConfig, out: Path, engine: Engine | 
         return SetInfo(spec.name, error=f"{type(exc).__name__}: {exc}")
 
 
-def _select(spec: SetSpec, cfg: AblationConfig, out: Path, engine: Engine | str) -> Path:
-    root, pool = set_dir(out, spec.name), Path(cfg.pool)
+def _select(spec: SetSpec, cfg: AblationConfig, out: Out, engine: Engine | str, work: Path) -> Any:
+    """The set's subset: a named set's own file, else selected into ``work`` (the set's folder, or
+    the local folder it is made in when OUT is a URL)."""
+    root, pool = set_dir(out, spec.name), storage.location(cfg.pool)
     if spec.kind == "named":
         assert spec.subset is not None
-        if not Path(spec.subset).exists():
+        if not storage.location(spec.subset).exists():
             raise FileNotFoundError(f"named set {spec.name}: no subset file {spec.subset}")
-        return Path(spec.subset)
-    path = root / "subset.npy"
-    if path.exists():
+        return storage.location(spec.subset)
+    path = work / "subset.npy"
+    if (root / "subset.npy").exists():  # selected by an earlier run whose resharding did not finish
+        _fetch(root / "subset.npy", path)
         return path
     if spec.kind == "mix":
         seed = cfg.mix.seed if cfg.mix is not None else 0
-        return ops.select_mix(
-            pool, cfg.within, spec.clean, spec.noisy, spec.share, seed, path, engine
-        )
+        return ops.select_mix(pool, cfg.within, spec.clean, spec.noisy, spec.share, seed, path, engine)
     if spec.kind == "topk":
         assert spec.k is not None
         return ops.select_topk(pool, cfg.score, spec.k / 100, cfg.within, path, engine)
@@ -127,11 +168,24 @@ def _select(spec: SetSpec, cfg: AblationConfig, out: Path, engine: Engine | str)
         raise FileNotFoundError(
             f"{spec.name}: the top-k set it controls for ({spec.control_of}) was not made"
         )
+    if storage.is_remote(target):  # selection reads the size from a local file
+        local = work.parent / spec.control_of / "subset.npy"
+        _fetch(target, local)
+        target = local
     return ops.select_random(pool, target, cfg.random_seed, cfg.within, path, engine)
 
 
+def _fetch(loc: Out, path: Path) -> None:
+    """A local copy of ``loc`` at ``path`` (nothing to do when it is that file already)."""
+    if not storage.is_remote(loc):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with storage.local_copy(loc) as tmp:
+        shutil.move(tmp, path)
+
+
 def prepare_sets(
-    cells: list[Cell], cfg: AblationConfig, out: Path, engine: Engine | str = "local"
+    cells: list[Cell], cfg: AblationConfig, out: Out, engine: Engine | str = "local"
 ) -> dict[str, SetInfo]:
     """Top-k sets first (random controls take their sizes), in grid order; sequential, shard-parallel."""
     specs = {c.set.name: c.set for c in cells}
@@ -157,7 +211,7 @@ class CellJob:
     shards: str | None
     set_size: int | None
     set_error: str | None
-    cell_dir: Path
+    cell_dir: Path | UPath  # a local folder or a URL
     preset: str
     preset_overrides: tuple[str, ...]
     suite: str
@@ -192,7 +246,7 @@ def run_cell(job: CellJob) -> CellRecord:
         run_dir, eval_dir = job.cell_dir / "run", job.cell_dir / "eval"
         baseline = job.cell.set.kind == "baseline"
         info = ops.train(
-            Path(job.shards),
+            storage.location(job.shards),
             run_dir,
             job.preset,
             job.preset_overrides,
@@ -201,11 +255,11 @@ def run_cell(job: CellJob) -> CellRecord:
             job.cell.seed,
             job.device,
             supervised=baseline,
-            classnames=Path(job.classnames) if baseline and job.classnames else None,
+            classnames=storage.location(job.classnames) if baseline and job.classnames else None,
         )
         trained = time.perf_counter()
         records = ops.evaluate(
-            run_dir, job.cell.id, Path(job.suite), _opt_path(job.eval_config), job.eval_overrides, eval_dir
+            run_dir, job.cell.id, job.suite, _opt_path(job.eval_config), job.eval_overrides, eval_dir
         )
         done = time.perf_counter()
         rec = _record(
@@ -221,11 +275,11 @@ def run_cell(job: CellJob) -> CellRecord:
             records=records,
         )
         atomic_write_json(marker, asdict(rec))
-        (job.cell_dir / ERROR_FILE).unlink(missing_ok=True)
+        storage.remove(job.cell_dir / ERROR_FILE)
         return rec
     except Exception as exc:  # one failed cell is a row of the table, not the end of the ablation
         error = f"{type(exc).__name__}: {exc}"
-        job.cell_dir.mkdir(parents=True, exist_ok=True)
+        storage.ensure_dir(job.cell_dir)
         atomic_write_json(job.cell_dir / ERROR_FILE, {"error": error, "traceback": traceback.format_exc()})
         return _record(job, "failed", wall_s=round(time.perf_counter() - start, 3), error=error)
 
@@ -234,7 +288,7 @@ def _opt_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def cell_jobs(cells: list[Cell], sets: dict[str, SetInfo], cfg: AblationConfig, out: Path) -> list[CellJob]:
+def cell_jobs(cells: list[Cell], sets: dict[str, SetInfo], cfg: AblationConfig, out: Out) -> list[CellJob]:
     jobs = []
     for c in cells:
         info = sets[c.set.name]
@@ -308,14 +362,18 @@ def run_cells(jobs: list[CellJob], parallel: int) -> list[CellRecord]:
 
 
 def run_ablation(
-    cfg: AblationConfig, out: Path, report: bool = True, engine: Engine | None = None
+    cfg: AblationConfig, out: str | Out, report: bool = True, engine: Engine | None = None
 ) -> AblationResult:
     """Make the sets, run every cell, then write results.csv/.json and report.html.
 
     The sets' selection and resharding run on ``engine`` (a job's engine), else on the config's
     ``engine`` with ``workers``; training cells run ``parallel_cells`` at a time in this machine.
+    ``out`` may be a URL.
     """
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.location(out)
+    if storage.is_remote(out):
+        storage.check_bucket(out, write=True)
+    storage.ensure_dir(out)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     cells = expand_cells(cfg)
     log.info("ablation %s: %d cells -> %s", cfg.name, len(cells), out)
@@ -332,7 +390,7 @@ def run_ablation(
 
 
 class AblateInputs(ConfigModel):
-    out: Path = Path("ablation")
+    out: storage.Location = Field(storage.location("ablation"), description="Output folder or URL.")
 
 
 def run_ablate(inputs: AblateInputs, cfg: AblationConfig, engine: Engine | None = None) -> StageResult:

@@ -160,8 +160,8 @@ def reshard(
 
 
 def train(
-    shards: Path,
-    run_dir: Path,
+    shards: Any,  # a local path or a URL, as is run_dir
+    run_dir: Any,
     preset: str,
     preset_overrides: Sequence[str],
     mode: str,
@@ -169,7 +169,7 @@ def train(
     seed: int,
     device: str,
     supervised: bool = False,
-    classnames: Path | None = None,
+    classnames: Any = None,
 ) -> dict[str, Any]:
     """The ``train`` stage (or the finished run in ``run_dir``, reused); returns its ``run.json``."""
     from curation.core.stagedef import STAGES
@@ -184,14 +184,17 @@ def train(
 
 
 def evaluate(
-    run_dir: Path, label: str, suite: Path, eval_config: Path | None, overrides: Sequence[str], out: Path
+    run_dir: Any, label: str, suite: Any, eval_config: Path | None, overrides: Sequence[str], out: Any
 ) -> list[dict[str, Any]]:
-    """Zero-shot classification and retrieval of a finished run on the suite; writes ``out/results.jsonl``."""
+    """Zero-shot classification and retrieval of a finished run on the suite; writes ``out/results.jsonl``.
+
+    The run, the suite and ``out`` may be URLs (a suite there is copied to a local temp folder)."""
     from trainer.eval_config import load_eval_config
     from trainer.evaluate import evaluate_suite
     from trainer.evaluatees import load_evaluatee, resolve_source
-    from trainer.suites import load_suite
+    from trainer.suites import load_suite, local_suite
 
     cfg = load_eval_config(eval_config, list(overrides))
     source = resolve_source(str(run_dir), None, None, label)
-    return evaluate_suite(load_evaluatee(source, cfg), load_suite(suite), cfg, out)
+    with local_suite(suite) as suite_dir:
+        return evaluate_suite(load_evaluatee(source, cfg), load_suite(suite_dir), cfg, out)

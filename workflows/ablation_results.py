@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from upath import UPath
 
+from curation.core import storage
 from trainer.errors import EvalInputError
 from trainer.robustness import (
     MEAN_OF_SHIFTS,
@@ -53,7 +55,7 @@ def finished(cells: Sequence[CellRecord]) -> list[CellRecord]:
 
 def accuracy_table(cells: Sequence[CellRecord]) -> pd.DataFrame:
     """(model = cell id, dataset, acc1, role, samples) over every finished cell's classification records."""
-    frames = [records_to_table(c.records, base=Path(c.eval_dir or ".")) for c in finished(cells)]
+    frames = [records_to_table(c.records, base=storage.location(c.eval_dir or ".")) for c in finished(cells)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -88,7 +90,7 @@ def _accuracy_columns(
         row[f"acc_{s}"] = by_set[s]["metrics"]["acc1"]
     if present and len(present) == len(shifts):
         row["acc_shift_mean"] = float(np.mean([by_set[s]["metrics"]["acc1"] for s in shifts]))
-        files = [str(Path(rec.eval_dir or ".") / by_set[s]["samples"]) for s in shifts]
+        files = [str(storage.location(rec.eval_dir or ".") / by_set[s]["samples"]) for s in shifts]
         ci = mean_shift_ci(files, boot) if all(by_set[s].get("samples") for s in shifts) else None
         row["acc_shift_mean_ci_low"], row["acc_shift_mean_ci_high"] = ci or (None, None)
     for r in rec.records:
@@ -339,9 +341,9 @@ def mix_headlines(table: pd.DataFrame) -> list[MixHeadline]:
     return out
 
 
-def read_headlines(out: Path) -> list[str]:
+def read_headlines(out: str | Path | UPath) -> list[str]:
     """The headline sentences an ablation wrote to ``OUT/results.json`` (none before it has run)."""
-    summary = out / "results.json"
+    summary = storage.location(out) / "results.json"
     if not summary.exists():
         return []
-    return [h["text"] for h in json.loads(summary.read_text()).get("headlines", [])]
+    return [h["text"] for h in json.loads(storage.read_text(summary)).get("headlines", [])]

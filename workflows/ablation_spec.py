@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
+from upath import UPath
 
 from curation.core.config import ConfigModel
 
@@ -239,7 +240,7 @@ class CellRecord:
 
 @dataclass
 class AblationResult:
-    out: Path
+    out: Path | UPath  # a local folder or a URL
     cells: list[CellRecord]
     sets: dict[str, SetInfo]
 

@@ -8,10 +8,9 @@ shard by shard. This module also declares the demo's last stage, a card per cura
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 
+from curation.core import storage
 from curation.core.config import CONF_DIR, ConfigModel
 from curation.core.stagedef import NoConfig, StageDef, StageResult
 
@@ -19,10 +18,16 @@ DEMO_JOB = CONF_DIR / "pipelines" / "demo.yaml"
 
 
 class AblationCardsInputs(ConfigModel):
-    ablation: Path = Field(Path("ablation"), description="The ablation's output folder (sets/, cells/).")
-    sets: Path = Field(Path("sets"), description="Further sets (FOLDER/NAME/NAME.npy), e.g. hardmatch.")
-    pool: Path = Path("pool")
-    out: Path = Path("cards")
+    """Every folder may be a URL."""
+
+    ablation: storage.Location = Field(
+        storage.location("ablation"), description="The ablation's output folder (sets/, cells/)."
+    )
+    sets: storage.Location = Field(
+        storage.location("sets"), description="Further sets (FOLDER/NAME/NAME.npy), e.g. hardmatch."
+    )
+    pool: storage.Location = storage.location("pool")
+    out: storage.Location = storage.location("cards")
 
 
 def run_ablation_cards(inputs: AblationCardsInputs, cfg: NoConfig, engine: object = None) -> StageResult:
@@ -31,10 +36,12 @@ def run_ablation_cards(inputs: AblationCardsInputs, cfg: NoConfig, engine: objec
     from curation.cards.data import load_card_data
     from curation.core.pool import Pool
 
-    subsets = sorted((inputs.ablation / "sets").glob("*/subset.npy")) + sorted(inputs.sets.glob("*/*.npy"))
+    subsets = storage.list_files(inputs.ablation / "sets", "*/subset.npy")
+    subsets += storage.list_files(inputs.sets, "*/*.npy")
+    cells = storage.list_files(inputs.ablation / "cells", "*/eval/results.jsonl")  # one listing
     for subset in subsets:
         name = subset.parent.name
-        results = sorted((inputs.ablation / "cells").glob(f"{name}__*/eval/results.jsonl"))
+        results = [r for r in cells if r.parent.parent.name.startswith(f"{name}__")]
         data = load_card_data(subset, inputs.pool, results, name=name)
         write_card(data, Pool(inputs.pool), inputs.out / name)
     return StageResult({"cards": [s.parent.name for s in subsets], "out": str(inputs.out)})

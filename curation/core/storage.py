@@ -322,3 +322,51 @@ def check_bucket(loc: str | os.PathLike[str] | UPath, write: bool = False) -> No
                 probe.fs.rm_file(probe.path)
             except PermissionError as exc:
                 raise StorageError(f"cannot write to {url(loc)}: {describe(exc)}") from None
+
+
+# --- a command for readers that open shards by command (webdataset's ``pipe:`` URLs) -----------------
+
+
+def pipe_url(loc: str | os.PathLike[str] | UPath) -> str:
+    """A webdataset ``pipe:`` URL streaming ``loc`` (it may be a brace pattern, expanded by webdataset
+    before the shell sees it) through :func:`main`; the credentials come from the environment."""
+    import shlex
+    import sys
+
+    return f"pipe:{shlex.quote(sys.executable)} -m curation.core.storage cat {shlex.quote(url(loc))}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m curation.core.storage cat URL...``: write the objects to stdout, one after another.
+
+    What webdataset's ``pipe:`` URLs (and open_clip_train's ``--train-data``) run to read shards on
+    object storage. A reader that stops early (webdataset closes a shard's pipe after its last
+    sample) ends it with status 141, as ``cat`` killed by SIGPIPE, which webdataset ignores.
+    """
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2 or args[0] != "cat":
+        print("usage: python -m curation.core.storage cat URL [URL...]", file=sys.stderr)
+        return 2
+    configure_from_env()
+    out = sys.stdout.buffer
+    for text in args[1:]:
+        loc = location(text)
+        try:
+            with storage_errors(loc, "read"), loc.open("rb") as f:
+                shutil.copyfileobj(f, out, 4 << 20)
+            out.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # nothing left to flush at exit
+            return 141
+        except OSError as exc:
+            print(redact(f"cannot read {url(loc)}: {describe(exc)}"), file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
