@@ -83,24 +83,24 @@ def evaluate(
     label: Annotated[
         str | None, typer.Option("--label", help="Name for this model in results and plots.")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output dir (default RUN/eval/SUITE).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Output dir or URL (default RUN/eval/SUITE).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, ...")] = None,
     linear_probe: Annotated[bool, typer.Option("--linear-probe", help="Also fit a linear probe.")] = False,
     baseline: BaselineOpt = None,
     clip_benchmark: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--clip-benchmark",
             help="Also write the results in CLIP_benchmark's layout here (one JSON per dataset x task).",
-            file_okay=False,
         ),
     ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Zero-shot classification and retrieval of one model on a suite; ER too if --baseline is given."""
+    from curation.core import storage
     from curation.core.stagedef import STAGES
     from trainer.robustness import load_accuracy_table, records_to_table
     from trainer.robustness_report import report_robustness
@@ -115,7 +115,7 @@ def evaluate(
         baseline_table = load_accuracy_table(baseline) if baseline else None
         given = {**inputs, "label": label, "clip_benchmark": clip_benchmark}
         summary = stage.run(stage.make_inputs(given), cfg, None).summary
-        out_dir = Path(summary["out"])
+        out_dir = storage.location(summary["out"])
         if baseline_table is not None:
             report_robustness(
                 records_to_table(summary["records"], base=out_dir),

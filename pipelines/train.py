@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -56,7 +55,7 @@ def train_cmd(
         bool, typer.Option("--supervised", help="Image tower + linear head on KEY.cls (no language).")
     ] = False,
     classnames: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--classnames", help="Class names for --supervised (default: beside the shards)."),
     ] = None,
     device: DeviceOpt = "auto",
