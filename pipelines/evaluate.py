@@ -83,7 +83,9 @@ def evaluate(
     label: Annotated[
         str | None, typer.Option("--label", help="Name for this model in results and plots.")
     ] = None,
-    out: Annotated[str | None, typer.Option("--out", help="Output dir or URL (default RUN/eval/SUITE).")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Output dir or URL (default RUN/eval/SUITE).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, ...")] = None,
