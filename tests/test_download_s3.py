@@ -1,0 +1,280 @@
+"""curate download with the crawl and the pool on object storage (moto's S3 server on 127.0.0.1).
+
+The same small crawl (tests/test_download.py's 127.0.0.1 image server) is downloaded once into a
+local pool and once, through the stage's run function, from ``s3://bucket/crawl/`` into
+``s3://bucket/pool``: the pools hold the same files, with the same rows, tar members and attribute
+bytes. What differs by nature: timings (img2dataset's ``NNNNN_stats.json``, the ``_done`` markers,
+``download_seconds`` in the stats, robots.txt fetch times), the crawl's location recorded in the plan
+(``parts[].file``) and img2dataset's log (it prints its own paths and timings). Then a rerun after a
+simulated kill on s3, a retry pass, and ``memory://`` (the plan and the accounting; a real fetch
+there is refused, img2dataset writes from worker processes).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.core import storage
+from curation.core.config import load_config
+from curation.core.io import read_json
+from curation.core.pool import Pool
+from curation.core.stats import Funnel
+from curation.download import DownloadConfig, download_crawl, download_stats, retry_failed
+from curation.download import run as run_module
+from curation.download.fetch import Img2datasetConfigError, run_img2dataset
+from curation.download.stage import DownloadInputs, run_download
+from curation.engines import get_engine
+from tests.s3kit import S3, SECRET, aws_env
+from tests.test_download import _url, server, uses_download  # noqa: F401  (server: the 127.0.0.1 fixture)
+
+KINDS = [("img", 11), ("png", 2), ("tiny", 1), ("404", 2), ("500", 2), ("blocked", 1), ("invalid", 1)]
+SETTINGS = [
+    "number_sample_per_shard=10",
+    "url_policy.allow_hosts=[127.0.0.1]",
+    "image.min_image_size=8",
+    "downloader.processes_count=1",
+    "downloader.thread_count=4",
+    "downloader.timeout=10",
+    "columns.carry=[kind]",
+    "retry.max_attempts=3",
+]
+TIMED = {"_done", "_stats"}  # per-unit files that carry times
+IMG2DATASET_LOG = "_download/img2dataset.log"
+
+
+def _config() -> DownloadConfig:
+    return load_config(DownloadConfig, None, SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def crawl(server, tmp_path_factory) -> Path:  # noqa: F811
+    rows = [
+        {"url": _url(server, kind, i), "text": f"a photo of {kind} {i}", "source": ["web", "forum"][i % 2],
+         "kind": kind}
+        for kind, count in KINDS
+        for i in range(count)
+    ]  # fmt: skip
+    path = tmp_path_factory.mktemp("crawl") / "crawl.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_pool(crawl, tmp_path_factory) -> Path:
+    pool = tmp_path_factory.mktemp("local") / "pool"
+    report = download_crawl(crawl, pool, _config())
+    assert not report.failed
+    return pool
+
+
+def local_files(pool: Path) -> dict[str, bytes]:
+    return {p.relative_to(pool).as_posix(): p.read_bytes() for p in sorted(pool.rglob("*")) if p.is_file()}
+
+
+def s3_files(s3, prefix: str) -> dict[str, bytes]:
+    fs = s3.fs()
+    return {k[len(prefix) + 1 :]: fs.cat_file(f"{s3.bucket}/{k}") for k in s3.keys(prefix)}
+
+
+def tar_members(data: bytes) -> dict[str, bytes]:
+    """Member name -> bytes (tar headers carry write times, which differ between runs)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+def table(data: bytes, key: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(data)).sort_by(key)
+
+
+def timeless_stats(data: bytes) -> list[dict]:
+    stages = json.loads(data)["stages"]
+    for s in stages:
+        s["extra"] = {k: v for k, v in s.get("extra", {}).items() if "seconds" not in k}
+    return stages
+
+
+def assert_same_pool(ours: dict[str, bytes], ref: dict[str, bytes]) -> None:
+    """The s3 pool ``ours`` holds what the local pool ``ref`` holds (see the module docstring)."""
+    assert sorted(ours) == sorted(ref)
+    shards = sorted(n.removesuffix(".tar") for n in ref if n.endswith(".tar"))
+    assert len(shards) == 2
+    for name, want in ref.items():
+        got = ours[name]
+        top = name.split("/")[0]
+        if name.endswith(".tar"):
+            assert tar_members(got) == tar_members(want), name
+        elif name.removesuffix(".parquet") in shards:  # img2dataset writes rows in the order they finish
+            assert table(got, "key").equals(table(want, "key")), name
+        elif name.endswith("_stats.json") and "/" not in name:  # img2dataset's per-shard stats: timings
+            a, b = json.loads(got), json.loads(want)
+            assert (a["count"], a["successes"]) == (b["count"], b["successes"]), name
+        elif top == "_stats":
+            assert timeless_stats(got) == timeless_stats(want), name
+        elif top == "_done" or name == IMG2DATASET_LOG:
+            continue
+        elif name == "_download/plan.json":
+            a, b = json.loads(got), json.loads(want)
+            for plan in (a, b):
+                for part in plan["parts"]:
+                    part.pop("file")  # where the crawl was read from
+            assert a == b
+        elif name == "_download/robots.json":
+            a, b = json.loads(got), json.loads(want)
+            assert a.keys() == b.keys()
+            assert all({**a[k], "fetched_at": 0} == {**b[k], "fetched_at": 0} for k in a)
+        else:  # input and rejected rows, the download verdicts: the same bytes
+            assert got == want, name
+
+
+def assert_clean(s3) -> None:
+    """No object in the bucket holds the secret, and none is left over from an unfinished write."""
+    keys = s3.keys()
+    for key in keys:
+        assert SECRET.encode() not in s3.fs().cat_file(f"{s3.bucket}/{key}"), key
+    leftovers = [k for k in keys if k.split("/")[1] in ("_tmp", "_pending", ".staging", "_write_probe")]
+    assert not leftovers
+
+
+@pytest.fixture(scope="module")
+def bucket(moto_server):
+    """One bucket (and the AWS environment pointing at the server) for the module's downloads."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in aws_env(moto_server).items():
+            mp.setenv(key, value)
+        storage.reset_clients()
+        s3 = S3(moto_server, f"download-{uuid.uuid4().hex[:12]}")
+        s3.fs().mkdir(s3.bucket)
+        yield s3
+    storage.reset_clients()
+
+
+@pytest.fixture(scope="module")
+def s3_pool(bucket, crawl, local_pool) -> str:
+    """The crawl uploaded into the bucket (a folder of one file), downloaded by the stage to s3."""
+    storage.upload_dir(crawl.parent, f"{bucket.url}/crawl")
+    inputs = DownloadInputs(crawl=f"{bucket.url}/crawl", out=f"{bucket.url}/pool")
+    eng = get_engine("local")
+    try:
+        result = run_download(inputs, _config(), eng)
+    finally:
+        eng.close()
+    assert not any(r.failed for r in result.reports)
+    return "pool"
+
+
+def copy_of(s3, prefix: str, name: str) -> str:
+    """A copy of the pool under ``prefix``, for a test that changes it (server-side copies)."""
+    fs = s3.fs()
+    for key in s3.keys(prefix):
+        fs.copy(f"{s3.bucket}/{key}", f"{s3.bucket}/{name}/{key[len(prefix) + 1 :]}")
+    return name
+
+
+@uses_download
+def test_a_pool_on_s3_holds_what_a_local_pool_holds(bucket, s3_pool, local_pool):
+    url = f"{bucket.url}/{s3_pool}"
+    assert str(DownloadInputs(out=url).out) == url and storage.is_remote(url)
+    assert_same_pool(s3_files(bucket, s3_pool), local_files(local_pool))
+    assert_clean(bucket)
+    funnel = Funnel([download_stats(url)])
+    funnel.check()
+    assert funnel.stages[0].total.to_dict() == download_stats(local_pool).total.to_dict()
+    pool = Pool(url)  # the pool reads back through the storage layer
+    assert pool.shard_ids() == ["00000", "00001"]
+    verdicts = pool.read_attributes("download").sort_by("uid")
+    assert verdicts.equals(Pool(local_pool).read_attributes("download").sort_by("uid"))
+    # a rerun fetches nothing and writes nothing
+    before = s3_files(bucket, s3_pool)
+    report = download_crawl(f"{bucket.url}/crawl", url, _config())
+    assert {o.status for o in report.outcomes} == {"skipped"}
+    assert s3_files(bucket, s3_pool) == before
+
+
+@uses_download
+def test_a_rerun_after_a_kill_redoes_the_unfinished_shard_and_leaves_no_stray_object(
+    bucket, s3_pool, local_pool
+):
+    name = copy_of(bucket, s3_pool, "killed")
+    fs, root = bucket.fs(), f"{bucket.bucket}/{name}"
+    # what a kill inside shard 00001 leaves: no img2dataset stats, no accounting marker, a torn tar,
+    # img2dataset's shard input, a commit intent with the objects it was about to write
+    for file in ("00001_stats.json", "_done/download-00001.done", "_stats/download-00001.json"):
+        fs.rm_file(f"{root}/{file}")
+    fs.pipe_file(f"{root}/00001.tar", fs.cat_file(f"{root}/00001.tar")[:700])
+    fs.pipe_file(f"{root}/_tmp/1.feather", b"img2dataset's shard input")
+    fs.pipe_file(f"{root}/attributes/download/stray.parquet", b"half")
+    intent = {"shard": "download-00001", "objects": ["attributes/download/stray.parquet"]}
+    fs.pipe_file(f"{root}/_pending/download-00001.json", json.dumps(intent).encode())
+    report = download_crawl(f"{bucket.url}/crawl", f"{bucket.url}/{name}", _config())
+    assert {o.shard: o.status for o in report.outcomes if o.status != "skipped"} == {"download-00001": "done"}
+    assert_same_pool(s3_files(bucket, name), local_files(local_pool))
+    assert_clean(bucket)
+
+
+@uses_download
+def test_retry_failed_on_s3_fetches_the_5xx_again_and_keeps_one_verdict_per_row(bucket, s3_pool):
+    url = f"{bucket.url}/{copy_of(bucket, s3_pool, 'retried')}"
+    before = download_stats(url)
+    assert before.total.dropped["http_5xx"] == 2
+    report = retry_failed(url, _config())
+    assert not report.failed
+    plan = read_json(f"{url}/_download/plan.json")
+    assert [p["kind"] for p in plan["parts"]] == ["crawl", "retry"]
+    after = download_stats(url)
+    Funnel([after]).check()
+    assert after.total.to_dict() == before.total.to_dict()  # still 500: the same verdicts, counted once
+    assert Pool(url).shard_ids() == ["00000", "00001", "00002"]
+    verdicts = Pool(url).read_attributes("download")
+    assert verdicts.num_rows == len(set(verdicts["uid"].to_pylist())) == before.total.seen
+    assert_clean(bucket)
+
+
+# --------------------------------------------------------------------------------------------
+# memory:// (one process): the plan and the accounting; img2dataset itself is refused there
+
+
+def _fake_img2dataset(args: dict, pending: dict[str, int], log_file, settings=None) -> None:
+    """What img2dataset writes for a shard, through fsspec: every url a 404."""
+    pool = storage.location(args["output_folder"])
+    for shard in pending:
+        part = storage.location(args["url_list"]) / "00000.parquet"
+        with part.open("rb") as f:
+            sent = pq.ParquetFile(f).read_row_group(int(shard)).to_pylist()
+        rows = [
+            {"key": f"{int(shard) * 10 + i:06d}", "url": r["url"], "caption": r["caption"], "uid": r["uid"],
+             "source": r["source"], "status": "failed_to_download", "error_message": "HTTP Error 404"}
+            for i, r in enumerate(sent)
+        ]  # fmt: skip
+        storage.write_bytes(pool / f"{shard}.parquet", storage.parquet_bytes(pa.Table.from_pylist(rows)))
+        storage.write_bytes(pool / f"{shard}_stats.json", json.dumps({"duration": 0.1}).encode())
+
+
+def test_plan_and_accounting_work_on_memory_urls(crawl, monkeypatch):
+    root = "memory://download-test"
+    storage.remove(root, recursive=True)
+    storage.write_bytes(f"{root}/crawl.parquet", crawl.read_bytes())
+    monkeypatch.setattr(run_module, "run_img2dataset", _fake_img2dataset)
+    report = download_crawl(f"{root}/crawl.parquet", f"{root}/pool", _config())
+    (stage,) = report.stats
+    assert (stage.total.seen, stage.total.kept) == (20, 0)
+    assert dict(stage.total.dropped) == {"http_404": 18, "blocked_url": 1, "invalid_url": 1}
+    assert [p.name for p in run_module.stats_files(f"{root}/pool")] == [
+        "download-00000.json", "download-00001.json", "download-rejected-00000.json",
+    ]  # fmt: skip
+    again = download_crawl(f"{root}/crawl.parquet", f"{root}/pool", _config())
+    assert {o.status for o in again.outcomes} == {"skipped"}
+    storage.remove(root, recursive=True)
+
+
+def test_img2dataset_into_memory_is_refused_with_a_clear_error():
+    args = {"output_folder": "memory://nowhere/pool", "url_list": "memory://nowhere/pool/_download/input"}
+    with pytest.raises(Img2datasetConfigError, match="memory:// lives inside one process"):
+        run_img2dataset(args, {"00000": 1}, None)
