@@ -278,3 +278,51 @@ def test_img2dataset_into_memory_is_refused_with_a_clear_error():
     args = {"output_folder": "memory://nowhere/pool", "url_list": "memory://nowhere/pool/_download/input"}
     with pytest.raises(Img2datasetConfigError, match="memory:// lives inside one process"):
         run_img2dataset(args, {"00000": 1}, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Spark and Ray: img2dataset's pyspark and ray distributors write into s3, the accounting runs there
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", [pytest.param("spark", marks=pytest.mark.spark), pytest.param("ray", marks=pytest.mark.ray)]
+)
+def test_spark_and_ray_download_into_s3_what_the_local_engine_downloads(name, bucket, s3_pool, local_pool):
+    eng = get_engine(name, workers=2)
+    try:
+        report = download_crawl(f"{bucket.url}/crawl", f"{bucket.url}/{name}", _config(), eng)
+    finally:
+        eng.close()
+    assert not report.failed
+    assert_same_pool(s3_files(bucket, name), local_files(local_pool))
+    assert_clean(bucket)
+
+
+@pytest.mark.slow
+def test_the_stage_serves_a_local_synthetic_web_and_downloads_it_into_s3(bucket, tmp_path):
+    from curation.core.config import CONF_DIR
+    from curation.synth import SynthConfig, generate
+
+    sets = ["n_pairs=40", "workers=1", "suite.per_class=1", "suite.retrieval_pairs=1", "seed_set.n=1",
+            "imagenet.per_class=1"]  # fmt: skip
+    generate(load_config(SynthConfig, CONF_DIR / "synth" / "default.yaml", sets), tmp_path / "synth")
+    storage.upload_dir(tmp_path / "synth", f"{bucket.url}/synth")  # the crawl on s3, the web served locally
+    inputs = DownloadInputs(
+        crawl=f"{bucket.url}/synth/crawl.parquet", out=f"{bucket.url}/served", serve=tmp_path / "synth"
+    )
+    cfg = load_config(
+        DownloadConfig, CONF_DIR / "download" / "synthetic.yaml", ["downloader.processes_count=1"]
+    )
+    eng = get_engine("local")
+    try:
+        (report,) = run_download(inputs, cfg, eng).reports
+    finally:
+        eng.close()
+    truth = pq.read_table(tmp_path / "synth" / "ground_truth.parquet").to_pylist()
+    (stage,) = report.stats
+    assert (stage.total.seen, stage.total.kept) == (len(truth), sum(t["downloadable"] for t in truth))
+    assert not list(tmp_path.glob("*.crawl_local.parquet"))
+    keys = bucket.keys()
+    assert not [k for k in keys if "crawl_local" in k]  # the rebased crawl was a local temp file
+    assert_clean(bucket)
