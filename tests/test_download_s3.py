@@ -242,35 +242,61 @@ def test_retry_failed_on_s3_fetches_the_5xx_again_and_keeps_one_verdict_per_row(
 
 
 def _fake_img2dataset(args: dict, pending: dict[str, int], log_file, settings=None) -> None:
-    """What img2dataset writes for a shard, through fsspec: every url a 404."""
-    pool = storage.location(args["output_folder"])
-    for shard in pending:
-        part = storage.location(args["url_list"]) / "00000.parquet"
+    """What img2dataset writes for the pending shards, through fsspec (input files in sorted order,
+    one shard per row group): /404/ and /500/ urls fail with their HTTP error, the others succeed."""
+    pool, number = storage.location(args["output_folder"]), 0
+    for part in storage.list_files(args["url_list"], "*.parquet"):
         with part.open("rb") as f:
-            sent = pq.ParquetFile(f).read_row_group(int(shard)).to_pylist()
-        rows = [
-            {"key": f"{int(shard) * 10 + i:06d}", "url": r["url"], "caption": r["caption"], "uid": r["uid"],
-             "source": r["source"], "status": "failed_to_download", "error_message": "HTTP Error 404"}
-            for i, r in enumerate(sent)
-        ]  # fmt: skip
-        storage.write_bytes(pool / f"{shard}.parquet", storage.parquet_bytes(pa.Table.from_pylist(rows)))
-        storage.write_bytes(pool / f"{shard}_stats.json", json.dumps({"duration": 0.1}).encode())
+            file = pq.ParquetFile(f)
+            groups = [file.read_row_group(i) for i in range(file.num_row_groups)]
+        for sent in (g.to_pylist() for g in groups if g.num_rows):
+            shard, number = f"{number:05d}", number + 1
+            if shard not in pending:
+                continue
+            rows = []
+            for i, r in enumerate(sent):
+                code = next((c for c in ("404", "500") if f"/{c}/" in r["url"]), None)
+                error = f"HTTP Error {code}" if code else None
+                rows.append(
+                    {"key": f"{int(shard) * 10 + i:06d}", "url": r["url"], "caption": r["caption"],
+                     "uid": r["uid"], "source": r["source"], "error_message": error,
+                     "status": "failed_to_download" if code else "success"}
+                )  # fmt: skip
+            storage.write_bytes(pool / f"{shard}.parquet", storage.parquet_bytes(pa.Table.from_pylist(rows)))
+            storage.write_bytes(pool / f"{shard}_stats.json", json.dumps({"duration": 0.1}).encode())
 
 
-def test_plan_and_accounting_work_on_memory_urls(crawl, monkeypatch):
+def test_download_retry_and_append_work_on_memory_urls(crawl, server, monkeypatch):  # noqa: F811
     root = "memory://download-test"
     storage.remove(root, recursive=True)
     storage.write_bytes(f"{root}/crawl.parquet", crawl.read_bytes())
     monkeypatch.setattr(run_module, "run_img2dataset", _fake_img2dataset)
-    report = download_crawl(f"{root}/crawl.parquet", f"{root}/pool", _config())
+    pool = f"{root}/pool"
+    report = download_crawl(f"{root}/crawl.parquet", pool, _config())
     (stage,) = report.stats
-    assert (stage.total.seen, stage.total.kept) == (20, 0)
-    assert dict(stage.total.dropped) == {"http_404": 18, "blocked_url": 1, "invalid_url": 1}
-    assert [p.name for p in run_module.stats_files(f"{root}/pool")] == [
+    assert (stage.total.seen, stage.total.kept) == (20, 14)
+    assert dict(stage.total.dropped) == {"http_404": 2, "http_5xx": 2, "blocked_url": 1, "invalid_url": 1}
+    assert [p.name for p in run_module.stats_files(pool)] == [
         "download-00000.json", "download-00001.json", "download-rejected-00000.json",
     ]  # fmt: skip
-    again = download_crawl(f"{root}/crawl.parquet", f"{root}/pool", _config())
+    again = download_crawl(f"{root}/crawl.parquet", pool, _config())
     assert {o.status for o in again.outcomes} == {"skipped"}
+    # --retry-failed: the two 5xx rows are fetched again as shard 00002 (still 500: the same verdicts)
+    retried = retry_failed(pool, _config())
+    assert not retried.failed and download_stats(pool).total.to_dict() == stage.total.to_dict()
+    assert [p["kind"] for p in read_json(f"{pool}/_download/plan.json")["parts"]] == ["crawl", "retry"]
+    # --append: a later crawl slice, two of whose rows the pool has, becomes shard 00003
+    old = pq.read_table(crawl).slice(0, 2).to_pylist()
+    new = [{"url": _url(server, "img", 100 + i), "text": f"new {i}", "source": "web", "kind": "img"}
+           for i in range(3)]  # fmt: skip
+    storage.write_bytes(f"{root}/slice/crawl.parquet", storage.parquet_bytes(pa.Table.from_pylist(old + new)))
+    appended = download_crawl(f"{root}/slice", pool, _config(), append=True)
+    assert not appended.failed
+    after = download_stats(pool)
+    assert (after.total.seen, after.total.kept) == (23, 17)
+    assert Pool(pool).shard_ids() == ["00000", "00001", "00002", "00003"]
+    verdicts = Pool(pool).read_attributes("download")
+    assert verdicts.num_rows == len(set(verdicts["uid"].to_pylist())) == 23
     storage.remove(root, recursive=True)
 
 

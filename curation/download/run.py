@@ -41,6 +41,7 @@ IMG2DATASET_TMP = "_tmp"  # img2dataset's per-shard inputs (feather); it removes
 
 def stats_files(pool: Path) -> list[Path]:
     """The download's per-unit stats (runner layout, ``{"stages": [StageStats]}``) in the pool."""
+    forget_listings(pool)  # Spark or Ray workers may have written them
     return storage.list_files(storage.location(pool) / "_stats", f"{UNIT_PREFIX}*.json")
 
 
@@ -126,16 +127,15 @@ def _fetch_and_account(pool: Path, plan: DownloadPlan, cfg: DownloadConfig, eng:
     storage each appears whole when its upload completes), then ``NNNNN_stats.json``; the accounting
     unit's objects, stats and ``_done`` marker come after. A shard without its ``_stats.json`` is
     pending: its accounting marker and whatever an interrupted attempt left of it are deleted before
-    img2dataset writes it again, so no stray object survives a killed run.
+    img2dataset writes it again (and once more if img2dataset gives up on it), so no stray object
+    survives a killed or failed run.
     """
-    forget_listings(pool)
-    finished = {p.name.removesuffix("_stats.json") for p in storage.list_files(pool, "*_stats.json")}
+    finished = finished_shards(pool)
     pending = {s: plan.shard_rows(s) for s in plan.shard_ids() if s not in finished}
     job = DownloadAccounting(pool, plan)
     for shard in pending:  # a shard img2dataset (re)downloads must be accounted for again
         storage.remove(marker_path(job.output_dir(), unit_name(shard)))
-        for leftover in SHARD_FILES:
-            storage.remove(pool / leftover.format(shard=shard))
+        _remove_shard_files(pool, shard)
     if pending:
         d = cfg.downloader
         log.info(
@@ -149,13 +149,26 @@ def _fetch_and_account(pool: Path, plan: DownloadPlan, cfg: DownloadConfig, eng:
             img2dataset_arguments(input_dir(pool), pool, cfg), pending, log_file, guard_settings(cfg)
         )
         storage.remove(pool / IMG2DATASET_TMP, recursive=True)  # img2dataset leaves it on s3
-        forget_listings(pool)
+        finished = finished_shards(pool)
+        for shard in sorted(pending.keys() - finished):  # given up on: what a failed attempt left goes too
+            _remove_shard_files(pool, shard)
     else:
         log.info("all %d shards of %s are downloaded already; nothing to fetch", len(plan.shard_ids()), pool)
     report = run_job(job, eng, retries=0)
     if not report.failed:
         _check_every_row_counted(report, plan)
     return report
+
+
+def finished_shards(pool: Path) -> set[str]:
+    """Shards img2dataset finished (its ``NNNNN_stats.json``, written last), from one fresh listing."""
+    forget_listings(pool)  # img2dataset's workers write from other processes
+    return {p.name.removesuffix("_stats.json") for p in storage.list_files(pool, "*_stats.json")}
+
+
+def _remove_shard_files(pool: Path, shard: str) -> None:
+    for name in SHARD_FILES:
+        storage.remove(storage.location(pool) / name.format(shard=shard))
 
 
 def _check_not_all_blocked(plan: DownloadPlan, pool: Path, cfg: DownloadConfig) -> None:
