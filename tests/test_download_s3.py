@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 import uuid
 from pathlib import Path
 
@@ -216,6 +221,50 @@ def test_a_rerun_after_a_kill_redoes_the_unfinished_shard_and_leaves_no_stray_ob
     report = download_crawl(f"{bucket.url}/crawl", f"{bucket.url}/{name}", _config())
     assert {o.shard: o.status for o in report.outcomes if o.status != "skipped"} == {"download-00001": "done"}
     assert_same_pool(s3_files(bucket, name), local_files(local_pool))
+    assert_clean(bucket)
+
+
+@uses_download
+def test_sigkill_mid_download_into_s3_then_the_same_call_gives_the_local_pool_and_no_stray_object(
+    bucket, s3_pool, local_pool
+):
+    import fsspec
+
+    pool = f"{bucket.url}/sigkill"
+    script = (
+        "from curation.core.config import load_config\n"
+        "from curation.download import DownloadConfig, download_crawl\n"
+        f"cfg = load_config(DownloadConfig, None, {SETTINGS!r})\n"
+        f"download_crawl({bucket.url + '/crawl'!r}, {pool!r}, cfg)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    fresh = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
+
+    def finished() -> list[str]:
+        try:
+            return fresh.glob(f"{bucket.bucket}/sigkill/*_stats.json")
+        except FileNotFoundError:  # nothing under the prefix yet
+            return []
+
+    deadline = time.monotonic() + 240
+    try:  # kill the whole process group (img2dataset's workers too) once the first shard is written
+        while not finished():
+            assert proc.poll() is None, (proc.stderr.read() if proc.stderr else "")[-3000:]
+            assert time.monotonic() < deadline, "no shard finished in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not fresh.exists(f"{bucket.bucket}/sigkill/_done/download-00001.done")
+    report = download_crawl(f"{bucket.url}/crawl", pool, _config())
+    assert not report.failed
+    assert_same_pool(s3_files(bucket, "sigkill"), local_files(local_pool))
     assert_clean(bucket)
 
 
