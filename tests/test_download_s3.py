@@ -286,6 +286,16 @@ def test_retry_failed_on_s3_fetches_the_5xx_again_and_keeps_one_verdict_per_row(
     assert_clean(bucket)
 
 
+def test_a_missing_bucket_is_one_clear_error_naming_the_url_before_any_work(bucket):
+    with pytest.raises(storage.StorageError, match=r"s3://no-such-bucket-h30/crawl\.parquet") as crawl_error:
+        download_crawl("s3://no-such-bucket-h30/crawl.parquet", f"{bucket.url}/never", _config())
+    with pytest.raises(storage.StorageError, match="s3://no-such-bucket-h30/pool") as pool_error:
+        retry_failed("s3://no-such-bucket-h30/pool", _config())
+    assert SECRET not in str(crawl_error.value) + str(pool_error.value)
+    keys = bucket.keys()
+    assert not [k for k in keys if k.startswith("never/")]
+
+
 # --------------------------------------------------------------------------------------------
 # memory:// (one process): the plan and the accounting; img2dataset itself is refused there
 
