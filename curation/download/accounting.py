@@ -29,13 +29,21 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from curation.core import storage
 from curation.core.io import atomic_write_parquet, read_json
 from curation.core.runner import ShardJob
 from curation.core.stats import StageStats
 from curation.download.failures import NOT_RECORDED, SUCCESS, failure_reasons
-from curation.download.plan import RETRY, DownloadPlan, download_dir, input_dir, part_uids, rejected_path
+from curation.download.objects import forget_listings, read_row_group
+from curation.download.plan import (
+    RETRY,
+    DownloadPlan,
+    download_dir,
+    input_dir,
+    part_uids,
+    rejected_path,
+)
 from curation.download.watchdog import shard_failures
 
 STAGE = "download"
@@ -68,7 +76,7 @@ class DownloadAccounting(ShardJob):
     name = STAGE
 
     def __init__(self, pool: Path, plan: DownloadPlan) -> None:
-        self.pool = Path(pool)
+        self.pool = storage.location(pool)
         self.plan = plan
         self._superseded: dict[int, pa.Array] = {}
 
@@ -80,6 +88,7 @@ class DownloadAccounting(ShardJob):
         return self.pool
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
+        forget_listings(self.pool)  # img2dataset's workers wrote the shard from other processes
         name = shard.removeprefix(UNIT_PREFIX)
         if name.startswith(REJECTED_PREFIX):
             index = int(name.removeprefix(REJECTED_PREFIX))
@@ -116,7 +125,7 @@ class DownloadAccounting(ShardJob):
                 f"img2dataset did not finish shard {shard}{f' ({why})' if why else ''} "
                 f"(see {download_dir(self.pool)}/img2dataset.log); rerun the same command to retry it"
             )
-        rows = pq.read_table(self.pool / f"{shard}.parquet", columns=ROW_SCHEMA.names).cast(ROW_SCHEMA)
+        rows = storage.read_parquet(self.pool / f"{shard}.parquet", columns=ROW_SCHEMA.names).cast(ROW_SCHEMA)
         expected = self.plan.shard_rows(shard)
         if rows.num_rows > expected:
             raise RuntimeError(f"shard {shard} has {rows.num_rows} rows but only {expected} urls were sent")
@@ -141,7 +150,7 @@ class DownloadAccounting(ShardJob):
     def _not_recorded(self, shard: str, rows: pa.Table) -> pa.Table:
         """Input rows of ``shard`` that img2dataset's parquet lacks, as failed rows."""
         part, group = self.plan.locate(shard)
-        sent = pq.ParquetFile(input_dir(self.pool) / f"{part.index:05d}.parquet").read_row_group(group)
+        sent = read_row_group(input_dir(self.pool) / f"{part.index:05d}.parquet", group)
         digits = math.ceil(math.log10(self.plan.number_sample_per_shard))  # as img2dataset's compute_key
         seen = {int(k) % 10**digits for k in rows["key"].to_pylist()}
         missing = [i for i in range(sent.num_rows) if i not in seen]
@@ -161,7 +170,7 @@ class DownloadAccounting(ShardJob):
         )
 
     def _rejected(self, index: int) -> pa.Table:
-        rows = pq.read_table(rejected_path(self.pool, index))
+        rows = storage.read_parquet(rejected_path(self.pool, index))
         return pa.table(
             {
                 "uid": rows["uid"],

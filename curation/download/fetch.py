@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,8 +34,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from curation.core import storage
 from curation.core.config import ConfigError
 from curation.download.config import DownloadConfig
+from curation.download.objects import forget_listings
 from curation.download.watchdog import shard_failures
 from curation.engines.cluster import PROJECT_ENV
 
@@ -159,16 +162,25 @@ def run_img2dataset(
 
     ``settings`` (:func:`guard_settings`) puts the header check, redirect policy, body cap and the
     worker watchdog around img2dataset.
+
+    The output folder may be a URL: img2dataset's workers write its objects through fsspec
+    (``log_file`` too may be a URL: img2dataset's output is then appended to it when it returns).
     """
+    pool = storage.location(arguments["output_folder"])
+    if pool.protocol == "memory":
+        raise Img2datasetConfigError(
+            f"{pool}: memory:// lives inside one process, and img2dataset writes from worker processes; "
+            "download into a local folder or onto object storage (s3://, gs://, ...)"
+        )
     download = img2dataset_download()
-    pool = Path(arguments["output_folder"])
     counts = ShardCounts()
     previous_sigint = signal.getsignal(signal.SIGINT)  # img2dataset installs one that exits 0
     started = time.perf_counter()
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_storage_env())
             if log_file is not None:
-                terminal = stack.enter_context(output_to_file(log_file))
+                terminal = stack.enter_context(output_to_file(stack.enter_context(local_log(log_file))))
                 on_shard = stack.enter_context(_terminal_view(terminal, pending))
             else:
                 on_shard = _log_line(len(pending))
@@ -184,10 +196,44 @@ def run_img2dataset(
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
     _log_throughput(counts, time.perf_counter() - started, log_file)
+    forget_listings(pool)  # its workers wrote from other processes
     for shard, reason in shard_failures(pool).items():
         if shard in pending:
             log.error("shard %s was not downloaded: %s", shard, reason)
     return counts
+
+
+@contextlib.contextmanager
+def _storage_env() -> Iterator[None]:
+    """Hand this process's storage options to the processes img2dataset spawns (they read them in
+    :class:`~curation.download.guarded.GuardedDownloader`); Spark and Ray workers get them from the
+    engine. Credentials stay in the standard places (environment, config files)."""
+    added = {k: v for k, v in storage.worker_env().items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def local_log(log_file: Path) -> Iterator[Path]:
+    """``log_file`` itself where it is local; for a URL a local file whose text (secrets redacted) is
+    appended to the object when the block ends (object storage has no append: one read, one PUT)."""
+    log_file = storage.location(log_file)
+    if not storage.is_remote(log_file):
+        yield Path(log_file)
+        return
+    with tempfile.TemporaryDirectory(prefix="curation-log-") as tmp:
+        local = Path(tmp) / log_file.name
+        try:
+            yield local
+        finally:
+            if local.exists():
+                before = storage.read_bytes(log_file) if log_file.exists() else b""
+                text = storage.redact(local.read_text(encoding="utf-8", errors="replace"))
+                storage.write_bytes(log_file, before + text.encode("utf-8"))
 
 
 @contextlib.contextmanager
@@ -228,15 +274,26 @@ def _watch_shards(
 ) -> Iterator[None]:
     """Poll for img2dataset's per-shard stats files (written when a shard is complete)."""
     stop = threading.Event()
+    remote = storage.is_remote(pool)
+
+    def ready(remaining: set[str]) -> list[str]:
+        if not remote:
+            return sorted(remaining)
+        try:  # one listing per poll instead of one request per pending shard
+            forget_listings(pool)
+            names = {p.name for p in storage.list_files(pool, "*_stats.json")}
+        except OSError:
+            return []
+        return sorted(s for s in remaining if f"{s}_stats.json" in names)
 
     def poll() -> None:
         remaining = set(pending)
         while remaining:
-            final = stop.wait(0.5)  # set once img2dataset has returned: one last sweep
-            for shard in sorted(remaining):
+            final = stop.wait(1.0 if remote else 0.5)  # set once img2dataset has returned: one last sweep
+            for shard in ready(remaining):
                 try:
-                    stats = json.loads((pool / f"{shard}_stats.json").read_text())
-                except (FileNotFoundError, json.JSONDecodeError):  # not there yet, or being written
+                    stats = json.loads(storage.read_text(pool / f"{shard}_stats.json"))
+                except (OSError, json.JSONDecodeError):  # not there yet, or being written
                     continue
                 remaining.discard(shard)
                 counts.add(stats)

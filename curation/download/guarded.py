@@ -27,10 +27,12 @@ import img2dataset.downloader as i2d_downloader
 import pyarrow as pa
 from img2dataset.downloader import Downloader
 
+from curation.core import storage
 from curation.download.decodeguard import GuardedResizer, ImageLimits
 from curation.download.redirects import FetchGuard, fetch_image
 
 FINAL_URL = "final_url"
+_storage_configured = False  # per process: the storage options the driver handed over (see fetch.py)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class GuardedDownloader(Downloader):
         )
 
     def __call__(self, row: Any) -> tuple[bool, Any]:
+        _configure_storage()
         # img2dataset's download_image_with_retry looks download_image up in its module at call time;
         # this process only runs img2dataset shards, so replacing it here affects nothing else.
         i2d_downloader.download_image = functools.partial(fetch_image, guard=self.fetch_guard)
@@ -79,6 +82,14 @@ class GuardedDownloader(Downloader):
             return super().__call__(row)
         finally:
             self.fetch_guard.final_urls.clear()
+
+
+def _configure_storage() -> None:
+    """In a worker process: the storage options of the driver, once (its shard objects may be URLs)."""
+    global _storage_configured
+    if not _storage_configured:
+        storage.configure_from_env()
+        _storage_configured = True
 
 
 def guarded_downloader_factory(settings: GuardSettings) -> Any:

@@ -34,9 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.core import storage
 from curation.core.io import atomic_path, atomic_write_json, read_json
 from curation.core.uid import compute_uids
 from curation.download.config import CrawlColumns, DownloadConfig
+from curation.download.objects import parquet_metadata
 from curation.download.robots import RobotsCache
 from curation.download.urlpolicy import UrlPolicy
 
@@ -116,7 +118,7 @@ def shard_name(number: int) -> str:
 
 
 def download_dir(pool: Path) -> Path:
-    return pool / "_download"
+    return storage.location(pool) / "_download"
 
 
 def input_dir(pool: Path) -> Path:
@@ -132,20 +134,21 @@ def plan_path(pool: Path) -> Path:
 
 
 def crawl_files(crawl: Path) -> list[Path]:
-    """A parquet file, or the parquet files of a directory in sorted order."""
-    if crawl.is_dir():
-        files = sorted(crawl.glob("*.parquet"))
-        if not files:
-            raise CrawlError(f"{crawl}: no .parquet files in this directory")
-        return files
-    if not crawl.exists():
+    """A parquet file, or the parquet files of a directory in sorted order (a local path or a URL)."""
+    crawl = storage.location(crawl)
+    with storage.storage_errors(crawl, "read"):
+        is_dir = crawl.is_dir()
+        files = storage.list_files(crawl, "*.parquet") if is_dir else [crawl] if crawl.exists() else []
+    if is_dir and not files:
+        raise CrawlError(f"{crawl}: no .parquet files in this directory")
+    if not files:
         raise CrawlError(f"crawl not found: {crawl}")
-    return [crawl]
+    return files
 
 
 def fingerprint(files: list[Path], cfg: DownloadConfig) -> dict[str, Any]:
     """What determines the pool's layout and content: the crawl files and the shaping settings."""
-    crawl = [{"name": f.name, "bytes": f.stat().st_size, "rows": pq.read_metadata(f).num_rows} for f in files]
+    crawl = [{"name": f.name, "bytes": f.stat().st_size, "rows": parquet_metadata(f).num_rows} for f in files]
     settings = cfg.model_dump(
         mode="json",
         include={
@@ -167,11 +170,12 @@ def prepare_plan(crawl: Path, pool: Path, cfg: DownloadConfig, append: bool = Fa
     """
     files = crawl_files(crawl)
     fp = fingerprint(files, cfg)
+    pool = storage.location(pool)
     path = plan_path(pool)
     if not path.exists():
         if append:
             raise PlanMismatch(f"{pool} has no download plan to append to; drop --append for a new pool")
-        if any(pool.glob("[0-9]*.parquet")):
+        if storage.list_files(pool, "[0-9]*.parquet"):
             raise PlanMismatch(f"{pool} already holds pool shards that curate download did not plan")
         plan = DownloadPlan(cfg.number_sample_per_shard, fp)
         add_parts(plan, pool, cfg, ((f, read_crawl(f, cfg.columns), 0) for f in files), CRAWL)
@@ -215,10 +219,14 @@ def load_plan(pool: Path) -> DownloadPlan:
         raise PlanMismatch(f"{pool} has no download plan ({path}); is it a pool curate download wrote?")
     plan = DownloadPlan.from_dict(read_json(path))
     known = {f"{p.index:05d}.parquet" for p in plan.parts}
-    for orphan in [*input_dir(pool).glob("*.parquet"), *(download_dir(pool) / "rejected").glob("*.parquet")]:
+    written = [
+        *storage.list_files(input_dir(pool), "*.parquet"),
+        *storage.list_files(download_dir(pool) / "rejected", "*.parquet"),
+    ]
+    for orphan in written:
         if orphan.name not in known:
             log.warning("removing %s: written by an addition to the pool that did not finish", orphan)
-            orphan.unlink()
+            storage.remove(orphan)
     return plan
 
 
@@ -234,7 +242,7 @@ def part_uids(pool: Path, parts: list[CrawlPart]) -> pa.Array:
     """Every uid the ``parts`` handed to img2dataset or rejected."""
     files = [input_dir(pool) / f"{p.index:05d}.parquet" for p in parts]
     files += [rejected_path(pool, p.index) for p in parts if p.rejected]
-    chunks = [c for f in files for c in pq.read_table(f, columns=["uid"])["uid"].chunks]
+    chunks = [c for f in files for c in storage.read_parquet(f, columns=["uid"])["uid"].chunks]
     return pa.chunked_array(chunks, pa.string()).combine_chunks()
 
 
@@ -326,7 +334,7 @@ def _scatter(values: pa.Array, rows: np.ndarray, new: pa.Array) -> pa.Array:
 def read_crawl(file: Path, columns: CrawlColumns) -> pa.Table:
     """The crawl's rows as url, caption, uid (possibly null), source and carried columns."""
     try:
-        names = pq.read_schema(file).names
+        names = storage.read_parquet_schema(file).names
     except (OSError, pa.ArrowInvalid) as exc:
         raise CrawlError(f"{file}: not a readable parquet file ({exc})") from exc
     caption_col = columns.caption or next((c for c in CAPTION_CANDIDATES if c in names), None)
@@ -342,7 +350,7 @@ def read_crawl(file: Path, columns: CrawlColumns) -> pa.Table:
             )
     optional = {"uid": columns.uid, "source": columns.source}
     read = [*dict.fromkeys([*wanted.values(), *(c for c in optional.values() if c in names)])]
-    raw = pq.read_table(file, columns=read)
+    raw = storage.read_parquet(file, columns=read)
     n = raw.num_rows
     out = {
         "url": _as_string(raw[columns.url], file, columns.url),

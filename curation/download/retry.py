@@ -12,7 +12,6 @@ A pass with nothing retriable plans nothing and fetches nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -22,10 +21,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from curation.core import storage
+from curation.core.io import read_json
 from curation.download.accounting import REJECTED_PREFIX, STAGE, unit_name
 from curation.download.config import DownloadConfig
+from curation.download.objects import forget_listings
 from curation.download.plan import (
     RETRY,
     CrawlPart,
@@ -53,11 +54,12 @@ class RetryCandidates:
 
 def ledger(pool: Path) -> list[tuple[str, pa.Table]]:
     """The download verdicts per accounting unit: ``[(unit, table)]``."""
-    files = sorted((pool / "attributes" / STAGE).glob("*.parquet"))
-    return [(unit_name(f.stem), pq.read_table(f)) for f in files]
+    files = storage.list_files(storage.location(pool) / "attributes" / STAGE, "*.parquet")
+    return [(unit_name(f.stem), storage.read_parquet(f)) for f in files]
 
 
 def retry_candidates(pool: Path, plan: DownloadPlan, cfg: DownloadConfig) -> RetryCandidates:
+    forget_listings(pool)  # the ledger may have been written by Spark or Ray workers
     retry_uids = part_uids(pool, [p for p in plan.parts if p.kind == RETRY]).to_pylist()
     attempts = Counter(retry_uids)
     wanted: set[str] = set()
@@ -89,14 +91,15 @@ def _retry_after(pool: Path, unit: str, hit: pa.Table, cfg: DownloadConfig) -> f
         float(m.group(1)) if (m := _RETRY_AFTER.search(msg or "")) else cfg.retry.retry_after_s
         for msg in limited["error_message"].to_pylist()
     ]
-    stats = pool / f"{shard}_stats.json"
-    end = float(json.loads(stats.read_text()).get("end_time", 0.0)) if stats.exists() else 0.0
+    stats = storage.location(pool) / f"{shard}_stats.json"
+    end = float(read_json(stats).get("end_time", 0.0)) if stats.exists() else 0.0
     return end + max(waits)
 
 
 def _crawl_rows(pool: Path, parts: list[CrawlPart], uids: set[str]) -> pa.Table:
     """The plan's input rows of ``uids`` (one per uid, from the latest part holding it)."""
-    columns = pq.read_schema(input_dir(pool) / f"{parts[0].index:05d}.parquet").names
+    schema = storage.read_parquet_schema(input_dir(pool) / f"{parts[0].index:05d}.parquet")
+    columns = schema.names
     value_set = pa.array(sorted(uids), pa.string())
     found: dict[str, dict] = {}
     for p in parts:
@@ -105,10 +108,9 @@ def _crawl_rows(pool: Path, parts: list[CrawlPart], uids: set[str]) -> pa.Table:
             *([rejected_path(pool, p.index)] if p.rejected else []),
         ]
         for f in files:
-            table = pq.read_table(f, columns=columns)
+            table = storage.read_parquet(f, columns=columns)
             for row in table.filter(pc.is_in(table["uid"], value_set=value_set)).to_pylist():
                 found[row["uid"]] = row
-    schema = pq.read_schema(input_dir(pool) / f"{parts[0].index:05d}.parquet")
     return pa.Table.from_pylist([found[u] for u in sorted(found)], schema=schema)
 
 

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from protego import Protego
 
+from curation.core import storage
 from curation.core.io import atomic_write_json, read_json
 from curation.download.config import RobotsConfig
 from curation.download.urlpolicy import UrlPolicy
@@ -120,7 +121,7 @@ class RobotsCache:
     """robots.txt answers per origin, persisted in ``path``; decides urls for one product token."""
 
     def __init__(self, path: Path, cfg: RobotsConfig, policy: UrlPolicy, token: str, agent_token: str):
-        self.path = Path(path)
+        self.path = storage.location(path)
         self.cfg = cfg
         self.policy = policy
         self.token = token.lower()

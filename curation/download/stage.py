@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import Field
 
+from curation.core import storage
 from curation.core.config import ConfigError, ConfigModel
 from curation.core.stagedef import StageDef, StageResult
 from curation.download.config import DownloadConfig
@@ -15,8 +17,10 @@ from curation.engines import Engine
 
 
 class DownloadInputs(ConfigModel):
-    crawl: Path | None = Field(None, description="Crawl parquet file or folder (url, caption, uid, source).")
-    out: Path = Path("pool")
+    crawl: storage.Location | None = Field(
+        None, description="Crawl parquet file or folder (url, caption, uid, source); a path or a URL."
+    )
+    out: storage.Location = Field(storage.location("pool"), description="The pool: a folder or a URL.")
     append: bool = Field(False, description="Add the crawl's rows with uids not in `out` as new shards.")
     retry_failed: bool = Field(False, description="Fetch the retriable failures of the pool `out` again.")
     serve: Path | None = Field(
@@ -32,8 +36,21 @@ def served_crawl(synth: Path, crawl: Path, local_crawl: Path) -> Iterator[Path]:
     from curation.synth import rebase_urls, serve
 
     with serve(synth, "127.0.0.1", 0) as server:
-        pq.write_table(rebase_urls(pq.read_table(crawl), server.base_url), local_crawl)
+        pq.write_table(rebase_urls(storage.read_parquet(crawl), server.base_url), local_crawl)
         yield local_crawl
+
+
+@contextmanager
+def local_crawl_path(out: Path) -> Iterator[Path]:
+    """Where the served crawl's rewritten copy goes: next to a local pool, in a temp folder for a URL."""
+    name = f"{out.name}.crawl_local.parquet"
+    if not storage.is_remote(out):
+        local = Path(out).parent / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        yield local
+        return
+    with tempfile.TemporaryDirectory(prefix="curation-crawl-") as tmp:
+        yield Path(tmp) / name
 
 
 def run_download(inputs: DownloadInputs, cfg: DownloadConfig, engine: Engine) -> StageResult:
@@ -47,9 +64,7 @@ def run_download(inputs: DownloadInputs, cfg: DownloadConfig, engine: Engine) ->
     if inputs.serve is None:
         report = download_crawl(inputs.crawl, inputs.out, cfg, engine, append=inputs.append)
     else:
-        local = inputs.out.parent / f"{inputs.out.name}.crawl_local.parquet"
-        local.parent.mkdir(parents=True, exist_ok=True)
-        with served_crawl(inputs.serve, inputs.crawl, local) as crawl:
+        with local_crawl_path(inputs.out) as local, served_crawl(inputs.serve, inputs.crawl, local) as crawl:
             report = download_crawl(crawl, inputs.out, cfg, engine, append=inputs.append)
     return StageResult.from_reports(report)
 

@@ -26,6 +26,10 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from curation.core import storage
+from curation.core.io import atomic_write_text, read_json
+from curation.download.objects import forget_listings
+
 log = logging.getLogger(__name__)
 
 FAILED_DIR = "_download/failed"
@@ -33,13 +37,13 @@ Row = tuple[int, str]  # (shard id, shard input file), what img2dataset's reader
 
 
 def failed_path(pool: Path, shard: str) -> Path:
-    return Path(pool) / FAILED_DIR / f"{shard}.json"
+    return storage.location(pool) / FAILED_DIR / f"{shard}.json"
 
 
 def shard_failures(pool: Path) -> dict[str, str]:
     """Shard -> reason for every shard the last download gave up on."""
-    folder = Path(pool) / FAILED_DIR
-    return {p.stem: json.loads(p.read_text())["reason"] for p in sorted(folder.glob("*.json"))}
+    folder = storage.location(pool) / FAILED_DIR
+    return {p.stem: read_json(p)["reason"] for p in storage.list_files(folder, "*.json")}
 
 
 def _worker(conn: Connection, downloader: Any) -> None:
@@ -75,7 +79,7 @@ class Watchdog:
         self.processes = processes
         self.downloader = downloader
         self.max_shard_retry = max_shard_retry
-        self.pool = Path(downloader.output_folder)
+        self.pool = storage.location(downloader.output_folder)
         self.shard_digits = int(downloader.oom_shard_count)
         self.attempts: dict[int, int] = {}
         self.retry: deque[Row] = deque()
@@ -151,18 +155,19 @@ class Watchdog:
         name = self.shard_name(row)
         record = failed_path(self.pool, name)
         if reason is None:
-            record.unlink(missing_ok=True)
+            storage.remove(record)
             return
+        forget_listings(self.pool)  # the worker wrote from another process
         if not (self.pool / f"{name}_stats.json").exists():  # unfinished: a torn tar, no parquet footer
             for ext in ("tar", "parquet"):
-                (self.pool / f"{name}.{ext}").unlink(missing_ok=True)
+                storage.remove(self.pool / f"{name}.{ext}")
         if self.attempts[row[0]] <= self.max_shard_retry:
             log.warning("shard %s: retrying (%s)", name, reason)
             self.retry.append(row)
             return
         failures[name] = reason
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"shard": name, "reason": reason, "attempts": self.attempts[row[0]]}))
+        attempts = self.attempts[row[0]]
+        atomic_write_text(record, json.dumps({"shard": name, "reason": reason, "attempts": attempts}))
 
     def _stop(self) -> None:
         for worker in self.workers:
