@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,20 +21,20 @@ from pipelines.options import (
 
 def download_command(
     urls: Annotated[
-        Path | None,
+        str | None,
         typer.Argument(
             help="Crawl: a parquet file or a folder of them (url, caption or text, optional uid, source)."
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Pool folder to write (img2dataset webdataset layout).")
+        str | None, typer.Option("--out", "-o", help="Pool folder or URL to write (img2dataset layout).")
     ] = None,
     append: Annotated[
         bool,
         typer.Option("--append", help="Add the crawl's rows with uids not in the --out pool, as new shards."),
     ] = False,
     retry_failed: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--retry-failed",
             help="Pool whose retriable failures (timeout, connection, 5xx, 429) are fetched again; no URLS.",
