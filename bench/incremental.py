@@ -8,7 +8,8 @@ demo's filters with exact and near dedup, a filtered set and a top-30% set):
 1. base pool: the whole pipeline on the base (not timed);
 2. append: ``download --append`` the slice into the base pool, then the same stages (timed): the
    per-shard stages find the base shards done and process only the new ones; dedup and top-k
-   are recomputed over the union;
+   are recomputed over the union (the filter refreshes only the dedup verdicts of old shards
+   whose dedup lookups changed);
 3. fresh: the whole pipeline on the full crawl into a new pool (timed).
 
 Prints per-stage seconds, the append's time as a fraction of the fresh run's (target <= 0.25),
@@ -148,7 +149,7 @@ def report(result: dict[str, Any]) -> None:
     print(f"{'total':<22}{total_a:>10.1f}{total_f:>10.1f}{total_a / total_f:>8.2f}")
     print(f"{'total w/o start-up':<22}{fixed_a:>10.1f}{fixed_f:>10.1f}{fixed_a / fixed_f:>8.2f}")
     print(f"append / fresh: {total_a / total_f:.3f} (target <= 0.25); without img2dataset's fixed start-up "
-          f"(spawned workers importing torch): {fixed_a / fixed_f:.3f}")  # fmt: skip
+          f"(a spawned worker importing img2dataset): {fixed_a / fixed_f:.3f}")  # fmt: skip
     print(f"slice: {result['slice_rows']} rows, {result['skipped']} already in the pool; "
           f"pool shards: {result['shards']}")  # fmt: skip
     for name, same in result["identical"].items():

@@ -148,8 +148,9 @@ def new_shard(root: Path, spare: Path) -> None:
 
 
 def test_an_appended_shard_redoes_the_same_shards_on_s3(local_pool, tmp_path, s3):
-    """Phase 1 again over the grown pool; the shard whose lookup changed loses its marker
-    (storage.remove on s3) and is filtered again with the new one, the others are kept, as locally."""
+    """Phase 1 again over the grown pool; the shard whose lookup changed gets a refresh record and
+    loses its marker (storage.remove on s3), and its global verdicts are recomputed with the new
+    lookup; the others are kept, as locally."""
     remote = f"{s3.url}/pool"
     storage.upload_dir(local_pool, remote)
     specs = [{"kind": "exact_dup"}, {"kind": "clip_score"}]

@@ -280,32 +280,109 @@ def _uid(n: int) -> str:
     return f"{n:032x}"
 
 
-def test_a_grown_pool_refilters_only_the_shards_whose_dedup_decision_changed(tmp_path):
+GROWN_SPECS = [
+    {"kind": "caption_length", "min_words": 2},
+    {"kind": "exact_dup"},
+    {"kind": "caption_length", "name": "words3", "min_words": 3},
+]
+
+
+def _grown_and_fresh(tmp_path: Path) -> tuple[Path, Path]:
+    """Two pools of the same three shards: ``grown`` filtered before its third shard arrived."""
     from curation.engines import run_job
     from curation.filtering.job import FilterJob
 
-    specs = [{"kind": "caption_length", "min_words": 2}, {"kind": "exact_dup"}]
     grown, fresh = tmp_path / "grown", tmp_path / "fresh"
     for pool in (grown, fresh):
         pool.mkdir()
         _metadata_shard(pool, "00000", [(_uid(10), "h1"), (_uid(11), "h2")])
         _metadata_shard(pool, "00001", [(_uid(20), "h3"), (_uid(21), "h4")])
-    run_job(FilterJob(grown, specs, "dedup"))
+    run_job(FilterJob(grown, GROWN_SPECS, "dedup"))
     # the appended shard duplicates uid 10's image under a smaller uid: uid 10 is now the duplicate
     for pool in (grown, fresh):
         _metadata_shard(pool, "00002", [(_uid(5), "h1"), (_uid(30), "h5")])
-    report = run_job(FilterJob(grown, specs, "dedup"))
+    return grown, fresh
+
+
+def _spy_on_caption_filters(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The uids every ``caption_length`` filter is run on from now on (the per-shard filters here)."""
+    from filters.caption import CaptionLengthFilter
+
+    seen: list[str] = []
+    verdict = CaptionLengthFilter.verdict
+
+    def spy(self: CaptionLengthFilter, batch: pa.RecordBatch) -> object:
+        seen.extend(batch["uid"].to_pylist())
+        return verdict(self, batch)
+
+    monkeypatch.setattr(CaptionLengthFilter, "verdict", spy)
+    return seen
+
+
+def _same_outputs(a: Path, b: Path) -> None:
+    """Verdict tables and funnel stats byte for byte (the stats without timings)."""
+    out_a, out_b = Pool(a).attributes_dir("dedup"), Pool(b).attributes_dir("dedup")
+    for shard in ("00000", "00001", "00002"):
+        assert (out_a / f"{shard}.parquet").read_bytes() == (out_b / f"{shard}.parquet").read_bytes()
+        stats = f"_stats/{shard}.json"
+        assert (out_a / stats).read_text() == (out_b / stats).read_text()
+
+
+def test_a_grown_pool_refreshes_only_the_global_verdicts_of_shards_whose_dedup_decision_changed(
+    tmp_path, monkeypatch
+):
+    from curation.engines import run_job
+    from curation.filtering.job import FilterJob
+
+    grown, fresh = _grown_and_fresh(tmp_path)
+    seen = _spy_on_caption_filters(monkeypatch)  # uids the per-shard filters were run on
+    report = run_job(FilterJob(grown, GROWN_SPECS, "dedup"))
     assert {o.shard: o.status for o in report.outcomes} == {
-        "00000": "done",
+        "00000": "done",  # its exact-dup lookup changed: refreshed
         "00001": "skipped",
         "00002": "done",
     }
-    run_job(FilterJob(fresh, specs, "dedup"))
+    assert sorted(set(seen)) == [_uid(5), _uid(30)]  # only the new shard met the per-shard filters
+    run_job(FilterJob(fresh, GROWN_SPECS, "dedup"))
+    _same_outputs(grown, fresh)
     a = Pool(grown).read_attributes("dedup").sort_by("uid")
-    b = Pool(fresh).read_attributes("dedup").sort_by("uid")
-    assert a.equals(b)
     dropped = a.filter(pc.equal(a["exact_dup_keep"], False))["uid"].to_pylist()
     assert dropped == [_uid(10)]
+    run_job(FilterJob(grown, GROWN_SPECS, "dedup"))  # a rerun: nothing to do, the refresh record goes
+    assert not list((Pool(grown).attributes_dir("dedup") / "_refresh").glob("*.json"))
+
+
+def test_a_refresh_killed_after_phase_1_is_still_a_refresh_when_resumed(tmp_path, monkeypatch):
+    from curation.engines import run_job
+    from curation.filtering.job import FilterJob
+
+    grown, fresh = _grown_and_fresh(tmp_path)
+
+    def killed(self: FilterJob, shard: str, staging: Path) -> None:
+        raise KeyError(shard)
+
+    monkeypatch.setattr(FilterJob, "run_shard", killed)
+    report = run_job(FilterJob(grown, GROWN_SPECS, "dedup"), retries=0)  # phase 1 published, no shard ran
+    assert {o.shard for o in report.failed} == {"00000", "00002"}
+    monkeypatch.undo()
+    seen = _spy_on_caption_filters(monkeypatch)
+    run_job(FilterJob(grown, GROWN_SPECS, "dedup"))
+    assert sorted(set(seen)) == [_uid(5), _uid(30)]
+    run_job(FilterJob(fresh, GROWN_SPECS, "dedup"))
+    _same_outputs(grown, fresh)
+
+
+def test_a_refresh_record_without_a_usable_table_filters_the_shard_in_full(tmp_path):
+    from curation.engines import run_job
+    from curation.filtering.job import FilterJob
+
+    grown, fresh = _grown_and_fresh(tmp_path)
+    out = Pool(grown).attributes_dir("dedup")
+    table = pq.read_table(out / "00000.parquet")
+    pq.write_table(table.drop_columns(["words3_keep"]), out / "00000.parquet")  # written by other filters
+    run_job(FilterJob(grown, GROWN_SPECS, "dedup"))
+    run_job(FilterJob(fresh, GROWN_SPECS, "dedup"))
+    _same_outputs(grown, fresh)
 
 
 def test_the_cli_checks_how_retry_and_append_are_asked_for(tmp_path):

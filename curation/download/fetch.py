@@ -132,13 +132,39 @@ def guard_settings(cfg: DownloadConfig) -> Any:
     )
 
 
+class QuietLogger:
+    """Stands in for img2dataset's ``LoggerProcess`` when wandb is off.
+
+    That process only prints speed lines (which :func:`run_img2dataset` replaces with its own
+    per-shard view) but is a spawned interpreter importing all of img2dataset, torch included:
+    seconds of CPU competing with the download workers' start-up, and waited for at the end."""
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        self.done_shards: set[int] = set()
+
+    def start(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+def logger_process(output_folder: str, enable_wandb: bool, *args: Any) -> Any:
+    """img2dataset's logger process where it reports to wandb, else :class:`QuietLogger`."""
+    if enable_wandb:
+        from img2dataset.logger import LoggerProcess
+
+        return LoggerProcess(output_folder, enable_wandb, *args)
+    return QuietLogger()
+
+
 @contextlib.contextmanager
 def guarded_img2dataset(settings: Any) -> Iterator[None]:
     """Make ``img2dataset.download`` build the guarded downloader and use the watchdog distributor.
 
     Both are module globals of ``img2dataset.main`` that ``download`` looks up when it runs; they are
     put back afterwards. The watchdog replaces only the local (multiprocessing) distributor; Spark
-    and Ray notice lost tasks themselves.
+    and Ray notice lost tasks themselves. Its logger process gives way to :func:`logger_process`.
     """
     import importlib
 
@@ -146,13 +172,14 @@ def guarded_img2dataset(settings: Any) -> Iterator[None]:
     from curation.download.watchdog import watchdog_distributor
 
     i2d_main = importlib.import_module("img2dataset.main")  # the package's `main` attribute is a function
-    saved = i2d_main.Downloader, i2d_main.multiprocessing_distributor
+    saved = i2d_main.Downloader, i2d_main.multiprocessing_distributor, i2d_main.LoggerProcess
     i2d_main.Downloader = guarded_downloader_factory(settings)
     i2d_main.multiprocessing_distributor = watchdog_distributor
+    i2d_main.LoggerProcess = logger_process
     try:
         yield
     finally:
-        i2d_main.Downloader, i2d_main.multiprocessing_distributor = saved
+        i2d_main.Downloader, i2d_main.multiprocessing_distributor, i2d_main.LoggerProcess = saved
 
 
 def run_img2dataset(

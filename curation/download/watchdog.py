@@ -10,6 +10,10 @@ fresh worker, then recorded as failed in ``POOL/_download/failed/NNNNN.json`` wi
 signal, and a hint at memory), and the other shards go on. The caller reads those records. What
 the failed attempt wrote of the shard (a tar cut short, a parquet without footer) is removed, so
 no later stage lists a shard that is not there.
+
+A worker starts without torch: img2dataset's tar writer comes from webdataset, which imports
+torch only for its optional PyTorch classes (and has stand-ins without it). torch is half of a
+worker's imports (~1.5 s of CPU), paid again by every worker and every append or retry pass.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import contextlib
 import json
 import logging
 import multiprocessing as mp
+import pickle
 import signal
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -46,8 +52,15 @@ def shard_failures(pool: Path) -> dict[str, str]:
     return {p.stem: read_json(p)["reason"] for p in storage.list_files(folder, "*.json")}
 
 
-def _worker(conn: Connection, downloader: Any) -> None:
+def without_torch() -> None:
+    """Make ``import torch`` fail in this process (``find_spec`` says it is absent), unless it is in."""
+    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+
+
+def _worker(conn: Connection, payload: bytes) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    without_torch()  # before the downloader's classes (img2dataset, webdataset) are imported
+    downloader = pickle.loads(payload)
     while True:
         row = conn.recv()
         if row is None:
@@ -78,6 +91,7 @@ class Watchdog:
         self.ctx = mp.get_context("spawn")
         self.processes = processes
         self.downloader = downloader
+        self.payload = pickle.dumps(downloader)  # unpickled by the worker once torch is kept out
         self.max_shard_retry = max_shard_retry
         self.pool = storage.location(downloader.output_folder)
         self.shard_digits = int(downloader.oom_shard_count)
@@ -121,7 +135,7 @@ class Watchdog:
 
     def _start(self) -> _Worker:
         parent, child = self.ctx.Pipe()
-        process = self.ctx.Process(target=_worker, args=(child, self.downloader), daemon=True)
+        process = self.ctx.Process(target=_worker, args=(child, self.payload), daemon=True)
         process.start()
         child.close()
         return _Worker(process, parent)

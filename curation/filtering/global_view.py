@@ -76,12 +76,20 @@ class GlobalFilter(Filter):
         return [SideInput(self.prepared_dir, self.lookup_columns)]
 
 
-def run_prepare(f: GlobalFilter, pool: Pool, out: Path | UPath) -> list[str]:
+def run_prepare(
+    f: GlobalFilter,
+    pool: Pool,
+    out: Path | UPath,
+    before_publish: Callable[[list[str]], None] | None = None,
+) -> list[str]:
     """Phase 1 with the runner's guarantees: skipped when already done, atomic, complete for every shard.
 
     Returns the shards whose lookup is new or differs from the previous phase 1 (every shard on a
     first run, none when reused). A pool that gained shards since (``curate download --append``)
     gets phase 1 again over the union; only shards whose lookup changed need filtering again.
+    ``before_publish(changed)`` is called with them before the new lookups replace the old ones
+    (and never when phase 1 is reused), so what it records about them survives a kill: a killed
+    run has not published, and the next one compares with the same old lookups again.
 
     ``out`` may be a URL: phase 1 then runs in a local temp folder, the previous result is deleted
     (its marker first), the new files are uploaded and the marker is written last, so a killed
@@ -125,6 +133,8 @@ def run_prepare(f: GlobalFilter, pool: Pool, out: Path | UPath) -> list[str]:
         changed = [
             s for s in shards if not (grown and _same_table(out / f"{s}.parquet", staging / f"{s}.parquet"))
         ]
+        if before_publish is not None:
+            before_publish(changed)
         if remote:
             storage.remove(marker)  # first: from here until the new marker, the folder is not trusted
             storage.remove(out, recursive=True)
