@@ -14,32 +14,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 
 from curation.core import storage
 from curation.core.pool import Pool
 from curation.core.stagedef import STAGES, StageResult
 from curation.engines import get_engine
 from curation.scoring.model import ModelLoadError, ModelSpec
+from tests import test_scoring
 from tests.image_pool import write_image_pool
 from tests.s3kit import SECRET
-from tests.test_scoring import save_tiny_checkpoint
 
 COLUMN = "clip_score_tiny_vit"
 MEM = "memory://scoring-s3"
+_keep_torch_threads = test_scoring._keep_torch_threads  # the scoring tests' fixtures, shared
+ckpt = test_scoring.ckpt
 TIMING = ("seconds",)  # stats fields that measure how long a shard took, not what it computed
 
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=0)
 
 
 def run_stage(name: str, inputs: dict[str, Any], settings: dict[str, Any], workers: int = 1) -> StageResult:
