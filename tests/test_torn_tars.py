@@ -3,7 +3,7 @@ intact sample, records ``truncated_tar`` for the lost ones only, and its funnel 
 
 Stages that read pool tars: score (its loader), copydesc, reshard, dataset cards (examples), the
 imagenet-captions builder (an image folder of tars). Filters and hardmatch read no tars (filters
-read the attribute tables score and copydesc write).
+read the attribute tables score and copydesc write; hardmatch reads captions from the parquet).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import json
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation.builders.imagenet_captions import ImagenetCaptionsConfig, run_imagenet_captions
 from curation.core.imagestore import locate_images
 from curation.core.pool import Pool, iter_tar_samples
 from curation.core.stats import Funnel
@@ -142,3 +144,74 @@ def test_an_image_folder_with_a_torn_tar_lists_every_image_before_the_damage(tor
     found = set(table["image_id"].to_pylist())
     assert set(keys[:CUT_IN]) <= found and not set(keys[CUT_IN:]) & found
     assert {f"00001{i:04d}" for i in range(PER_SHARD)} <= found  # the intact tar, whole
+
+
+ABSENT = "not_in_any_tar"  # an index row whose image was never in the folder
+
+
+def _captions_inputs(root: Path) -> tuple[Path, Path, list[str]]:
+    """An ImageNet-Captions index over every key of the torn pool (image id = key), one absent image,
+    and a metadata row (a title) for each."""
+    ids = [f"{s:05d}{i:04d}" for s in range(2) for i in range(PER_SHARD)] + [ABSENT]
+    root.mkdir()
+    index = pa.table({"image_id": ids, "label": [0] * len(ids), "flickr_id": list(range(1, len(ids) + 1))})
+    meta = pa.table(
+        {
+            "photo_id": list(range(1, len(ids) + 1)),
+            "title": [f"Photo+{i}" for i in ids],
+            "description": [None] * len(ids),
+            "tags": [None] * len(ids),
+        }
+    )
+    pq.write_table(index, root / "index.parquet")
+    pq.write_table(meta, root / "meta.parquet")
+    return root / "index.parquet", root / "meta.parquet", ids
+
+
+def _build_captions(torn, tmp_path: Path) -> tuple[dict, dict[str, dict], list[str]]:
+    pool, _, _ = torn
+    index, meta, ids = _captions_inputs(tmp_path / "in")
+    out = tmp_path / "captions"
+    job, report = run_imagenet_captions(index, meta, pool, out, ImagenetCaptionsConfig(shard_size=5))
+    assert not job.failed and report is not None
+    Funnel.from_dict(report["funnel"]).check()
+    assert report["index_rows"] == len(ids)
+    rows = {r["image_id"]: r for r in pq.read_table(sorted(out.glob("[0-9]*.parquet"))).to_pylist()}
+    assert len(rows) == len(ids)
+    return report, rows, ids
+
+
+def test_imagenet_captions_keeps_every_intact_image_of_a_torn_tar(torn, tmp_path):
+    _, intact, keys = torn
+    report, rows, ids = _build_captions(torn, tmp_path)
+    lost = keys[CUT_IN:]
+    status = {i: rows[i]["status"] for i in ids}
+    assert {i: s for i, s in status.items() if s != "success"} == {
+        **dict.fromkeys(lost, "truncated_tar"),  # after the damage: the tar's parquet lists them
+        ABSENT: "missing_image",  # never in the folder: not blamed on the damage
+    }
+    assert report["not_joined_or_dropped"] == {"truncated_tar": len(lost), "missing_image": 1}
+    assert report["samples"] == 2 * PER_SHARD - len(lost)
+    (t,) = report["torn_tars"]
+    assert t["tar"].endswith("00000.tar") and t["lost_images"] == len(lost)
+    assert "torn tar" in (tmp_path / "captions" / "report.md").read_text()
+    written = {
+        json.loads(s.files["json"])["image_id"]: s.files["jpg"]
+        for tar in sorted((tmp_path / "captions").glob("*.tar"))
+        for s in iter_tar_samples(tar)
+    }
+    for k in keys[:CUT_IN]:  # the intact images before the damage, byte for byte
+        assert written[k] == intact[k]["jpg"]
+    assert set(written) == set(ids) - set(lost) - {ABSENT}
+
+
+def test_imagenet_captions_without_a_listing_counts_every_image_not_found_as_truncated_tar(torn, tmp_path):
+    """A torn tar with no parquet beside it: its lost ids are unknown, so an image not found may have
+    been after the damage; every one is ``truncated_tar`` (the intact images are still all kept)."""
+    pool, _, keys = torn
+    (pool / "00000.parquet").unlink()
+    report, rows, ids = _build_captions(torn, tmp_path)
+    failed = {i: rows[i]["status"] for i in ids if rows[i]["status"] != "success"}
+    assert failed == dict.fromkeys([*keys[CUT_IN:], ABSENT], "truncated_tar")
+    assert report["torn_tars"][0]["lost_images"] is None
+    assert report["samples"] == 2 * PER_SHARD - (PER_SHARD - CUT_IN)

@@ -17,7 +17,8 @@ The join is one DuckDB query (first metadata row per photo id, first index row p
 captions are built and cleaned column-wise (:mod:`curation.builders.metaclean`). Every index row ends up in
 the output pool's parquet, either as a sample (``status == "success"``, with ``KEY.jpg/.txt/.json
 /.cls`` in the tar) or with the reason it is not one: ``duplicate_image``, ``no_flickr_id``,
-``bad_flickr_id``, ``no_metadata``, ``empty_text``, ``missing_image``, ``corrupt_image``.
+``bad_flickr_id``, ``no_metadata``, ``empty_text``, ``missing_image``, ``truncated_tar`` (the image
+was lost where a tar of the images folder is cut short), ``corrupt_image``.
 
 Every input and the output pool may be a local path or a URL (:mod:`curation.core.storage`).
 """
@@ -44,7 +45,7 @@ from curation.builders.imagenet_captions_report import finish_report
 from curation.builders.metaclean import clean_tags, clean_text, url_decode
 from curation.core import storage
 from curation.core.config import ConfigModel
-from curation.core.imagestore import ImageReader, locate_images
+from curation.core.imagestore import ImageReader, TornTar, locate_images
 from curation.core.io import atomic_path, atomic_write_json, atomic_write_parquet, read_json
 from curation.core.runner import ShardJob
 from curation.core.stats import StageStats, count_verdicts
@@ -301,7 +302,8 @@ def build_plan(
     """Every index row with its caption, image location and status before images are read."""
     index = read_index(index_path)
     meta = read_meta(meta_path, cfg.meta_format)
-    images = locate_images(images_dir)
+    torn: list[TornTar] = []
+    images = locate_images(images_dir, torn)
     joined, meta_stats = join_tables(index, meta, images)
     fields = cleaned_fields(joined, cfg)
     caption, has_text = format_captions(fields, cfg)
@@ -309,7 +311,9 @@ def build_plan(
     joined_ok = pc.is_null(reason).to_numpy(zero_copy_only=False)
     no_image = pc.is_null(joined["ext"]).to_numpy(zero_copy_only=False)
     reason = pc.if_else(pa.array(joined_ok & ~has_text), "empty_text", reason)
-    reason = pc.if_else(pa.array(joined_ok & has_text & no_image), "missing_image", reason)
+    lost = lost_to_damage(joined["image_id"], torn)
+    reason = pc.if_else(pa.array(joined_ok & has_text & no_image & lost), "truncated_tar", reason)
+    reason = pc.if_else(pa.array(joined_ok & has_text & no_image & ~lost), "missing_image", reason)
     plan = pa.table(
         {
             "row_idx": joined["row_idx"],
@@ -325,8 +329,29 @@ def build_plan(
             **{c: joined[c] for c in ("container", "path", "offset", "size", "ext")},
         }
     )
-    info = {"index_rows": index.num_rows, "images_found": images.num_rows, **meta_stats}
+    info = {
+        "index_rows": index.num_rows,
+        "images_found": images.num_rows,
+        "torn_tars": [  # lost_images: None when the tar has no parquet listing its images
+            {
+                "tar": t.container,
+                "damage": t.damage,
+                "lost_images": None if t.lost_ids is None else len(t.lost_ids),
+            }
+            for t in torn
+        ],
+        **meta_stats,
+    }
     return plan, info
+
+
+def lost_to_damage(image_ids: pa.ChunkedArray, torn: list[TornTar]) -> np.ndarray:
+    """Which ids may be images lost in a torn tar: those its parquet lists, or, when a torn tar has
+    no such listing, every id (an image not found may then have been after the damage)."""
+    if any(t.lost_ids is None for t in torn):
+        return np.ones(len(image_ids), dtype=bool)
+    lost = sorted(set().union(*(t.lost_ids or () for t in torn)))
+    return pc.is_in(image_ids, pa.array(lost, pa.string())).to_numpy(zero_copy_only=False)
 
 
 # -------------------------------------------------------------------------------------------- pool
@@ -339,6 +364,7 @@ ERROR_MESSAGES = {
     "no_metadata": "no metadata row for this flickr_id",
     "empty_text": "title, description and tags are all empty after cleaning",
     "missing_image": "image not found in the images folder",
+    "truncated_tar": "image lost where a tar of the images folder is cut short",
     "corrupt_image": "image could not be opened",
 }
 
@@ -477,7 +503,7 @@ def shard_stats(table: pa.Table) -> list[StageStats]:
     for stage, reasons in (
         ("join", JOIN_REASONS),
         ("caption", ("empty_text",)),
-        ("image", ("missing_image", "corrupt_image")),
+        ("image", ("missing_image", "truncated_tar", "corrupt_image")),
     ):
         dropped = pc.is_in(status, pa.array(reasons)).to_numpy(zero_copy_only=False)
         sel = pa.array(alive)

@@ -61,6 +61,10 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- metadata rows: {report['meta_rows']} ({report['duplicate_meta_rows']} duplicate photo ids, "
         f"{report['orphan_meta_rows']} matching no indexed image, "
         f"{report['meta_rows_without_photo_id']} without a usable photo id)",
+        *[
+            f"- torn tar {t['tar']}: {t['damage']}; the images after the damage are lost (`truncated_tar`)"
+            for t in report.get("torn_tars", [])
+        ],
         "",
         "| reason | rows |",
         "|---|---|",

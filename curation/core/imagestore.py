@@ -7,11 +7,16 @@ join matches ids to images; readers then open each image exactly where it is.
 
 The folder may be a URL (:mod:`curation.core.storage`): each tar is copied to a local temp file
 for its header scan (one GET), and an image is then read with one ranged request.
+
+A torn tar (cut short, or a corrupt header) gives every image before the damage; the images after
+it are gone, and so are their ids. :class:`TornTar` says which tar, why, and which ids it lost when
+the tar's img2dataset parquet (``NNNNN.parquet`` beside ``NNNNN.tar``) still lists them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +26,9 @@ import pyarrow as pa
 from upath import UPath
 
 from curation.core import storage
-from curation.core.tarindex import member_ranges
+from curation.core.tarindex import TarDamage, member_ranges
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
 
@@ -30,12 +37,26 @@ class ImageStoreError(ValueError):
     """An images folder with nothing we can read."""
 
 
-def _scan_tar(path: Path) -> dict[str, list]:
-    """Members of one tar: per image its id, offset and size (ids from the sample's json if any)."""
+@dataclass(frozen=True)
+class TornTar:
+    """A tar of the images folder cut short (or with a corrupt header): its later images are lost.
+
+    ``lost_ids``: the image ids its img2dataset parquet lists as downloaded that the tar no longer
+    holds; None when no such listing is there (then any image not found may have been in this tar).
+    """
+
+    container: str
+    damage: str
+    lost_ids: frozenset[str] | None
+
+
+def _scan_tar(path: Path, damage: list[TarDamage]) -> tuple[dict[str, list], set[str]]:
+    """Members of one tar: per image its id, offset and size (ids from the sample's json if any),
+    and the sample keys it holds. Damage cutting it short goes to ``damage``."""
     images: dict[str, tuple[int, int, str]] = {}
     ids: dict[str, str] = {}
     with open(path, "rb") as f:
-        for name, offset, size in member_ranges(path):  # a damaged tar: the images before the damage
+        for name, offset, size in member_ranges(path, damage):  # a damaged tar: the images before the damage
             key, _, ext = Path(name).name.partition(".")
             ext = ext.lower()
             if ext in IMAGE_EXTS:
@@ -54,13 +75,41 @@ def _scan_tar(path: Path) -> dict[str, list]:
         cols["offset"].append(offset)
         cols["size"].append(size)
         cols["ext"].append(ext)
-    return cols
+    return cols, set(images)
 
 
-def locate_images(root: str | Path) -> pa.Table:
+def _lost_ids(tar: UPath | Path, found_keys: set[str], found_ids: set[str]) -> frozenset[str] | None:
+    """Ids of the images a torn ``tar`` lost, from its img2dataset parquet (``key``, ``status`` and
+    ``image_id`` if there): the downloaded rows whose image the tar no longer holds. None when there
+    is no such parquet, it cannot be read, or it does not list the keys the tar holds (not its own)."""
+    listing = tar.with_suffix(".parquet")
+    try:
+        with storage.storage_errors(listing, "read"):
+            if not listing.exists():
+                return None
+        table = storage.read_parquet(listing)  # one GET on object storage; a shard's rows are few
+    except (OSError, pa.ArrowException) as exc:
+        log.warning("%s: cannot read %s (%s); any image not found may be lost", tar, listing, exc)
+        return None
+    if "key" not in table.column_names:
+        return None
+    rows = table.select([c for c in ("key", "status", "image_id") if c in table.column_names]).to_pylist()
+    keys = {str(r["key"]) for r in rows}
+    if not found_keys <= keys:
+        return None
+    listed = {
+        str(r["image_id"]) if r.get("image_id") is not None else str(r["key"])
+        for r in rows
+        if r.get("status", "success") == "success"
+    }
+    return frozenset(listed - found_ids)
+
+
+def locate_images(root: str | Path, torn: list[TornTar] | None = None) -> pa.Table:
     """image_id, container (tar path or ""), path (file path or ""), offset, size, ext for every image.
 
-    A container or path on object storage is its URL."""
+    A container or path on object storage is its URL. Each torn tar goes to ``torn`` (its images
+    before the damage are in the table)."""
     root = storage.location(root)
     remote = storage.is_remote(root)
     if remote:
@@ -72,10 +121,13 @@ def locate_images(root: str | Path) -> pa.Table:
     parts = []
     if tars:
         for tar in tars:
+            damage: list[TarDamage] = []
             with storage.local_copy(tar) as local:
-                cols = _scan_tar(local)
+                cols, keys = _scan_tar(local, damage)
             n = len(cols["image_id"])
             parts.append(pa.table({**cols, "container": [str(tar)] * n, "path": [""] * n}))
+            if damage and torn is not None:
+                torn.append(TornTar(str(tar), str(damage[0]), _lost_ids(tar, keys, set(cols["image_id"]))))
     else:
         ids, paths, exts = [], [], []
         found = (
