@@ -164,3 +164,23 @@ def test_wrong_credentials_and_read_only_prefix(iam, monkeypatch: pytest.MonkeyP
     for err in (ro, wrong):
         assert secret not in str(err.value) and SECRET not in str(err.value)
     storage.reset_clients()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["filter", "s3://no-such-bucket/pool"],
+        ["select", "s3://no-such-bucket/pool", "-o", "/tmp/x.npy", "--step", "topk: {score: s, fraction: 0.3}"],
+    ],
+    ids=["filter", "select"],
+)
+def test_a_command_on_a_missing_bucket_exits_2_naming_the_url(s3, args, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.app import main
+
+    monkeypatch.setattr("sys.argv", ["curate", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    output = "".join(capsys.readouterr())
+    assert exit_.value.code == 2, output
+    assert "s3://no-such-bucket/pool" in output and "does not exist" in output
+    assert SECRET not in output and "Traceback" not in output
