@@ -184,3 +184,38 @@ def test_a_command_on_a_missing_bucket_exits_2_naming_the_url(s3, args, monkeypa
     assert exit_.value.code == 2, output
     assert "s3://no-such-bucket/pool" in output and "does not exist" in output
     assert SECRET not in output and "Traceback" not in output
+
+
+def test_a_job_files_storage_options_reach_the_store_and_no_output(s3, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Endpoint and keys given only in the job file's storage_options: the job runs on s3, the
+    options travel to workers in CURATION_STORAGE_OPTIONS, and no object holds the secret."""
+    import fsspec.config
+    import yaml
+
+    from curation.engines import open_engine
+    from curation.engines.cluster import worker_env
+    from tests.conftest import write_metadata_pool
+    from workflows.jobfile import load_job, run_job_file
+
+    storage.upload_dir(write_metadata_pool(tmp_path / "pool"), f"{s3.url}/job/pool")
+    secret = "options-secret-" + SECRET[-8:]
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(storage, "_configured", {})
+    monkeypatch.setattr(fsspec.config, "conf", {k: dict(v) for k, v in fsspec.config.conf.items()})
+    storage.reset_clients()
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({
+        "name": "opts", "workdir": f"{s3.url}/job",
+        "storage_options": {"s3": {"endpoint_url": s3.endpoint, "key": "AKIAOPTIONS", "secret": secret}},
+        "steps": [{"stage": "filter", "with": {"pool": "pool", "config": "${conf}/filters/basic.yaml"}}],
+    }))  # fmt: skip
+    with open_engine("local") as eng:
+        runs = run_job_file(load_job(job_file), eng)
+    assert [r.status for r in runs] == ["done"]
+    assert secret in worker_env()[storage.OPTIONS_ENV]  # workers get the options (not in any file)
+    assert storage.redact(f"x {secret} y") == "x *** y"
+    objects = s3.keys("job")
+    assert any(k.startswith("job/pool/attributes/basic/") for k in objects)
+    assert not [k for k in objects if secret.encode() in s3.fs().cat_file(f"{s3.bucket}/{k}")]
+    storage.reset_clients()
