@@ -2,17 +2,19 @@
 
 The stage is ``curate filter`` with language identification (fastText lid.176 on every caption),
 caption length and image size over a synthetic metadata pool (parquet shards of varied captions).
-For each engine and worker count it prints the engine's start-up (Spark session / Ray instance;
-none for local) apart from the job's wall time (which includes each worker's own start: imports
-and the fastText model), the speedup of 2 workers over 1 on that engine, and the overhead of that
-engine against the local engine at the same worker count (job time ratio). Every run writes into a
-fresh copy of the pool, so no shard is skipped.
+For each engine and worker count it prints the engine's start-up (Spark session; Ray instance with
+its worker processes; none for local) apart from the job's wall time (which includes each worker's
+imports and fastText model, and for local and Spark the worker processes' own start), the speedup
+of 2 workers over 1 on that engine, and the overhead of that engine against the local engine at the
+same worker count (job time ratio). Every run writes into a fresh copy of the pool, so no shard is
+skipped.
 
 Before and after the engines it measures the machine's own ceiling: the speedup of 2 processes
 over 1 on a pure-Python busy loop, and the load average. On a shared machine, what other users run
 takes cores away: the engines cannot beat that ceiling, so compare each engine's speedup with it.
 
     nice -n 10 python bench/engines.py --shards 8 --rows 150000
+    python bench/engines.py --shards 8 --rows 600000 --engines ray --repeat 2   # each pair twice
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--rows", type=int, default=150_000, help="rows per shard")
     ap.add_argument("--engines", default="local,spark,ray")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each engine's 1- and 2-worker pair")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     engines = args.engines.split(",")
@@ -126,7 +129,7 @@ def main() -> None:
             "vs local",
         )
         print(f"{head[0]:<8}" + "".join(f"{h:>{w}}" for h, w in zip(head[1:], WIDTHS, strict=True)))
-        for engine in engines:
+        for engine in [e for e in engines for _ in range(args.repeat)]:
             for workers in (1, 2):
                 top = ceiling(3.0) if workers == 2 else 0.0  # what 2 processes get from the machine now
                 startup, seconds, rows = run_once(pool, work, engine, workers)
