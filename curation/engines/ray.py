@@ -101,13 +101,18 @@ def wait_for_workers(ray: Any, count: int, timeout: float = 60.0) -> None:
     """Return once ``count`` worker processes have each run a task.
 
     ``ray.init`` starts one worker process per CPU but returns before they have started (imported
-    Ray, registered with the raylet); without this wait their start falls into the first job.
+    Ray, registered with the raylet); without this wait their start falls into the first job. A
+    worker that cannot start is left for the job to report, shard by shard.
     """
-    probe = ray.remote(num_cpus=1)(_worker_pid)
+    from ray.exceptions import GetTimeoutError, RayError
+
+    probe = ray.remote(num_cpus=1, max_retries=0)(_worker_pid)
     seen: set[int] = set()
     deadline = time.monotonic() + timeout
-    while len(seen) < count and time.monotonic() < deadline:
-        seen.update(ray.get([probe.remote() for _ in range(count)]))
+    with contextlib.suppress(GetTimeoutError, RayError):
+        while len(seen) < count and time.monotonic() < deadline:
+            refs = [probe.remote() for _ in range(count)]
+            seen.update(ray.get(refs, timeout=max(deadline - time.monotonic(), 0.1)))
 
 
 def bind_ray_to_loopback() -> None:
