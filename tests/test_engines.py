@@ -79,7 +79,7 @@ _SETUPS: dict[str, int] = {}  # in a worker process: how often it set each job u
 
 class SetupCounter(ShardJob):
     """Writes, for each shard, the process that ran it, how often that process had set the job up,
-    and a project switch as that process saw it."""
+    a project switch as that process saw it, and its niceness."""
 
     name = "setup-counter"
 
@@ -96,7 +96,8 @@ class SetupCounter(ShardJob):
         _SETUPS[str(self.out)] = _SETUPS.get(str(self.out), 0) + 1
 
     def run_shard(self, shard, staging):
-        seen = [os.getpid(), _SETUPS.get(str(self.out), 0), os.environ.get("NO_ALBUMENTATIONS_UPDATE")]
+        switch = os.environ.get("NO_ALBUMENTATIONS_UPDATE")
+        seen = [os.getpid(), _SETUPS.get(str(self.out), 0), switch, os.nice(0)]
         (staging / f"{shard}.json").write_text(json.dumps(seen))
         return [StageStats.from_verdicts("counter", np.ones(1, bool), [None])]
 
@@ -113,7 +114,8 @@ def _ray_workers():
 @pytest.mark.ray
 def test_a_local_ray_runs_shards_on_its_own_workers_setting_the_job_up_once_each(monkeypatch, tmp_path):
     """No idle extra workers (the project's environment reaches the raylet, not a job runtime_env,
-    which would make Ray start new workers for the tasks), and setup once per worker, not per shard."""
+    which would make Ray start new workers for the tasks), setup once per worker, not per shard, and
+    workers at the command's priority (not Ray's nice 15)."""
     monkeypatch.delenv("NO_ALBUMENTATIONS_UPDATE", raising=False)  # the engine sends it to its workers
     monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))  # workers unpickle SetupCounter from here
     eng = get_engine("ray", workers=2)
@@ -127,5 +129,5 @@ def test_a_local_ray_runs_shards_on_its_own_workers_setting_the_job_up_once_each
     assert not report.failed and len(started) == 2 and after == started
     seen = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
     assert len(seen) == 8
-    assert {pid for pid, _, _ in seen} <= started
-    assert [(setups, switch) for _, setups, switch in seen] == [(1, "1")] * 8
+    assert {pid for pid, *_ in seen} <= started
+    assert [tuple(rest) for _, *rest in seen] == [(1, "1", os.nice(0))] * 8

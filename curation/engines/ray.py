@@ -194,14 +194,18 @@ class RayEngine(Engine):
             else:
                 # The project's environment goes to the raylet, whose workers inherit it, not into a
                 # job runtime_env: Ray starts `workers` worker processes with ray.init, and a job
-                # runtime_env would leave them idle and start as many new ones for the first tasks
+                # runtime_env would leave them idle and start as many new ones for the first tasks.
+                # Workers at the command's own priority, as the local engine's and Spark's: Ray's
+                # default (nice 15) gives them up to any other process on the machine.
+                options = dict(self.init_options)
+                options["_system_config"] = {"worker_niceness": 0, **options.get("_system_config", {})}
                 with _environ(worker_env()):
                     ray.init(
                         num_cpus=self.workers,
                         _node_ip_address=LOOPBACK,
                         include_dashboard=False,
                         log_to_driver=False,
-                        **self.init_options,
+                        **options,
                     )
                 wait_for_workers(ray, self.workers)  # their start is the engine's, not the first job's
             self._owned = True
