@@ -11,7 +11,9 @@ node), ``"ray://HOST:10001"`` (Ray Client, ``ray[client]``), or from inside ``ra
 (``RAY_ADDRESS``); a cluster with token authentication (Ray >= 2.52) is joined with the token
 ``ray start`` would use (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``).
 Without an address, a local Ray bound to 127.0.0.1 with ``workers`` CPUs is started (dashboard
-off) and shut down afterwards.
+off) and shut down afterwards: the project's environment set for its raylet (so the tasks run on
+the worker processes ``ray.init`` starts), its workers at the command's priority, and ready before
+the first job. A worker keeps a job set up between its shards.
 
 A task whose worker dies is retried by Ray ``max_retries`` times (``CURATION_RAY_MAX_RETRIES``,
 default 1); after that its shard is reported failed and its staging folder removed.
