@@ -11,7 +11,9 @@ node), ``"ray://HOST:10001"`` (Ray Client, ``ray[client]``), or from inside ``ra
 (``RAY_ADDRESS``); a cluster with token authentication (Ray >= 2.52) is joined with the token
 ``ray start`` would use (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``).
 Without an address, a local Ray bound to 127.0.0.1 with ``workers`` CPUs is started (dashboard
-off) and shut down afterwards.
+off) and shut down afterwards: the project's environment set for its raylet (so the tasks run on
+the worker processes ``ray.init`` starts), its workers at the command's priority, and ready before
+the first job. A worker keeps a job set up between its shards.
 
 A task whose worker dies is retried by Ray ``max_retries`` times (``CURATION_RAY_MAX_RETRIES``,
 default 1); after that its shard is reported failed and its staging folder removed.
@@ -19,10 +21,13 @@ default 1); after that its shard is reported failed and its staging folder remov
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import sys
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -43,10 +48,18 @@ MAX_RETRIES_ENV = "CURATION_RAY_MAX_RETRIES"
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager in a submitted job's driver
 
 
-def _run(env: dict[str, str], payload: bytes, shard: str, retries: int) -> ShardOutcome:
-    job = unpack_job(env, payload)
-    job.setup()
-    return process_shard(job, shard, retries)
+_worker_job: tuple[str, ShardJob] | None = None  # in a worker: the last job it ran, set up, by its key
+
+
+def _run(env: dict[str, str], payload: bytes, key: str, shard: str, retries: int) -> ShardOutcome:
+    """One shard in a Ray worker; the job is unpickled and set up once per worker, as on the local engine."""
+    global _worker_job
+    if _worker_job is None or _worker_job[0] != key:
+        _worker_job = None  # the previous job's model or tables go before the next one's load
+        job = unpack_job(env, payload)
+        job.setup()
+        _worker_job = (key, job)
+    return process_shard(_worker_job[1], shard, retries)
 
 
 class _ShardActor:
@@ -64,6 +77,44 @@ class _ShardActor:
 
         outcomes = [process_shard(self.job, str(s), self.retries) for s in batch["shard"]]
         return {"outcome": np.array([pickle.dumps(o) for o in outcomes], dtype=object)}
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    """``env`` set in this process meanwhile (for the processes it starts), then restored."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _worker_pid() -> int:
+    time.sleep(0.05)  # long enough that the tasks of one round run on different workers
+    return os.getpid()
+
+
+def wait_for_workers(ray: Any, count: int, timeout: float = 60.0) -> None:
+    """Return once ``count`` worker processes have each run a task.
+
+    ``ray.init`` starts one worker process per CPU but returns before they have started (imported
+    Ray, registered with the raylet); without this wait their start falls into the first job. A
+    worker that cannot start is left for the job to report, shard by shard.
+    """
+    from ray.exceptions import GetTimeoutError, RayError
+
+    probe = ray.remote(num_cpus=1, max_retries=0)(_worker_pid)
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(GetTimeoutError, RayError):
+        while len(seen) < count and time.monotonic() < deadline:
+            refs = [probe.remote() for _ in range(count)]
+            seen.update(ray.get(refs, timeout=max(deadline - time.monotonic(), 0.1)))
 
 
 def bind_ray_to_loopback() -> None:
@@ -143,14 +194,22 @@ class RayEngine(Engine):
                     options.setdefault("runtime_env", {"env_vars": attach_env_vars()})
                 ray.init(address=self.address, **options)
             else:
-                ray.init(
-                    num_cpus=self.workers,
-                    _node_ip_address=LOOPBACK,
-                    include_dashboard=False,
-                    runtime_env={"env_vars": worker_env()},
-                    log_to_driver=False,
-                    **self.init_options,
-                )
+                # The project's environment goes to the raylet, whose workers inherit it, not into a
+                # job runtime_env: Ray starts `workers` worker processes with ray.init, and a job
+                # runtime_env would leave them idle and start as many new ones for the first tasks.
+                # Workers at the command's own priority, as the local engine's and Spark's: Ray's
+                # default (nice 15) gives them up to any other process on the machine.
+                options = dict(self.init_options)
+                options["_system_config"] = {"worker_niceness": 0, **options.get("_system_config", {})}
+                with _environ(worker_env()):
+                    ray.init(
+                        num_cpus=self.workers,
+                        _node_ip_address=LOOPBACK,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        **options,
+                    )
+                wait_for_workers(ray, self.workers)  # their start is the engine's, not the first job's
             self._owned = True
         return ray
 
@@ -168,9 +227,10 @@ class RayEngine(Engine):
 
         task = ray.remote(num_cpus=1, num_gpus=self.num_gpus_per_task, max_retries=self.max_retries)(_run)
         env, payload = pack_job(job)
-        payload_ref = ray.put(payload)
+        # the job stored once, not pickled into every task, with a key its workers keep it set up by;
         # every task submitted at once, then gathered as they finish
-        shard_of = {task.remote(env, payload_ref, s, retries): s for s in shards}
+        payload_ref, key = ray.put(payload), uuid.uuid4().hex
+        shard_of = {task.remote(env, payload_ref, key, s, retries): s for s in shards}
         pending, lost = list(shard_of), []
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
