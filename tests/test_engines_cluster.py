@@ -73,6 +73,16 @@ def run_and_kill(args: list[str], pool: Path, env: dict[str, str], victims) -> t
     return proc.returncode, out, time.monotonic() - t0
 
 
+def rerun_and_check(args: list, env: dict[str, str], pool: Path, ref: object) -> None:
+    """The same command again finishes the job with the uninterrupted run's outputs, nothing left
+    staged, and nothing listening beyond loopback."""
+    again = ck.curate(args, env)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    assert outputs(pool) == ref and staging_entries(pool) == []
+    assert ck.non_loopback(ck.listening_addresses()) == set()
+
+
 def check_failure_report(rc: int, out: str, seconds: float, pool: Path) -> None:
     assert rc != 0, out
     assert seconds < 60, f"the command took {seconds:.0f} s to give up after the kill"
@@ -126,11 +136,7 @@ def test_spark_standalone_cluster(request, pools, tmp_path):
         rc, out, seconds = run_and_kill(args, pool, env, ck.spark_executors)
         check_failure_report(rc, out, seconds, pool)
         assert "ExecutorLostFailure" in out or "exited" in out, out
-        again = ck.curate(args, env)
-        out, _ = again.communicate(timeout=600)
-        assert again.returncode == 0, out
-        assert outputs(pool) == ref and staging_entries(pool) == []
-        assert ck.non_loopback(ck.listening_addresses()) == set()
+        rerun_and_check(args, env, pool, ref)
 
 
 @pytest.mark.ray
@@ -158,11 +164,7 @@ def test_ray_head_with_token_auth(request, pools, tmp_path):
             args, pool, {**env, "CURATION_RAY_MAX_RETRIES": "0"}, ck.ray_shard_tasks
         )
         check_failure_report(rc, out, seconds, pool)
-        again = ck.curate(args, env)
-        out, _ = again.communicate(timeout=600)
-        assert again.returncode == 0, out
-        assert outputs(pool) == ref and staging_entries(pool) == []
-        assert ck.non_loopback(ck.listening_addresses()) == set()
+        rerun_and_check(args, env, pool, ref)
 
 
 @pytest.mark.ray
