@@ -281,11 +281,28 @@ def remove(loc: str | os.PathLike[str] | UPath, recursive: bool = False) -> None
         loc.fs.rm(loc.path, recursive=recursive)
 
 
+def forget_listings(loc: str | os.PathLike[str] | UPath) -> None:
+    """Drop this process's cached listings under ``loc`` (a URL), so objects that other processes
+    wrote meanwhile (img2dataset's workers, Spark or Ray tasks) are seen. Nothing to do locally;
+    nothing cached for s3, whose listing cache is off (``S3_DEFAULTS``), but gcsfs and adlfs cache."""
+    loc = location(loc)
+    if not is_remote(loc):
+        return
+    fs, root = loc.fs, loc.path.rstrip("/")
+    cache = getattr(fs, "dircache", None)
+    if cache is not None:
+        for key in [k for k in list(cache) if k == root or k.startswith(root + "/")]:
+            cache.pop(key, None)
+    fs.invalidate_cache(root)  # and its parents' listings
+
+
 def list_files(loc: str | os.PathLike[str] | UPath, pattern: str = "*") -> list[UPath]:
-    """Files directly under ``loc`` matching ``pattern``, sorted by name (one listing request)."""
+    """Files directly under ``loc`` matching ``pattern``, sorted by name (one listing request, never
+    from a cached listing: other processes may have written under ``loc`` since)."""
     loc = location(loc)
     if not is_remote(loc):
         return sorted(p for p in Path(loc).glob(pattern) if p.is_file()) if Path(loc).is_dir() else []  # type: ignore[misc]
+    forget_listings(loc)
     with storage_errors(loc, "list"):
         try:
             found = loc.fs.glob(loc.path.rstrip("/") + "/" + pattern, detail=True)

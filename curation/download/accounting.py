@@ -35,7 +35,7 @@ from curation.core.io import atomic_write_parquet, read_json
 from curation.core.runner import ShardJob
 from curation.core.stats import StageStats
 from curation.download.failures import NOT_RECORDED, SUCCESS, failure_reasons
-from curation.download.objects import forget_listings, read_row_group
+from curation.download.objects import read_row_group
 from curation.download.plan import (
     RETRY,
     DownloadPlan,
@@ -88,7 +88,7 @@ class DownloadAccounting(ShardJob):
         return self.pool
 
     def run_shard(self, shard: str, staging: Path) -> list[StageStats]:
-        forget_listings(self.pool)  # img2dataset's workers wrote the shard from other processes
+        storage.forget_listings(self.pool)  # img2dataset's workers wrote the shard from other processes
         name = shard.removeprefix(UNIT_PREFIX)
         if name.startswith(REJECTED_PREFIX):
             index = int(name.removeprefix(REJECTED_PREFIX))

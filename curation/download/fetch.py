@@ -37,7 +37,6 @@ from rich.progress import (
 from curation.core import storage
 from curation.core.config import ConfigError
 from curation.download.config import DownloadConfig
-from curation.download.objects import forget_listings
 from curation.download.watchdog import shard_failures
 from curation.engines.cluster import PROJECT_ENV
 
@@ -223,7 +222,7 @@ def run_img2dataset(
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
     _log_throughput(counts, time.perf_counter() - started, log_file)
-    forget_listings(pool)  # its workers wrote from other processes
+    storage.forget_listings(pool)  # its workers wrote from other processes
     for shard, reason in shard_failures(pool).items():
         if shard in pending:
             log.error("shard %s was not downloaded: %s", shard, reason)
@@ -307,7 +306,7 @@ def _watch_shards(
         if not remote:
             return sorted(remaining)
         try:  # one listing per poll instead of one request per pending shard
-            forget_listings(pool)
+            storage.forget_listings(pool)
             names = {p.name for p in storage.list_files(pool, "*_stats.json")}
         except OSError:
             return []

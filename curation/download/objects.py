@@ -1,5 +1,5 @@
 """Reading the pool's files where they may be objects (see :mod:`curation.core.storage`): what
-pyarrow needs a file handle for, and listings that other processes may have changed meanwhile."""
+pyarrow needs a file handle for."""
 
 from __future__ import annotations
 
@@ -27,17 +27,3 @@ def read_row_group(file: Path, group: int) -> pa.Table:
         return pq.ParquetFile(file).read_row_group(group)
     with storage.storage_errors(file, "read"), file.open("rb") as f:
         return pq.ParquetFile(f).read_row_group(group)
-
-
-def forget_listings(loc: Path) -> None:
-    """Drop this process's cached listings under ``loc`` (a URL), so objects that other processes
-    wrote meanwhile (img2dataset's workers, Spark or Ray tasks) are seen. Nothing to do locally."""
-    loc = storage.location(loc)
-    if not storage.is_remote(loc):
-        return
-    fs, root = loc.fs, loc.path.rstrip("/")
-    cache = getattr(fs, "dircache", None)
-    if cache is not None:
-        for key in [k for k in list(cache) if k == root or k.startswith(root + "/")]:
-            cache.pop(key, None)
-    fs.invalidate_cache(root)  # and its parents' listings

@@ -26,7 +26,6 @@ from curation.core import storage
 from curation.core.io import read_json
 from curation.download.accounting import REJECTED_PREFIX, STAGE, unit_name
 from curation.download.config import DownloadConfig
-from curation.download.objects import forget_listings
 from curation.download.plan import (
     RETRY,
     CrawlPart,
@@ -59,7 +58,7 @@ def ledger(pool: Path) -> list[tuple[str, pa.Table]]:
 
 
 def retry_candidates(pool: Path, plan: DownloadPlan, cfg: DownloadConfig) -> RetryCandidates:
-    forget_listings(pool)  # the ledger may have been written by Spark or Ray workers
+    storage.forget_listings(pool)  # the ledger may have been written by Spark or Ray workers
     retry_uids = part_uids(pool, [p for p in plan.parts if p.kind == RETRY]).to_pylist()
     attempts = Counter(retry_uids)
     wanted: set[str] = set()

@@ -19,7 +19,6 @@ from curation.core.stats import Funnel, FunnelError, StageStats, merge
 from curation.download.accounting import UNIT_PREFIX, DownloadAccounting, unit_name
 from curation.download.config import DownloadConfig
 from curation.download.fetch import guard_settings, img2dataset_arguments, run_img2dataset
-from curation.download.objects import forget_listings
 from curation.download.plan import (
     CrawlError,
     DownloadPlan,
@@ -41,7 +40,7 @@ IMG2DATASET_TMP = "_tmp"  # img2dataset's per-shard inputs (feather); it removes
 
 def stats_files(pool: Path) -> list[Path]:
     """The download's per-unit stats (runner layout, ``{"stages": [StageStats]}``) in the pool."""
-    forget_listings(pool)  # Spark or Ray workers may have written them
+    storage.forget_listings(pool)  # Spark or Ray workers may have written them
     return storage.list_files(storage.location(pool) / "_stats", f"{UNIT_PREFIX}*.json")
 
 
@@ -162,7 +161,7 @@ def _fetch_and_account(pool: Path, plan: DownloadPlan, cfg: DownloadConfig, eng:
 
 def finished_shards(pool: Path) -> set[str]:
     """Shards img2dataset finished (its ``NNNNN_stats.json``, written last), from one fresh listing."""
-    forget_listings(pool)  # img2dataset's workers write from other processes
+    storage.forget_listings(pool)  # img2dataset's workers write from other processes
     return {p.name.removesuffix("_stats.json") for p in storage.list_files(pool, "*_stats.json")}
 
 

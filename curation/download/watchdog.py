@@ -34,7 +34,6 @@ from typing import Any
 
 from curation.core import storage
 from curation.core.io import atomic_write_text, read_json
-from curation.download.objects import forget_listings
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ class Watchdog:
         if reason is None:
             storage.remove(record)
             return
-        forget_listings(self.pool)  # the worker wrote from another process
+        storage.forget_listings(self.pool)  # the worker wrote from another process
         if not (self.pool / f"{name}_stats.json").exists():  # unfinished: a torn tar, no parquet footer
             for ext in ("tar", "parquet"):
                 storage.remove(self.pool / f"{name}.{ext}")
