@@ -89,6 +89,7 @@ def test_no_random_control_when_disabled():
         {"named_sets": {"<b>": "x.npy"}},
         {"baselines": {"budgets": [100]}},  # budgets without shards
         {"modes": ["two_epochs"]},
+        {"named_sets": {"a": "a.npy"}, "named_controls": ["b"]},  # a control of a set not given
         {"unknown_key": 1},
     ],
 )
@@ -171,6 +172,32 @@ def test_topk_sets_hold_the_best_scores_and_random_controls_have_their_sizes(tmp
     # a second preparation reuses the sets (set.json) instead of selecting again
     (out / "sets" / "top25" / "subset.npy").unlink()
     assert prepare_sets(expand_cells(cfg), cfg, out)["top25"].size == infos["top25"].size
+
+
+def test_named_sets_get_random_controls_of_their_own_size(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tests.ablation_fixtures import write_quality_pool
+
+    pool = write_quality_pool(tmp_path / "pool", n=60, per_shard=30)
+    uids = [u for f in sorted(pool.glob("*.parquet")) for u in pq.read_table(f)["uid"].to_pylist()]
+    method = Subset.from_hex(uids[:17], {"name": "method"}).save(tmp_path / "method.npy")
+    cfg = config(
+        pool=str(pool),
+        topk=[100],
+        modes=["one_epoch"],
+        named_sets={"method": str(method), "other": str(method)},
+        named_controls=["method"],
+    )
+    sets = {s.name: s for s in expand_sets(cfg)}
+    assert "random_other" not in sets  # only the sets named in named_controls
+    control = sets["random_method"]
+    assert (control.kind, control.control_of, control.subset) == ("random", "method", str(method))
+    infos = prepare_sets(expand_cells(cfg), cfg, tmp_path / "out")
+    assert infos["random_method"].error is None, infos["random_method"]
+    drawn = Subset.load(tmp_path / "out" / "sets" / "random_method" / "subset.npy")
+    assert len(drawn) == infos["random_method"].size == 17
+    assert set(drawn.hex()) <= set(uids) and set(drawn.hex()) != set(uids[:17])
 
 
 def test_mix_sets_add_the_noisy_source_to_all_of_the_clean_one(tmp_path):
@@ -679,3 +706,27 @@ def test_mix_headline_says_whether_the_noisy_source_dilutes_robustness() -> None
     (higher,) = mix_headlines(pd.DataFrame([rows[0], mix_row("mix_noisy50", 0.5, 0.08, 0.01)]))
     assert higher.dilutes is False and "does not dilute" in higher.sentence()
     assert mix_headlines(pd.DataFrame(rows[1:])) == []  # nothing to compare with
+
+
+def test_method_headline_says_whether_a_named_set_beats_its_random_control() -> None:
+    from workflows.ablation_results import method_headlines
+
+    rows = [
+        _row("semdedup", "named", None, "equal_samples", 0.40),
+        _row("random_semdedup", "random", None, "equal_samples", 0.30),
+        _row("balanced", "named", None, "equal_samples", 0.31),
+        _row("random_balanced", "random", None, "equal_samples", 0.30),
+        _row("hardmatch", "named", None, "equal_samples", 0.50),  # no control: no headline
+        _row("worse", "named", None, "equal_samples", 0.20),
+        _row("random_worse", "random", None, "equal_samples", 0.25),
+        _row("top30", "topk", 30, "equal_samples", 0.45),
+        {**_row("quality", "named", None, "equal_samples", 0.30), "subset_size": 2210},  # as top30's
+        {**_row("random30", "random", 30, "equal_samples", 0.35), "subset_size": 2210},
+    ]
+    by_method = {h.method: h for h in method_headlines(pd.DataFrame(rows))}
+    assert sorted(by_method) == ["balanced", "quality", "semdedup", "worse"]
+    assert by_method["quality"].control == "random30" and by_method["quality"].helps is False
+    assert by_method["semdedup"].helps is True and "it helps" in by_method["semdedup"].sentence()
+    assert "40.0% [38.0, 42.0]" in by_method["semdedup"].sentence()
+    assert by_method["balanced"].helps is None and "not resolved" in by_method["balanced"].sentence()
+    assert by_method["worse"].helps is False and by_method["worse"].control == "random_worse"

@@ -163,10 +163,11 @@ def _select(spec: SetSpec, cfg: AblationConfig, out: Out, engine: Engine | str, 
         assert spec.k is not None
         return ops.select_topk(pool, cfg.score, spec.k / 100, cfg.within, path, engine)
     assert spec.control_of is not None
-    target = set_dir(out, spec.control_of) / "subset.npy"
+    # a named set's control matches its given file; a top-k set's, the subset selected here
+    target = storage.location(spec.subset) if spec.subset else set_dir(out, spec.control_of) / "subset.npy"
     if not target.exists():
         raise FileNotFoundError(
-            f"{spec.name}: the top-k set it controls for ({spec.control_of}) was not made"
+            f"{spec.name}: the set it controls for ({spec.control_of}) was not made: no {target}"
         )
     if storage.is_remote(target):  # selection reads the size from a local file
         local = work.parent / spec.control_of / "subset.npy"

@@ -33,7 +33,7 @@ from curation.core.templating import template_env
 from trainer.eval_config import load_eval_config
 from trainer.powerlaw import PowerLawError, PowerLawFit, fit_power_law
 from trainer.robustness import AVERAGE, RobustnessReport
-from workflows.ablation_results import Results, build_results, headlines, mix_headlines
+from workflows.ablation_results import Results, build_results, headlines, method_headlines, mix_headlines
 from workflows.ablation_spec import AblationConfig, AblationResult
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,9 @@ def report_context(
         ],
         "baselines_resampled": results.robustness.baselines_resampled if results.robustness else False,
         "notes": results.notes,
-        "headlines": [h.sentence() for h in headlines(table)] + [m.sentence() for m in mix_headlines(table)],
+        "headlines": [h.sentence() for h in headlines(table)]
+        + [m.sentence() for m in method_headlines(table)]
+        + [m.sentence() for m in mix_headlines(table)],
         "failed": [{"cell": c.id, "error": c.error or ""} for c in result.failed],
         "columns": columns,
         "rows": rows,
@@ -328,6 +330,7 @@ def write_outputs(result: AblationResult, cfg: AblationConfig) -> Results:
                 }
                 for h in headlines(results.table)
             ]
+            + [{**asdict(m), "helps": m.helps, "text": m.sentence()} for m in method_headlines(results.table)]
             + [
                 {**asdict(m), "dilutes": m.dilutes, "text": m.sentence()}
                 for m in mix_headlines(results.table)

@@ -32,7 +32,7 @@ from trainer.robustness import (
     records_to_table,
     resample_means,
 )
-from workflows.ablation_spec import CellRecord
+from workflows.ablation_spec import CellRecord, named_control_name
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +338,83 @@ def mix_headlines(table: pd.DataFrame) -> list[MixHeadline]:
                 ),
             )
         )
+    return out
+
+
+@dataclass
+class MethodHeadline:
+    """A curation method made elsewhere (a named set) against a seeded random set of its own size."""
+
+    mode: str
+    method: str
+    control: str
+    acc_id: tuple[float, float]  # method, control (mean over seeds)
+    ci: tuple[tuple[float | None, float | None], tuple[float | None, float | None]]
+
+    @property
+    def helps(self) -> bool | None:
+        """True: higher with intervals apart; False: not higher; None: higher, within the intervals."""
+        if self.acc_id[0] <= self.acc_id[1]:
+            return False
+        low, high = self.ci[0][0], self.ci[1][1]  # the method's lower bound, the control's upper one
+        return True if low is not None and high is not None and low > high else None
+
+    def sentence(self) -> str:
+        def acc(i: int) -> str:
+            lo, hi = self.ci[i]
+            ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else ""
+            return f"{100 * self.acc_id[i]:.1f}%{ci}"
+
+        verdict = {
+            True: "it helps (intervals apart)",
+            None: "higher, but within the intervals (not resolved)",
+            False: "it does not help here (not above chance at its size)",
+        }[self.helps]
+        return (
+            f"{self.mode}: {self.method} {acc(0)} in-distribution against its random control "
+            f"{self.control} {acc(1)}: {verdict}"
+        )
+
+
+def _interval(row: pd.Series) -> tuple[float | None, float | None]:
+    lo, hi = row["lo"], row["hi"]
+    return (None if pd.isna(lo) else float(lo), None if pd.isna(hi) else float(hi))
+
+
+def method_headlines(table: pd.DataFrame) -> list[MethodHeadline]:
+    """Each named set against its random control, per mode: ``random_<name>`` (``named_controls``),
+    else a random set of exactly its size (a top-k control, drawn from the same candidates)."""
+    if not len(table) or "acc_id" not in table:
+        return []
+    done = table[(table["status"] == "finished") & table["acc_id"].notna()]
+    if "subset_size" not in done:
+        done = done.assign(subset_size=np.nan)
+    out: list[MethodHeadline] = []
+    for mode, rows in done.groupby("mode", sort=False):
+        means = rows.groupby("set", sort=False).agg(
+            kind=("kind", "first"),
+            size=("subset_size", "first"),
+            acc=("acc_id", "mean"),
+            lo=("acc_id_ci_low", "mean"),
+            hi=("acc_id_ci_high", "mean"),
+        )
+        randoms = means[means["kind"] == "random"]
+        for name in means.index[means["kind"] == "named"]:
+            own = named_control_name(str(name))
+            same_size = randoms.index[randoms["size"] == means.loc[name, "size"]]
+            control = own if own in randoms.index else (str(same_size[0]) if len(same_size) else None)
+            if control is None:
+                continue
+            pair = means.loc[[name, control]]
+            out.append(
+                MethodHeadline(
+                    mode=str(mode),
+                    method=str(name),
+                    control=control,
+                    acc_id=(float(pair["acc"].iloc[0]), float(pair["acc"].iloc[1])),
+                    ci=(_interval(pair.iloc[0]), _interval(pair.iloc[1])),
+                )
+            )
     return out
 
 

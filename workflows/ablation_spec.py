@@ -92,6 +92,9 @@ class AblationConfig(ConfigModel):
     random_control: bool = True  # a seeded random subset of each top-k size (not for k = 100: same set)
     random_seed: int = 0
     named_sets: dict[str, str] = Field(default_factory=dict)  # name -> subset .npy made elsewhere
+    # named sets that get a seeded random control of their size (``random_<name>``, drawn like the
+    # top-k controls), so a curation method made elsewhere is judged against chance at its own size
+    named_controls: list[str] = Field(default_factory=list)
     preset: str = "tiny"
     preset_overrides: list[str] = Field(default_factory=list)  # key=value, as `curate train --set`
     modes: list[Mode] = Field(default_factory=lambda: ["one_epoch", "equal_samples"])
@@ -124,6 +127,13 @@ class AblationConfig(ConfigModel):
             raise ValueError(f"set names must be [A-Za-z0-9_.-] without '__': {bad}")
         return v
 
+    @model_validator(mode="after")
+    def _controls_name_sets(self) -> AblationConfig:
+        unknown = sorted(set(self.named_controls) - set(self.named_sets))
+        if unknown:
+            raise ValueError(f"named_controls: {unknown} not in named_sets ({sorted(self.named_sets)})")
+        return self
+
 
 # ---------------------------------------------------------------- the grid
 
@@ -136,7 +146,7 @@ class SetSpec:
     kind: Kind
     k: float | None = None  # top-k percentage (topk and its random control)
     subset: str | None = None  # a given subset .npy (named sets)
-    control_of: str | None = None  # random: the top-k set whose size it matches
+    control_of: str | None = None  # random: the set whose size it matches (a top-k or a named set)
     shards: str | None = None  # given training shards (baselines)
     clean: tuple[str, ...] = ()  # mix: the clean source(s), always all of their candidates
     noisy: tuple[str, ...] = ()  # mix: the noisy source(s) added (empty: the clean sources alone)
@@ -159,12 +169,21 @@ def topk_name(k: float) -> str:
     return f"top{k:g}"
 
 
+def named_control_name(name: str) -> str:
+    """The random control of named set ``name`` (the headline pairs them by this name)."""
+    return f"random_{name}"
+
+
 def expand_sets(cfg: AblationConfig) -> list[SetSpec]:
-    """Top-k sets, their random controls, the named sets (baselines are cells of their own)."""
+    """Top-k sets, their random controls, the named sets and theirs (baselines are cells of their own)."""
     sets = [SetSpec(topk_name(k), "topk", k=k) for k in cfg.topk]
     if cfg.random_control:
         sets += [SetSpec(f"random{k:g}", "random", k=k, control_of=topk_name(k)) for k in cfg.topk if k < 100]
     sets += [SetSpec(name, "named", subset=path) for name, path in cfg.named_sets.items()]
+    sets += [
+        SetSpec(named_control_name(name), "random", subset=cfg.named_sets[name], control_of=name)
+        for name in dict.fromkeys(cfg.named_controls)
+    ]
     sets += mix_sets(cfg)
     clash = {s.name for s in sets if s.kind == "named"} & {s.name for s in sets if s.kind != "named"}
     if clash:
