@@ -117,6 +117,7 @@ def test_junk_proportions_match_config(crawl3k: tuple[Path, SynthConfig], gt) ->
     enabled = {k for src in cfg.sources.values() for k, rate in src.junk.items() if rate > 0}
     assert set(gt["junk"]) == {junk.CLEAN, *enabled}, "every kind the config enables present at n=3000"
     assert set(gt["overlay"].dropna()) == {"none"}, "the default crawl has no overlays"
+    assert not (crawl3k[0] / "labels").exists(), "nor their labels"
     rates = {}
     for source, src_cfg in cfg.sources.items():
         sub = gt[gt["source"] == source]
@@ -476,3 +477,5 @@ def test_methods_ground_truth_semantic_copies_long_tail_and_overlays(tmp_path) -
     shares = served["overlay"].value_counts(normalize=True)
     assert 0.15 < shares["text"] + shares["watermark"] < 0.25 and shares["text"] > 0.05
     assert gt.loc[~gt["downloadable"], "overlay"].isna().all()
+    labelled = (out / "labels" / "overlay.txt").read_text().split()  # train-head's positives
+    assert sorted(labelled) == sorted(gt.loc[gt["overlay"].isin(["text", "watermark"]), "uid"])

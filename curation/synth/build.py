@@ -15,6 +15,8 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from curation import __version__
@@ -60,7 +62,10 @@ Track = Callable[[str, int], Callable[[int], None] | None]
 def _generate_into(cfg: SynthConfig, out: Path, workers: Workers, track: Track) -> dict:
     plan = make_plan(cfg)
     rendered = render_crawl(cfg, plan, out / "web", workers, track("crawl", len(plan)))
-    write_crawl(out, crawl_tables(cfg, plan, rendered))
+    tables = crawl_tables(cfg, plan, rendered)
+    write_crawl(out, tables)
+    if cfg.overlay_fraction > 0:
+        write_overlay_labels(out / "labels" / "overlay.txt", tables.ground_truth)
     _write_web_extras(out / "web")
     atomic_write_text(out / "classnames.txt", "".join(f"{c}\n" for c in cfg.classes))
     k = len(cfg.classes)
@@ -83,6 +88,15 @@ def _generate_into(cfg: SynthConfig, out: Path, workers: Workers, track: Track) 
     }
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def write_overlay_labels(path: Path, ground_truth: pa.Table) -> None:
+    """The uids whose picture carries a text banner or watermark, one a line: the positives
+    ``curate train-head`` takes, as a person labelling a pool would give them."""
+    marked = pc.is_in(ground_truth["overlay"], pa.array(["text", "watermark"]))
+    uids = ground_truth["uid"].filter(pc.fill_null(marked, False)).to_pylist()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(f"{u}\n" for u in uids))
 
 
 def _write_web_extras(web: Path) -> None:
