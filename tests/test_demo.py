@@ -14,8 +14,18 @@ from pipelines.app import app
 from workflows.demo import DEMO_JOB
 from workflows.jobfile import load_job, plan_steps, run_job_file, step_marker
 
-STEPS = ["synth", "download", "reference_model", "reference_eval", "score", "copydesc", "filter",
-         "hardmatch", "ablation", "cards"]
+STEPS = [
+    "synth",
+    "download",
+    "reference_model",
+    "reference_eval",
+    "score",
+    "copydesc",
+    "filter",
+    "hardmatch",
+    "ablation",
+    "cards",
+]
 
 
 def fake_stages(calls: list[str], fail: str | None = None) -> ExitStack:
@@ -37,6 +47,19 @@ def fake_stages(calls: list[str], fail: str | None = None) -> ExitStack:
 def test_the_demo_job_has_the_demo_steps_and_validates(tmp_path: Path) -> None:
     job = load_job(DEMO_JOB, [f"workdir={tmp_path}"])
     assert [s.spec.label for s in plan_steps(job, tmp_path)] == STEPS
+
+
+def test_the_methods_job_is_the_demo_plus_the_leaderboard_methods_and_validates(tmp_path: Path) -> None:
+    from curation.core.config import CONF_DIR
+
+    job = load_job(CONF_DIR / "pipelines" / "methods.yaml", [f"workdir={tmp_path}"])
+    labels = [s.spec.label for s in plan_steps(job, tmp_path)]  # validates every step's inputs and config
+    new = ["semdedup", "lowlevel", "train_head", "score_head", "semdedup_top30", "metaclip_balanced",
+           "quality_top30"]  # fmt: skip
+    assert [x for x in labels if x not in new] == STEPS
+    assert labels.index("semdedup") == labels.index("filter") + 1 and labels.index(
+        "hardmatch"
+    ) > labels.index("quality_top30")
 
 
 def test_a_failed_step_stops_the_job_unmarked_and_a_rerun_resumes_from_it(tmp_path: Path) -> None:
