@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,20 +210,32 @@ class Headline:
         )
 
 
+def set_means(table: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Per budget mode, one row per set of its finished cells (mean over seeds): kind, k, size, acc
+    and its interval (lo, hi); nothing before any cell has finished."""
+    if not len(table) or "acc_id" not in table:
+        return
+    done = table[(table["status"] == "finished") & table["acc_id"].notna()]
+    if "subset_size" not in done:
+        done = done.assign(subset_size=np.nan)
+    for mode, rows in done.groupby("mode", sort=False):
+        yield (
+            str(mode),
+            rows.groupby("set", sort=False).agg(
+                kind=("kind", "first"),
+                k=("k", "first"),
+                size=("subset_size", "first"),
+                acc=("acc_id", "mean"),
+                lo=("acc_id_ci_low", "mean"),
+                hi=("acc_id_ci_high", "mean"),
+            ),
+        )
+
+
 def headlines(table: pd.DataFrame) -> list[Headline]:
     """Per budget mode (mean over seeds): best top-k below 100% against top-100 and its random control."""
-    if not len(table) or "acc_id" not in table:
-        return []
-    done = table[(table["status"] == "finished") & table["acc_id"].notna()]
     out: list[Headline] = []
-    for mode, rows in done.groupby("mode", sort=False):
-        means = rows.groupby("set", sort=False).agg(
-            kind=("kind", "first"),
-            k=("k", "first"),
-            acc=("acc_id", "mean"),
-            lo=("acc_id_ci_low", "mean"),
-            hi=("acc_id_ci_high", "mean"),
-        )
+    for mode, means in set_means(table):
         topk = means[(means["kind"] == "topk") & (means["k"] < 100)]
         if not len(topk):
             continue
@@ -236,13 +248,12 @@ def headlines(table: pd.DataFrame) -> list[Headline]:
 
         full_name, full_acc = first(full)
         rand_name, rand_acc = first(rand)
-        lo, hi = means.loc[best, "lo"], means.loc[best, "hi"]
         out.append(
             Headline(
-                mode=str(mode),
+                mode=mode,
                 best=str(best),
                 best_acc=float(means.loc[best, "acc"]),
-                best_ci=(None if pd.isna(lo) else float(lo), None if pd.isna(hi) else float(hi)),
+                best_ci=_interval(means.loc[best]),
                 full=full_name,
                 full_acc=full_acc,
                 random=rand_name,
@@ -384,20 +395,8 @@ def _interval(row: pd.Series) -> tuple[float | None, float | None]:
 def method_headlines(table: pd.DataFrame) -> list[MethodHeadline]:
     """Each named set against its random control, per mode: ``random_<name>`` (``named_controls``),
     else a random set of exactly its size (a top-k control, drawn from the same candidates)."""
-    if not len(table) or "acc_id" not in table:
-        return []
-    done = table[(table["status"] == "finished") & table["acc_id"].notna()]
-    if "subset_size" not in done:
-        done = done.assign(subset_size=np.nan)
     out: list[MethodHeadline] = []
-    for mode, rows in done.groupby("mode", sort=False):
-        means = rows.groupby("set", sort=False).agg(
-            kind=("kind", "first"),
-            size=("subset_size", "first"),
-            acc=("acc_id", "mean"),
-            lo=("acc_id_ci_low", "mean"),
-            hi=("acc_id_ci_high", "mean"),
-        )
+    for mode, means in set_means(table):
         randoms = means[means["kind"] == "random"]
         for name in means.index[means["kind"] == "named"]:
             own = named_control_name(str(name))
@@ -408,7 +407,7 @@ def method_headlines(table: pd.DataFrame) -> list[MethodHeadline]:
             pair = means.loc[[name, control]]
             out.append(
                 MethodHeadline(
-                    mode=str(mode),
+                    mode=mode,
                     method=str(name),
                     control=control,
                     acc_id=(float(pair["acc"].iloc[0]), float(pair["acc"].iloc[1])),
