@@ -22,6 +22,13 @@ STEPS = [
     "score",
     "copydesc",
     "filter",
+    "semdedup",
+    "lowlevel",
+    "train_head",
+    "score_head",
+    "semdedup_top30",
+    "metaclip_balanced",
+    "quality_top30",
     "hardmatch",
     "ablation",
     "cards",
@@ -49,19 +56,6 @@ def test_the_demo_job_has_the_demo_steps_and_validates(tmp_path: Path) -> None:
     assert [s.spec.label for s in plan_steps(job, tmp_path)] == STEPS
 
 
-def test_the_methods_job_is_the_demo_plus_the_leaderboard_methods_and_validates(tmp_path: Path) -> None:
-    from curation.core.config import CONF_DIR
-
-    job = load_job(CONF_DIR / "pipelines" / "methods.yaml", [f"workdir={tmp_path}"])
-    labels = [s.spec.label for s in plan_steps(job, tmp_path)]  # validates every step's inputs and config
-    new = ["semdedup", "lowlevel", "train_head", "score_head", "semdedup_top30", "metaclip_balanced",
-           "quality_top30"]  # fmt: skip
-    assert [x for x in labels if x not in new] == STEPS
-    assert labels.index("semdedup") == labels.index("filter") + 1 and labels.index(
-        "hardmatch"
-    ) > labels.index("quality_top30")
-
-
 def test_a_failed_step_stops_the_job_unmarked_and_a_rerun_resumes_from_it(tmp_path: Path) -> None:
     from curation.engines import get_engine
 
@@ -75,8 +69,9 @@ def test_a_failed_step_stops_the_job_unmarked_and_a_rerun_resumes_from_it(tmp_pa
     calls.clear()
     with fake_stages(calls):
         runs = run_job_file(job, get_engine("local"))
-    assert calls == ["score", "copydesc", "filter", "hardmatch", "ablate", "ablation_cards"]
-    assert [r.status for r in runs] == ["skipped"] * 4 + ["done"] * 6
+    methods = ["filter", "copydesc", "train_head", "score_head", "select", "select", "select"]
+    assert calls == ["score", "copydesc", "filter", *methods, "hardmatch", "ablate", "ablation_cards"]
+    assert [r.status for r in runs] == ["skipped"] * 4 + ["done"] * 13
 
 
 def test_curate_demo_and_curate_run_of_the_demo_job_are_one_code_path(tmp_path: Path) -> None:

@@ -95,13 +95,25 @@ def test_the_demo_job_generates_serves_downloads_and_curates(tmp_path, ckpt):
     left_out = ["reference_model", "reference_eval", "ablation"]
     runs = run_job_file(load_job(DEMO, sets), get_engine("local"), skip=left_out)
     status = {r.label: r.status for r in runs}
-    done = ("synth", "download", "score", "copydesc", "filter", "hardmatch", "cards")
+    methods = ("semdedup", "lowlevel", "train_head", "score_head", "semdedup_top30", "metaclip_balanced")
+    done = (
+        "synth",
+        "download",
+        "score",
+        "copydesc",
+        "filter",
+        *methods,
+        "quality_top30",
+        "hardmatch",
+        "cards",
+    )
     assert status == {**{s: "done" for s in done}, **{s: "left out" for s in left_out}}
     assert runs[1].summary["download"]["seen"] == 600
     kept_by_filters = list(runs[6].summary.values())[-1]["kept"]
     hardmatch = Subset.load(tmp_path / "sets" / "hardmatch" / "hardmatch.npy")
     assert 0 < len(hardmatch) <= runs[1].summary["download"]["kept"] and kept_by_filters > 0
-    assert runs[9].summary["cards"] == ["hardmatch"]
+    assert runs[-1].summary["cards"] == ["hardmatch"]
+    assert 0 < len(Subset.load(tmp_path / "sets" / "semdedup_top30.npy")) < kept_by_filters
     assert (tmp_path / "cards" / "hardmatch" / "README.md").exists()
 
 
