@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from curation.core.config import CONF_DIR, load_config
+from curation.core.config import CONF_DIR, build, load_config
 from curation.core.io import read_json
 from curation.core.stats import StageStats
+from curation.core.subset import Subset
 from curation.download import DownloadConfig, download_crawl
 from curation.engines import Engine, get_engine
 from curation.selection.steps import round_half_up
@@ -212,6 +213,25 @@ def test_filter_score_topk_and_reshard_are_identical_on_every_engine(
     assert [r.status for r in again] == ["skipped", "done", "skipped", "skipped", "left out"]
     assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
     assert job_outputs(root) == ref
+
+    # MetaCLIP balancing (entry counts summed across shards, hash-seeded draws): the same subset.
+    # It writes its per-shard counts into the pool, so the local run gets a copy of the shared one.
+    balanced = metaclip_balance(root / "pool", tmp_path / "balanced" / f"{name}.npy", engine(engines, name))
+    local_pool = shutil.copytree(local_job / "pool", tmp_path / "local_pool")
+    local = metaclip_balance(local_pool, tmp_path / "balanced" / "local.npy", engines["local"])
+    assert balanced.read_bytes() == local.read_bytes()
+    assert 0 < len(Subset.load(balanced)) < pq.read_metadata(root / "pool" / "00000.parquet").num_rows * 3
+
+
+def metaclip_balance(pool: Path, out: Path, eng: Engine) -> Path:
+    """The pool's captions ("a photo of a red circle") balanced over the default entries at t = 3."""
+    from curation.core.stagedef import STAGES
+    from curation.selection.run import SelectSpec
+    from curation.selection.stage import SelectInputs
+
+    spec = build(SelectSpec, {"name": "balanced", "steps": [{"metaclip_balance": {"t": 3, "seed": 0}}]})
+    STAGES.get("select").run(SelectInputs(pool=pool, out=out), spec, eng)
+    return out
 
 
 def _marker(root: Path, name: str) -> dict:
