@@ -145,7 +145,7 @@ class SetSpec:
     name: str
     kind: Kind
     k: float | None = None  # top-k percentage (topk and its random control)
-    subset: str | None = None  # a given subset .npy (named sets)
+    subset: str | None = None  # a given subset .npy (named sets; a named set's control: its set's file)
     control_of: str | None = None  # random: the set whose size it matches (a top-k or a named set)
     shards: str | None = None  # given training shards (baselines)
     clean: tuple[str, ...] = ()  # mix: the clean source(s), always all of their candidates
