@@ -296,15 +296,26 @@ def report_context(
         ],
         "baselines_resampled": results.robustness.baselines_resampled if results.robustness else False,
         "notes": results.notes,
-        "headlines": [h.sentence() for h in headlines(table)]
-        + [m.sentence() for m in method_headlines(table)]
-        + [m.sentence() for m in mix_headlines(table)],
+        "headlines": [h["text"] for h in headline_records(table)],
         "failed": [{"cell": c.id, "error": c.error or ""} for c in result.failed],
         "columns": columns,
         "rows": rows,
         "config": yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
         "versions": versions(),
     }
+
+
+def headline_records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every headline of the grid, in the order the report and ``results.json`` give them: top-k,
+    the methods against their controls, the mixing experiment (each with its verdict and text)."""
+    return (
+        [
+            {**asdict(h), "beats_full": h.beats_full, "beats_random": h.beats_random, "text": h.sentence()}
+            for h in headlines(table)
+        ]
+        + [{**asdict(m), "helps": m.helps, "text": m.sentence()} for m in method_headlines(table)]
+        + [{**asdict(m), "dilutes": m.dilutes, "text": m.sentence()} for m in mix_headlines(table)]
+    )
 
 
 def write_outputs(result: AblationResult, cfg: AblationConfig) -> Results:
@@ -321,20 +332,7 @@ def write_outputs(result: AblationResult, cfg: AblationConfig) -> Results:
             "id_dataset": results.id_dataset,
             "shifts": results.shifts,
             "notes": results.notes,
-            "headlines": [
-                {
-                    **asdict(h),
-                    "beats_full": h.beats_full,
-                    "beats_random": h.beats_random,
-                    "text": h.sentence(),
-                }
-                for h in headlines(results.table)
-            ]
-            + [{**asdict(m), "helps": m.helps, "text": m.sentence()} for m in method_headlines(results.table)]
-            + [
-                {**asdict(m), "dilutes": m.dilutes, "text": m.sentence()}
-                for m in mix_headlines(results.table)
-            ],
+            "headlines": headline_records(results.table),
             "robustness": results.robustness.to_dict() if results.robustness is not None else None,
             "cells": records,
         },
