@@ -1,13 +1,15 @@
 """Benchmark: SemDeDup against the synthetic crawl's injected semantic copies, for a sweep of eps.
 
 Needs a crawl with ``semantic_dup`` pairs (``curate synth OUT -c conf/synth/methods.yaml``), its pool,
-and an embedding stage; ``--descriptor`` makes one with ``curate copydesc``'s settings when absent
-(``layout``: the copy descriptor's 16x16 layout part alone, ``hist_weight: 0``). Runs the
-``semdedup`` filter once (every eps is read off the same ``max_sim``) and prints, per eps, recall of
-the semantic copies and the false drop rate (``curation.synth.truth.semdedup_figures``). Asserts
-nothing.
+and an embedding stage; the named descriptors below are made with ``curate copydesc``'s settings when
+absent (``layout``: the copy descriptor's 16x16 layout part alone, ``hist_weight: 0``; ``copyenc``:
+the copy encoder, trained first with ``curate train-encoder``'s defaults into ``POOL/../copy.pt``
+unless ``--encoder`` names one). Runs the ``semdedup`` filter once (every eps is read off the same
+``max_sim``) and prints, per eps, recall of the semantic copies and the false drop rate
+(``curation.synth.truth.semdedup_figures``), then the same per source, and how many false drops are
+between two clip-art renders of one class (flat pictures that often look alike). Asserts nothing.
 
-    python bench/semdedup_quality.py --synth out/synth --pool out/pool --embeddings layout:layout --k 8
+    python bench/semdedup_quality.py --synth out/synth --pool out/pool --embeddings copyenc:copyenc --k 16
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from curation.core.config import load_config  # noqa: E402
 from curation.core.pool import Pool  # noqa: E402
 from curation.engines import run_job  # noqa: E402
-from curation.filtering.copydesc import CopyDescConfig  # noqa: E402
+from curation.filtering.copydesc import CopyDescConfig, TrainEncoderConfig  # noqa: E402
 from curation.filtering.copydesc_job import CopyDescJob  # noqa: E402
 from curation.filtering.job import FilterJob  # noqa: E402
 from curation.synth.truth import family_of, semdedup_figures  # noqa: E402
@@ -32,6 +36,7 @@ DESCRIPTORS = {
     "layout": {"column": "layout", "hist_weight": 0.0},
     "layout8": {"column": "layout8", "hist_weight": 0.0, "thumb": 8},
     "copydesc": {"column": "copydesc"},
+    "copyenc": {"column": "copyenc", "kind": "encoder", "thumb": TrainEncoderConfig().thumb},
 }
 
 
@@ -43,11 +48,16 @@ def main() -> None:
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--eps", default="0.02,0.04,0.06,0.08,0.1,0.12,0.15,0.2")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--encoder", type=Path, help="copyenc: this encoder instead of training one")
+    p.add_argument("--train-config", type=Path, help="copyenc: curate train-encoder's settings file")
     args = p.parse_args()
     stage, column = args.embeddings.split(":")
     pool = Pool(args.pool)
     if stage in DESCRIPTORS and not pool.attributes_dir(stage).exists():
-        run_job(CopyDescJob(args.pool, CopyDescConfig(**DESCRIPTORS[stage])), "local", workers=args.workers)
+        settings = dict(DESCRIPTORS[stage])
+        if settings.get("kind") == "encoder":
+            settings["encoder"] = str(args.encoder or train_encoder(args.pool, args.train_config))
+        run_job(CopyDescJob(args.pool, CopyDescConfig(**settings)), "local", workers=args.workers)
     eps = [float(e) for e in args.eps.split(",")]
     name = f"bench_semdedup_{stage}_k{args.k}"
     spec = {"kind": "semdedup", "embeddings": {"attribute": stage, "column": column}, "k": args.k, "eps": eps}
@@ -76,6 +86,44 @@ def main() -> None:
             f"{e:>6g}{fig['semantic_copies']:>8}{fig['found']:>7}{fig['recall']:>8.1%}"
             f"{fig['false_drops']:>13}{fig['false_drop_rate']:>8.2%}{fig['dropped']:>9}"
         )
+    by_source(rows, eps, gt, junk, fam)
+
+
+def train_encoder(pool: Path, config: Path | None) -> Path:
+    from curation.filtering.encoder_train import train_encoder_on_pool
+
+    out = pool.parent / "copy.pt"
+    if not out.exists():
+        cfg = load_config(TrainEncoderConfig, config) if config else TrainEncoderConfig()
+        report = train_encoder_on_pool(pool, cfg, out)
+        top1, secs = report["view_top1"], report["seconds"]
+        print(f"encoder trained: {report['images']} images, {secs} s, view top-1 {top1}")
+    return out
+
+
+def by_source(rows: list, eps: list[float], gt: pa.Table, junk: dict, fam: dict[str, str]) -> None:
+    """The same figures per source, and how many false drops are two clip-art renders of one class."""
+    info = {r["uid"]: r for r in gt.select(["uid", "source", "class_name"]).to_pylist()}
+    sources = sorted({info[r[0]]["source"] for r in rows})
+    print("per source (recall / false drop rate among its samples); false drops between two clip-art")
+    print("renders of one class, and the overall rate without them:")
+    print(f"{'eps':>6}" + "".join(f"{s:>18}" for s in sources) + f"{'clipart pairs':>15}{'rate without':>14}")
+    for e in eps:
+        cells = []
+        for source in sources:
+            part = [r for r in rows if info[r[0]]["source"] == source]
+            fig = semdedup_figures(
+                [r[0] for r in part], [r[2] if r[1] > 1 - e else None for r in part], junk, fam
+            )
+            cells.append(f"{fig['recall']:>9.1%} /{fig['false_drop_rate']:>6.2%}")
+        false = [(u, d) for u, m, d in rows if m > 1 - e and fam.get(d) != fam[u]]
+        flat = sum(
+            info[u]["source"] == info[d]["source"] == "clipart"
+            and info[u]["class_name"] == info[d]["class_name"]
+            for u, d in false
+        )
+        rate = (len(false) - flat) / max(1, len(rows))
+        print(f"{e:>6g}" + "".join(f"{c:>18}" for c in cells) + f"{flat:>15}{rate:>14.2%}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ and normalised together so that one cosine compares images:
   drawings of one concept differ in their exact colours.
 
 ``kind: lowlevel`` computes another descriptor from the same decode: low-level image statistics
-for learned quality heads (:func:`lowlevel_descriptors`), not for dedup.
+for learned quality heads (:func:`lowlevel_descriptors`), not for dedup. ``kind: encoder`` runs a
+TorchScript image encoder on the thumbnails instead (``encoder``: a path or URL), e.g. the copy
+encoder ``curate train-encoder`` fits on the pool (:mod:`curation.filtering.copy_encoder`), which
+is what SemDeDup needs on the synthetic crawl.
 
 Images are decoded with PIL's JPEG ``draft`` mode (DCT-domain downscaling), which is several
 times faster than a full decode for thumbnails this small.
@@ -21,34 +24,54 @@ times faster than a full decode for thumbnails this small.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import model_validator
 from scipy.ndimage import gaussian_filter1d
 
+from curation.core import storage
 from curation.core.config import ConfigModel
 
 
 class CopyDescConfig(ConfigModel):
     """Descriptor settings; the defaults were chosen by measurement on the synthetic crawl."""
 
-    kind: Literal["copy", "lowlevel"] = "copy"  # lowlevel: see lowlevel_descriptors (thumb 64)
+    kind: Literal["copy", "lowlevel", "encoder"] = "copy"  # lowlevel: thumb 64; encoder: its thumb
     column: str = "copydesc"  # attribute stage and column name: POOL/attributes/<column>/
+    encoder: str | None = None  # kind encoder: a TorchScript module (path or URL), uint8 thumbs / 255 in
     thumb: int = 16  # thumbnail side in pixels
     hist_bins: int = 64  # colour histogram bins per channel
     hist_sigma: float = 1.0  # Gaussian smoothing of the histograms, in bins (0: none)
     hist_weight: float = 1.5  # weight of the colour part against the layout part
 
+    @model_validator(mode="after")
+    def _encoder_given(self) -> CopyDescConfig:
+        if (self.kind == "encoder") != (self.encoder is not None):
+            raise ValueError("copydesc: 'encoder' (a TorchScript file) is set exactly when kind is encoder")
+        return self
+
     def identity(self) -> dict:
         """The settings a descriptor folder is pinned to (``kind`` only when not the original one, so
-        folders written before it existed still resume)."""
-        return self.model_dump(exclude={"kind"} if self.kind == "copy" else None)
+        folders written before it existed still resume; an encoder by its bytes' sha256, so another
+        model under the same path cannot resume into the column)."""
+        ident = self.model_dump(exclude={"kind", "encoder"} if self.kind == "copy" else None)
+        if self.kind == "encoder":
+            assert self.encoder is not None
+            ident["encoder_sha256"] = hashlib.sha256(storage.read_bytes(self.encoder)).hexdigest()
+        return ident
 
     def dim(self) -> int:
         if self.kind == "lowlevel":
             return lowlevel_dim(self.thumb)
+        if self.kind == "encoder":
+            from curation.filtering.copy_encoder import encoder_dim
+
+            assert self.encoder is not None
+            return encoder_dim(self.encoder, self.thumb)
         return 3 * self.thumb * self.thumb + 3 * self.hist_bins
 
 
@@ -119,7 +142,27 @@ def descriptors(thumbs: np.ndarray, cfg: CopyDescConfig) -> np.ndarray:
         return np.zeros((0, cfg.dim()), np.float32)
     if cfg.kind == "lowlevel":
         return lowlevel_descriptors(thumbs)
+    if cfg.kind == "encoder":
+        from curation.filtering.copy_encoder import embed
+
+        assert cfg.encoder is not None
+        return embed(cfg.encoder, thumbs)
     layout = _center_normalize(thumbs.reshape(n, -1).astype(np.float32))
     colour = _center_normalize(np.sqrt(colour_histograms(thumbs, cfg.hist_bins, cfg.hist_sigma)))
     out = np.hstack([layout, cfg.hist_weight * colour])
     return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+class TrainEncoderConfig(ConfigModel):
+    """Training settings; the defaults were chosen by measurement on the synthetic crawl (docs/filters.md)."""
+
+    thumb: int = 32  # thumbnail side in pixels (``copydesc`` must embed at the same)
+    width: int = 32  # channels of the first block (x2, x4, x4 in the next three)
+    dim: int = 64  # embedding size
+    steps: int = 2500
+    batch: int = 256  # images per step (two views each)
+    lr: float = 2e-3
+    temperature: float = 0.1
+    max_images: int = 200_000  # thumbnails held in memory: 200,000 x 32 x 32 x 3 bytes = 0.6 GB
+    seed: int = 0
+    device: str | None = None  # torch device for training; None: cuda when available, else cpu

@@ -68,6 +68,7 @@ class CopyDescJob(ShardJob):
     def __init__(self, pool: str | Path, cfg: CopyDescConfig) -> None:
         self.pool = Pool(storage.location(pool))
         self.cfg = cfg
+        self.identity: dict | None = None
 
     def shards(self) -> list[str]:
         if not self.pool.has_images():
@@ -79,7 +80,7 @@ class CopyDescJob(ShardJob):
 
     def prepare(self) -> None:
         """Pin the output folder to these settings (a resumed run must not mix two descriptors)."""
-        identity = self.cfg.identity()
+        identity = self.identity = self.cfg.identity()  # kept: an encoder's is its file's hash
         path = self.output_dir() / MANIFEST
         if path.exists() and (previous := read_json(path)) != identity:
             raise ConfigError(
@@ -130,4 +131,4 @@ class CopyDescJob(ShardJob):
         col = self.cfg.column
         return pa.table(
             {"uid": rows["uid"], col: vectors, f"{col}_reason": pa.array(verdict.reason, pa.string())}
-        ).replace_schema_metadata({"curation.filtering.copydesc": str(self.cfg.identity())})
+        ).replace_schema_metadata({"curation.filtering.copydesc": str(self.identity or self.cfg.identity())})
