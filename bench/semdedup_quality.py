@@ -7,7 +7,8 @@ the copy encoder, trained first with ``curate train-encoder``'s defaults into ``
 unless ``--encoder`` names one). Runs the ``semdedup`` filter once (every eps is read off the same
 ``max_sim``) and prints, per eps, recall of the semantic copies and the false drop rate
 (``curation.synth.truth.semdedup_figures``), then the same per source, and how many false drops are
-between two clip-art renders of one class (flat pictures that often look alike). Asserts nothing.
+between two clip-art renders of one class (flat pictures that often look alike); ``--montage`` draws
+some false drops and missed copies. Asserts nothing.
 
     python bench/semdedup_quality.py --synth out/synth --pool out/pool --embeddings copyenc:copyenc --k 16
 """
@@ -15,12 +16,14 @@ between two clip-art renders of one class (flat pictures that often look alike).
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
@@ -50,6 +53,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--encoder", type=Path, help="copyenc: this encoder instead of training one")
     p.add_argument("--train-config", type=Path, help="copyenc: curate train-encoder's settings file")
+    p.add_argument("--montage", type=Path, help="write a picture of false drops and missed copies here")
+    p.add_argument("--montage-eps", type=float, default=0.05)
     args = p.parse_args()
     stage, column = args.embeddings.split(":")
     pool = Pool(args.pool)
@@ -87,6 +92,8 @@ def main() -> None:
             f"{fig['false_drops']:>13}{fig['false_drop_rate']:>8.2%}{fig['dropped']:>9}"
         )
     by_source(rows, eps, gt, junk, fam)
+    if args.montage:
+        montage(pool, rows, args.montage_eps, junk, fam, args.montage)
 
 
 def train_encoder(pool: Path, config: Path | None) -> Path:
@@ -124,6 +131,54 @@ def by_source(rows: list, eps: list[float], gt: pa.Table, junk: dict, fam: dict[
         )
         rate = (len(false) - flat) / max(1, len(rows))
         print(f"{e:>6g}" + "".join(f"{c:>18}" for c in cells) + f"{flat:>15}{rate:>14.2%}")
+
+
+def montage(
+    pool: Pool, rows: list, e: float, junk: dict, fam: dict[str, str], out: Path, n: int = 10
+) -> None:
+    """Left: ``n`` seeded false drops (top: the sample kept, bottom: the one dropped for it). Right:
+    ``n`` semantic copies not found (top: the original, bottom: the copy)."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    false = [(d, u) for u, m, d in rows if m > 1 - e and fam.get(d) != fam[u]]
+    dropped = {u for u, m, d in rows if m > 1 - e}
+    missed = [
+        (fam[u], u)
+        for u, *_ in rows
+        if junk.get(u) == "semantic_dup" and u not in dropped and fam[u] not in dropped
+    ]
+    pick = [false[i] for i in rng.permutation(len(false))[:n]] + [
+        missed[i] for i in rng.permutation(len(missed))[:n]
+    ]
+    images = pool_images(pool, {u for pair in pick for u in pair})
+    side, gap = 96, 16
+    sheet = Image.new("RGB", (len(pick) * side + gap, 2 * side + 20), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 2), f"false drops at eps {e:g} (kept above, dropped below)", fill="black")
+    draw.text((n * side + gap + 4, 2), "semantic copies not found (original above, copy below)", fill="black")
+    for i, pair in enumerate(pick):
+        x = i * side + (gap if i >= n else 0)
+        for j, u in enumerate(pair):
+            sheet.paste(images[u].resize((side, side)), (x, 20 + j * side))
+    sheet.save(out, quality=85)
+    print(f"montage -> {out}: {len(false)} false drops, {len(missed)} copies not found at eps {e:g}")
+
+
+def pool_images(pool: Pool, uids: set[str]) -> dict:
+    """The pictures of ``uids`` from the pool's tars."""
+    from PIL import Image
+
+    found = {}
+    for shard in pool.shard_ids():
+        rows = pool.read_samples(shard, ["key", "uid"])
+        keys = {
+            k: u for k, u in zip(rows["key"].to_pylist(), rows["uid"].to_pylist(), strict=True) if u in uids
+        }
+        for sample in pool.iter_tar(shard) if keys else ():
+            if sample.key in keys and "jpg" in sample.files:
+                found[keys[sample.key]] = Image.open(io.BytesIO(sample.files["jpg"])).convert("RGB")
+    return found
 
 
 if __name__ == "__main__":
