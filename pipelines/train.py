@@ -78,9 +78,18 @@ def train_cmd(
     stage = STAGES.get("train")
     inputs = stage.make_inputs(
         {
-            "shards": shards, "out": out, "preset": preset, "preset_config": config,
-            "preset_set": overrides or [], "mode": mode, "samples_seen": samples_seen, "seed": seed,
-            "device": device, "gpus": gpus, "supervised": supervised, "classnames": classnames,
+            "shards": shards,
+            "out": out,
+            "preset": preset,
+            "preset_config": config,
+            "preset_set": overrides or [],
+            "mode": mode,
+            "samples_seen": samples_seen,
+            "seed": seed,
+            "device": device,
+            "gpus": gpus,
+            "supervised": supervised,
+            "classnames": classnames,
             "overwrite": overwrite,
         }
     )
@@ -112,8 +121,14 @@ def reference_model_cmd(
 
     stage = STAGES.get("reference_model")
     inputs = {
-        "shards": seed_dir, "out": out, "preset": preset, "preset_config": config,
-        "preset_set": overrides or [], "samples_seen": samples_seen, "seed": seed, "device": device,
+        "shards": seed_dir,
+        "out": out,
+        "preset": preset,
+        "preset_config": config,
+        "preset_set": overrides or [],
+        "samples_seen": samples_seen,
+        "seed": seed,
+        "device": device,
         "overwrite": overwrite,
     }
     with _clear_errors():

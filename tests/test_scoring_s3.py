@@ -31,7 +31,6 @@ ckpt = test_scoring.ckpt
 TIMING = ("seconds",)  # stats fields that measure how long a shard took, not what it computed
 
 
-
 def run_stage(name: str, inputs: dict[str, Any], settings: dict[str, Any], workers: int = 1) -> StageResult:
     stage = STAGES.get(name)
     cfg = stage.load_config(settings=settings)

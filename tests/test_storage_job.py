@@ -94,9 +94,7 @@ def compared(files: dict[str, bytes]) -> dict[str, bytes]:
     }  # fmt: skip
 
 
-def assert_same_outputs(
-    local: dict[str, bytes], remote: dict[str, bytes], places: dict[str, str]
-) -> None:
+def assert_same_outputs(local: dict[str, bytes], remote: dict[str, bytes], places: dict[str, str]) -> None:
     """Every compared object byte-identical, except files that record where their inputs were (a
     manifest's pool, a score table's checkpoint): those equal once ``places`` (each location on
     disk and on s3 -> one name) are swapped and run times dropped."""
@@ -180,6 +178,7 @@ def sorted_rows(data: bytes) -> list[dict]:
 
     rows = pq.read_table(pa.BufferReader(data)).to_pylist()
     port = re.compile(r"127\.0\.0\.1:\d+")
+
     def clean(v: object) -> object:
         return port.sub("HOST", v) if isinstance(v, str) else round(v, 5) if isinstance(v, float) else v
 

@@ -136,8 +136,5 @@ def merged_stats(job: ShardJob) -> list[StageStats]:
     """Stats merged over the shards of ``job`` that have finished, read from disk."""
     out = job.output_dir()
     return merge(
-        s
-        for shard in job.shards()
-        if stats_path(out, shard).exists()
-        for s in load_shard_stats(out, shard)
+        s for shard in job.shards() if stats_path(out, shard).exists() for s in load_shard_stats(out, shard)
     )
