@@ -33,7 +33,11 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 # wall-clock and timing fields: never equal between two runs
-VOLATILE_KEYS = {"finished", "created", "seconds", "start_time", "end_time", "duration", "wall_time"}
+# Keys that differ between two correct runs. code_version too: it names the checkout (+gSHA, .dirty
+# when edited), so a commit or an edit between the reference run and the killed run would fail it.
+VOLATILE_KEYS = {
+    "finished", "created", "seconds", "start_time", "end_time", "duration", "wall_time", "code_version",
+}  # fmt: skip
 STARTUP_TIMEOUT_S = 240  # `python -m pipelines` imports torch and open_clip: slow on a loaded 2-core CI box
 
 
