@@ -60,14 +60,15 @@ def to_tensor(thumbs: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(thumbs)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """A random view of each image of ``x`` (module docstring), drawn from ``g``."""
+def augment(x: torch.Tensor, g: torch.Generator, min_area: float = 0.5, grey: float = 0.2) -> torch.Tensor:
+    """A random view of each image of ``x`` (module docstring), drawn from ``g``: a crop of at least
+    ``min_area`` of the picture, and grey with probability ``grey``."""
     n = len(x)
 
     def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
         return torch.empty(n, *shape).uniform_(lo, hi, generator=g)
 
-    area, ratio = uniform(0.5, 1.0), torch.exp(uniform(-0.2, 0.2))
+    area, ratio = uniform(min_area, 1.0), torch.exp(uniform(-0.2, 0.2))
     sx, sy = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 1, 1] = sx, sy
@@ -77,8 +78,8 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     gain = uniform(0.6, 1.5, 1, 1, 1) * uniform(0.85, 1.15, 3, 1, 1)
     out = (out - mean) * gain + mean + uniform(-0.2, 0.2, 1, 1, 1)
-    grey = torch.rand(n, generator=g) < 0.2
-    out[grey] = out[grey].mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    grey_ = torch.rand(n, generator=g) < grey
+    out[grey_] = out[grey_].mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
     return out.clamp(0.0, 1.0)
 
 
@@ -111,7 +112,7 @@ def fit_encoder(
     model.train()
     for step in range(cfg.steps):
         views = x[torch.randint(0, len(x), (batch,), generator=g)]  # augmented on the CPU: seeded there
-        a, b = augment(views, g).to(device), augment(views, g).to(device)
+        a, b = (augment(views, g, cfg.min_area, cfg.grey).to(device) for _ in range(2))
         loss = loss_fn(model(a), model(b), scale.to(device))
         opt.zero_grad()
         loss.backward()
@@ -122,14 +123,21 @@ def fit_encoder(
             progress(step)
     model = model.cpu().eval()
     losses = [round(float(part.mean()), 4) for part in np.array_split(step_losses, 10) if len(part)]
-    return EncoderFit(model, losses, view_top1(model, x, g), time.perf_counter() - start)
+    top1 = view_top1(model, x, lambda v: augment(v, g, cfg.min_area, cfg.grey), g)
+    return EncoderFit(model, losses, top1, time.perf_counter() - start)
 
 
 @torch.no_grad()
-def view_top1(model: nn.Module, x: torch.Tensor, g: torch.Generator, n: int = 1000) -> float:
-    """Share of up to ``n`` images whose augmented view finds the image itself first among the ``n``."""
+def view_top1(
+    model: nn.Module,
+    x: torch.Tensor,
+    view: Callable[[torch.Tensor], torch.Tensor],
+    g: torch.Generator,
+    n: int = 1000,
+) -> float:
+    """Share of up to ``n`` images whose ``view`` finds the image itself first among the ``n``."""
     pick = x[torch.randperm(len(x), generator=g)[:n]]
-    a, b = model(pick), model(augment(pick, g))
+    a, b = model(pick), model(view(pick))
     return float((b @ a.T).argmax(dim=1).eq(torch.arange(len(pick))).float().mean())
 
 
