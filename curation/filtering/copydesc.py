@@ -163,8 +163,8 @@ class TrainEncoderConfig(ConfigModel):
     batch: int = 256  # images per step (two views each)
     lr: float = 2e-3
     temperature: float = 0.1
-    min_area: float = 0.5  # views: crops of at least this share of the picture (what a copy may cut)
-    grey: float = 0.2  # views: share turned grey
+    min_area: float = 0.65  # views: crops of at least this share of the picture (what a copy may cut)
+    grey: float = 0.0  # views: share turned grey
     max_images: int = 200_000  # thumbnails held in memory: 200,000 x 32 x 32 x 3 bytes = 0.6 GB
     seed: int = 0
     device: str | None = None  # torch device for training; None: cuda when available, else cpu
