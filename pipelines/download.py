@@ -67,16 +67,9 @@ def download_command(
         raise typer.BadParameter("give URLS and --out POOL (or --retry-failed POOL)")
     inputs = {"crawl": urls, "out": out, "append": append, "retry_failed": retry_failed is not None}
     run_stage(
-        "download",
-        inputs,
-        config=config,
-        overrides=overrides,
-        engine=engine,
-        workers=workers,
-        master=master,
-        address=address,
-        errors=(CrawlError, PlanMismatch),
-    )
+        "download", inputs, config=config, overrides=overrides,
+        engine=engine, workers=workers, master=master, address=address, errors=(CrawlError, PlanMismatch),
+    )  # fmt: skip
     console.print(f"pool: {out}\nfunnel: {out}/_stats/download-*.json", soft_wrap=True, highlight=False)
 
 

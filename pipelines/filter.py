@@ -30,15 +30,9 @@ def filter_command(
 ) -> None:
     """Compute every filter's verdict for every sample; selection uses them later."""
     run_stage(
-        "filter",
-        {"pool": pool},
-        config=config,
-        overrides=overrides,
-        engine=engine,
-        workers=workers,
-        master=master,
-        address=address,
-    )
+        "filter", {"pool": pool}, config=config, overrides=overrides,
+        engine=engine, workers=workers, master=master, address=address,
+    )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -78,16 +78,10 @@ def hardmatch_command(
         updates["ambiguous"] = ambiguous
     inputs = {"input": input_path, "out": out, "ground_truth": ground_truth, "overwrite": overwrite}
     run_stage(
-        "hardmatch",
-        inputs,
-        config=config,
-        overrides=overrides,
+        "hardmatch", inputs, config=config, overrides=overrides,
         settings=updates,
-        engine=engine,
-        workers=workers,
-        master=master,
-        address=address,
-    )
+        engine=engine, workers=workers, master=master, address=address,
+    )  # fmt: skip
     from curation.core import storage
 
     console.print(storage.read_text(storage.location(out) / "report.md"))

@@ -45,15 +45,9 @@ def reshard_command(
     inputs = {"pool": pool, "subset": subset, "out": out, "labels": labels, "overwrite": overwrite}
     try:
         result = run_stage(
-            "reshard",
-            inputs,
-            config=config,
-            overrides=overrides,
-            engine=engine,
-            workers=workers,
-            master=master,
-            address=address,
-        )
+            "reshard", inputs, config=config, overrides=overrides,
+            engine=engine, workers=workers, master=master, address=address,
+        )  # fmt: skip
     except StageFailed as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc

@@ -72,17 +72,10 @@ def score_command(
     check_weights(stage.config_data(config, drop_none(flags), overrides or []), config)
     cfg = stage.load_config(config, drop_none(flags), overrides or [])
     run_stage(
-        "score",
-        {"pool": pool},
-        config=config,
-        overrides=overrides,
-        settings=drop_none(flags),
-        engine=engine,
-        workers=workers or default_workers(cfg),
-        master=master,
-        address=address,
+        "score", {"pool": pool}, config=config, overrides=overrides, settings=drop_none(flags),
+        engine=engine, workers=workers or default_workers(cfg), master=master, address=address,
         errors=(ModelLoadError, PoolError),
-    )
+    )  # fmt: skip
 
 
 def drop_none(flags: dict[str, Any]) -> dict[str, Any]:

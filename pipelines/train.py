@@ -78,21 +78,12 @@ def train_cmd(
     stage = STAGES.get("train")
     inputs = stage.make_inputs(
         {
-            "shards": shards,
-            "out": out,
-            "preset": preset,
-            "preset_config": config,
-            "preset_set": overrides or [],
-            "mode": mode,
-            "samples_seen": samples_seen,
-            "seed": seed,
-            "device": device,
-            "gpus": gpus,
-            "supervised": supervised,
-            "classnames": classnames,
+            "shards": shards, "out": out, "preset": preset, "preset_config": config,
+            "preset_set": overrides or [], "mode": mode, "samples_seen": samples_seen, "seed": seed,
+            "device": device, "gpus": gpus, "supervised": supervised, "classnames": classnames,
             "overwrite": overwrite,
         }
-    )
+    )  # fmt: skip
     with _clear_errors():
         if print_command:
             import shlex
@@ -121,16 +112,10 @@ def reference_model_cmd(
 
     stage = STAGES.get("reference_model")
     inputs = {
-        "shards": seed_dir,
-        "out": out,
-        "preset": preset,
-        "preset_config": config,
-        "preset_set": overrides or [],
-        "samples_seen": samples_seen,
-        "seed": seed,
-        "device": device,
+        "shards": seed_dir, "out": out, "preset": preset, "preset_config": config,
+        "preset_set": overrides or [], "samples_seen": samples_seen, "seed": seed, "device": device,
         "overwrite": overwrite,
-    }
+    }  # fmt: skip
     with _clear_errors():
         run = stage.run(stage.make_inputs(inputs), stage.load_config(), None).summary
     typer.echo(
