@@ -32,7 +32,7 @@ def train_encoder_command(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Fit a copy-detection encoder on the pool's own thumbnails (SSCD's contrastive recipe, on CPU)."""
+    """Fit a copy-detection encoder on the pool's own thumbnails (SSCD's contrastive recipe; GPU if any)."""
     r = run_stage("train_encoder", {"pool": pool, "out": out}, config=config, overrides=overrides).summary
     console.print(
         f"encoder -> {r['encoder']}: {r['images']:,} images, {r['seconds']:.0f} s; loss "
