@@ -30,7 +30,8 @@ import pyarrow.parquet as pq  # noqa: E402
 from curation.core.config import load_config  # noqa: E402
 from curation.core.pool import Pool  # noqa: E402
 from curation.engines import run_job  # noqa: E402
-from curation.filtering.copydesc import CopyDescConfig, TrainEncoderConfig  # noqa: E402
+from curation.filtering.copy_encoder import TrainEncoderConfig  # noqa: E402
+from curation.filtering.copydesc import CopyDescConfig  # noqa: E402
 from curation.filtering.copydesc_job import CopyDescJob  # noqa: E402
 from curation.filtering.job import FilterJob  # noqa: E402
 from curation.synth.truth import family_of, semdedup_figures  # noqa: E402

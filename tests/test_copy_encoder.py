@@ -15,7 +15,8 @@ from curation.core.config import CONF_DIR, ConfigError, load_config
 from curation.core.pool import Pool
 from curation.engines import run_job
 from curation.filtering import copy_encoder as ce
-from curation.filtering.copydesc import CopyDescConfig, TrainEncoderConfig
+from curation.filtering.copy_encoder import TrainEncoderConfig
+from curation.filtering.copydesc import CopyDescConfig
 from curation.filtering.copydesc_job import CopyDescJob
 from curation.filtering.job import FilterJobConfig
 from pipelines.app import app
@@ -69,13 +70,17 @@ def test_training_makes_a_view_find_its_own_image():
 
 
 def test_saved_encoder_embeds_like_the_model_locally_and_on_s3(tmp_path, s3):
-    model = ce.CopyEncoder(width=8, dim=16).eval()
+    fit = ce.fit_encoder(textures(64), TrainEncoderConfig(width=8, dim=16, steps=3, batch=16))
+    model = fit.model
     thumbs = textures(5)
+    big = np.repeat(np.repeat(thumbs, 2, axis=1), 2, axis=2)  # another batch and size than traced
     with torch.no_grad():
         expected = model(ce.to_tensor(thumbs)).numpy()
+        expected_big = model(ce.to_tensor(big)).numpy()
     for dest in (str(tmp_path / "enc.pt"), f"{s3.url}/encoders/enc.pt"):
         ce.save_encoder(model, dest, {"note": "test"})
         np.testing.assert_allclose(ce.embed(dest, thumbs), expected, atol=1e-5)
+        np.testing.assert_allclose(ce.embed(dest, big), expected_big, atol=1e-5)
         assert ce.encoder_dim(dest, 32) == 16
     extra = {ce.META_FILE: ""}
     with warnings.catch_warnings():  # torch calls TorchScript deprecated; copy detectors still ship it

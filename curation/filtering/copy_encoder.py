@@ -34,9 +34,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from curation.core import storage
-from curation.filtering.copydesc import TrainEncoderConfig
+from curation.core.config import ConfigModel
 
 META_FILE = "curation_meta.json"  # TorchScript extra file with the training settings and figures
+
+
+class TrainEncoderConfig(ConfigModel):
+    """Training settings; the defaults were chosen by measurement on the synthetic crawl (docs/filters.md)."""
+
+    thumb: int = 32  # thumbnail side in pixels (``copydesc`` must embed at the same)
+    width: int = 32  # channels of the first block (x2, x4, x4 in the next three)
+    dim: int = 64  # embedding size
+    steps: int = 2500
+    batch: int = 256  # images per step (two views each)
+    lr: float = 2e-3
+    temperature: float = 0.1
+    min_area: float = 0.65  # views: crops of at least this share of the picture (what a copy may cut)
+    grey: float = 0.0  # views: share turned grey
+    max_images: int = 200_000  # thumbnails held in memory: 200,000 x 32 x 32 x 3 bytes = 0.6 GB
+    seed: int = 0
+    device: str | None = None  # torch device for training; None: cuda when available, else cpu
 
 
 class CopyEncoder(nn.Module):
@@ -143,11 +160,17 @@ def view_top1(
     return float((b @ a.T).argmax(dim=1).eq(torch.arange(len(pick))).float().mean())
 
 
-def save_encoder(model: nn.Module, path: str | Path, meta: dict) -> None:
-    """Write ``model`` as TorchScript (with ``meta`` as an extra file) to a local path or a URL."""
+def save_encoder(model: nn.Module, path: str | Path, meta: dict, thumb: int = 32) -> None:
+    """Write ``model`` as TorchScript (with ``meta`` as an extra file) to a local path or a URL.
+
+    Traced, not scripted: ``torch.jit.script`` re-reads the class's source file, so it fails where
+    only bytecode is installed and when the checkout changed during a 20-minute training run.
+    The forward pass has no data-dependent branches, so the trace serves any batch and size."""
+    example = torch.rand(2, 3, thumb, thumb, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():  # "deprecated" in recent torch, yet what copy detectors ship
         warnings.simplefilter("ignore", FutureWarning)
-        scripted = torch.jit.script(model.eval())
+        with torch.no_grad():
+            scripted = torch.jit.trace(model.eval(), example)
     extra = {META_FILE: json.dumps(meta)}
     if not storage.is_remote(path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -151,20 +151,3 @@ def descriptors(thumbs: np.ndarray, cfg: CopyDescConfig) -> np.ndarray:
     colour = _center_normalize(np.sqrt(colour_histograms(thumbs, cfg.hist_bins, cfg.hist_sigma)))
     out = np.hstack([layout, cfg.hist_weight * colour])
     return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
-
-
-class TrainEncoderConfig(ConfigModel):
-    """Training settings; the defaults were chosen by measurement on the synthetic crawl (docs/filters.md)."""
-
-    thumb: int = 32  # thumbnail side in pixels (``copydesc`` must embed at the same)
-    width: int = 32  # channels of the first block (x2, x4, x4 in the next three)
-    dim: int = 64  # embedding size
-    steps: int = 2500
-    batch: int = 256  # images per step (two views each)
-    lr: float = 2e-3
-    temperature: float = 0.1
-    min_area: float = 0.65  # views: crops of at least this share of the picture (what a copy may cut)
-    grey: float = 0.0  # views: share turned grey
-    max_images: int = 200_000  # thumbnails held in memory: 200,000 x 32 x 32 x 3 bytes = 0.6 GB
-    seed: int = 0
-    device: str | None = None  # torch device for training; None: cuda when available, else cpu

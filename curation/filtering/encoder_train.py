@@ -19,8 +19,7 @@ from curation.core import storage
 from curation.core.io import atomic_write_json
 from curation.core.pool import Pool, PoolError
 from curation.core.progress import make_progress
-from curation.filtering.copy_encoder import fit_encoder, save_encoder
-from curation.filtering.copydesc import TrainEncoderConfig
+from curation.filtering.copy_encoder import TrainEncoderConfig, fit_encoder, save_encoder
 from curation.filtering.copydesc_job import shard_thumbnails
 
 log = logging.getLogger(__name__)
@@ -67,6 +66,6 @@ def train_encoder_on_pool(pool: str | Path, cfg: TrainEncoderConfig, out: str | 
         "view_top1": round(fit.view_top1, 4),
         "config": cfg.model_dump(mode="json"),
     }
-    save_encoder(fit.model, dest, {k: v for k, v in report.items() if k != "encoder"})
+    save_encoder(fit.model, dest, {k: v for k, v in report.items() if k != "encoder"}, cfg.thumb)
     atomic_write_json(dest.with_suffix(".json"), report)
     return report

@@ -7,7 +7,8 @@ from curation.core import storage
 from curation.core.config import ConfigModel
 from curation.core.stagedef import StageDef, StageResult
 from curation.engines import Engine, run_job
-from curation.filtering.copydesc import CopyDescConfig, TrainEncoderConfig
+from curation.filtering.copy_encoder import TrainEncoderConfig
+from curation.filtering.copydesc import CopyDescConfig
 from curation.filtering.job import FilterJobConfig
 
 
