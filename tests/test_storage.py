@@ -219,3 +219,10 @@ def test_a_job_files_storage_options_reach_the_store_and_no_output(s3, tmp_path,
     assert any(k.startswith("job/pool/attributes/basic/") for k in objects)
     assert not [k for k in objects if secret.encode() in s3.fs().cat_file(f"{s3.bucket}/{k}")]
     storage.reset_clients()
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    from curation.core import io as core_io
+
+    atomic_write_json(tmp_path / "m.json", {"n": 1})
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~core_io._UMASK
